@@ -1,0 +1,95 @@
+"""The ``emologic`` console script: one dispatcher over a registry of commands.
+
+Each command lives in ``experiments/commands/<name>.py`` and registers itself
+with :func:`command`. A command function receives the parsed ``argparse``
+namespace and returns an exit code. User errors (``UserError`` and its
+subclasses, missing files, bad config) print one line and exit 2 — never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+
+from neural.errors import UserError  # noqa: E402  (re-exported for commands)
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    example: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, example: str):
+    """Decorator for ``configure(parser)``; the returned object takes ``.runner``."""
+
+    def deco(configure):
+        def runner(run):
+            _COMMANDS[name] = Command(name, help, example, configure, run)
+            return run
+
+        configure.runner = runner
+        return configure
+
+    return deco
+
+
+def _load_commands() -> None:
+    import experiments.commands as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
+    parser = argparse.ArgumentParser(
+        prog="emologic",
+        description="Neurosymbolic emotion recognition: neural predicates in ProbLog programs.",
+        epilog="Example: emologic rules runs/latest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for cmd in sorted(_COMMANDS.values(), key=lambda c: c.name):
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.help,
+            epilog=f"Example:\n  {cmd.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("emologic: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, FileNotFoundError, NotADirectoryError) as exc:
+        # User-facing failures are one clear line; programming errors keep their traceback.
+        print(f"emologic {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI commands; each module registers itself with ``experiments.cli.command``."""

@@ -1,0 +1,125 @@
+"""Registry of networks and self-describing checkpoints.
+
+``@register("name", Config)`` on a ``nn.Module`` class whose ``__init__`` takes a
+single ``Config`` dataclass; ``get_network(name, **cfg)`` builds one. A checkpoint
+is a directory (or a path stem) with ``weights.safetensors`` and ``config.json``
+holding ``{"network": name, "config": {...}}`` so that ``load_network`` rebuilds
+the module without being told what it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from neural.errors import UserError
+
+_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
+
+
+class UnknownNetworkError(UserError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return self.args[0]
+
+
+def register(name: str, config_cls: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make ``cls`` buildable as ``get_network(name, **cfg)``."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"config of {name!r} must be a dataclass")
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
+            raise ValueError(f"network {name!r} is already registered")
+        _REGISTRY[name] = (cls, config_cls)
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def _ensure_builtin() -> None:
+    # Import the modules that register the built-in networks (they import us,
+    # so this happens lazily to avoid a cycle).
+    import neural.networks  # noqa: F401
+
+
+def list_networks() -> list[str]:
+    _ensure_builtin()
+    return sorted(_REGISTRY)
+
+
+def network_class(name: str) -> tuple[type[nn.Module], type]:
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNetworkError(
+            f"unknown network {name!r}; known networks: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def make_config(name: str, **cfg: Any):
+    """The ``Config`` of network ``name`` with ``cfg`` applied; unknown keys raise."""
+    _, config_cls = network_class(name)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+        raise TypeError(
+            f"unknown config key(s) {', '.join(unknown)} for network {name!r}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    return config_cls(**cfg)
+
+
+def get_network(name: str, **cfg: Any) -> nn.Module:
+    """Build the registered network ``name`` from keyword config values."""
+    cls, _ = network_class(name)
+    return cls(make_config(name, **cfg))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_network(module: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``weights.safetensors`` + ``config.json`` into ``directory`` atomically."""
+    from safetensors.torch import save
+
+    name = getattr(module, "registry_name", None)
+    if name is None or not hasattr(module, "config"):
+        raise TypeError(f"{type(module).__name__} is not a registered network with a config")
+    directory = Path(directory)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    _atomic_write_bytes(directory / "weights.safetensors", save(state))
+    meta = {"network": name, "config": dataclasses.asdict(module.config)}
+    _atomic_write_bytes(directory / "config.json", json.dumps(meta, indent=2).encode())
+    return directory
+
+
+def load_network(directory: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a network saved with :func:`save_network`."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_path = directory / "config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a network checkpoint (no config.json)")
+    meta = json.loads(meta_path.read_text())
+    module = get_network(meta["network"], **meta["config"])
+    state = load_file(str(directory / "weights.safetensors"), device=map_location)
+    module.load_state_dict(state)
+    return module

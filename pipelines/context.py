@@ -1,0 +1,60 @@
+"""Observable context of an image, used to condition source selection.
+
+A context is a short key: ``n0`` for no face, else ``n{k}_{bucket}`` with ``k``
+the number of detected faces (1..3) and ``bucket`` the size bucket of the
+largest face (``small`` or ``large``). Face size is the relative side length
+``sqrt(box area / image area)``; faces at or above ``threshold`` are ``large``.
+
+The synthetic generator draws its labels with the same function, and the logic
+programs declare one annotated disjunction per key, so the three always agree.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from neural.vocabulary import MAX_FACES
+
+SIZE_BUCKETS: tuple[str, ...] = ("small", "large")
+DEFAULT_LARGE_FACE = 0.3
+
+CONTEXTS: tuple[str, ...] = ("n0",) + tuple(
+    f"n{k}_{b}" for k in range(1, MAX_FACES + 1) for b in SIZE_BUCKETS
+)
+
+
+def relative_face_size(box, width: float, height: float) -> float:
+    """sqrt(box area / image area) for a box ``(x1, y1, x2, y2)`` in pixels."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    area = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    return math.sqrt(area / (float(width) * float(height)))
+
+
+def context_key(n_faces: int, largest_size: float | None, threshold: float = DEFAULT_LARGE_FACE) -> str:
+    """The context key for ``n_faces`` faces whose largest has relative size ``largest_size``."""
+    if not 0 <= n_faces <= MAX_FACES:
+        raise ValueError(f"n_faces must be in 0..{MAX_FACES}, got {n_faces}")
+    if n_faces == 0:
+        return "n0"
+    bucket = "large" if largest_size is not None and largest_size >= threshold else "small"
+    return f"n{n_faces}_{bucket}"
+
+
+def batch_context_keys(
+    face_boxes: torch.Tensor,
+    face_mask: torch.Tensor,
+    image_size: torch.Tensor,
+    threshold: float = DEFAULT_LARGE_FACE,
+) -> list[str]:
+    """Context keys of a batch.
+
+    face_boxes: [B, 3, 4] (x1, y1, x2, y2) pixels, NaN where absent
+    face_mask:  [B, 3] bool, slot exists
+    image_size: [B, 2] (width, height)
+    """
+    keys = []
+    for boxes, mask, (w, h) in zip(face_boxes.tolist(), face_mask.tolist(), image_size.tolist()):
+        sizes = [relative_face_size(b, w, h) for b, m in zip(boxes, mask) if m]
+        keys.append(context_key(len(sizes), max(sizes) if sizes else None, threshold))
+    return keys
