@@ -31,16 +31,21 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, example: str):
-    """Decorator for ``configure(parser)``; the returned object takes ``.runner``."""
+def command(name: str, help: str, example: str, configure: Callable | None = None):
+    """Register the decorated ``run(args) -> int`` as the command ``name``.
 
-    def deco(configure):
-        def runner(run):
-            _COMMANDS[name] = Command(name, help, example, configure, run)
-            return run
+    ``configure(parser)`` adds the command's arguments; ``example`` is shown at the
+    end of its ``--help``.
 
-        configure.runner = runner
-        return configure
+        def _args(p): p.add_argument("run_dir")
+
+        @command("rules", help="Show learned rule probabilities", example="emologic rules runs/latest", configure=_args)
+        def rules(args): ...
+    """
+
+    def deco(run):
+        _COMMANDS[name] = Command(name, help, example, configure or (lambda p: None), run)
+        return run
 
     return deco
 
