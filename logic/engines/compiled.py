@@ -1,0 +1,227 @@
+"""The ``compiled`` engine: ground and knowledge-compile once, evaluate in batches.
+
+For every (program, context) pair the program is grounded once with ProbLog for
+a placeholder image ``img`` (the structure of the proof only depends on the
+context, never on the image), compiled to an SDD with PySDD through ProbLog's
+own ``SDD`` formula (so annotated-disjunction constraints are exactly
+ProbLog's), and handed to KLay, which evaluates all query roots of the circuit
+on a whole batch of literal weights in torch.
+
+Literal weights are *linear* in the leaves: every weight ProbLog assigns is a
+network output ``nn(Net, [tensor(Src(img))], J)``, a rule probability ``t(I)``,
+a constant, or a complement ``1 - sum(...)`` of an annotated disjunction. We
+obtain them by running ProbLog's ``extract_weights`` with a symbolic semiring
+(:class:`_LinearSemiring`) and store them as a matrix, so per batch the weights
+are one matrix product ``[1, leaves] @ M`` and the circuit is one KLay call.
+This is written by hand because no library maps ProbLog's weight semantics onto
+a batched circuit; KLay evaluates the circuit, ProbLog/PySDD build it.
+
+Queries follow ProbLog's semantics exactly: ``P(q) = WMC(q & C) / WMC(C)`` with
+``C`` the conjunction of the annotated-disjunction constraints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from problog.engine import DefaultEngine
+from problog.evaluator import Semiring
+from problog.formula import LogicDAG, LogicFormula
+from problog.logic import Constant, Term, Var
+from problog.sdd_formula import SDD
+
+from logic.program import Program
+
+PLACEHOLDER = Term("img")
+_ONE = "1"
+
+
+class _LinearSemiring(Semiring):
+    """Weights as linear forms ``{leaf: coefficient}`` (leaf ``"1"`` is the constant)."""
+
+    def one(self):
+        return {_ONE: 1.0}
+
+    def zero(self):
+        return {}
+
+    def is_one(self, a):
+        return a == {_ONE: 1.0}
+
+    def is_zero(self, a):
+        return not any(a.values())
+
+    def plus(self, a, b):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = out.get(k, 0.0) + v
+        return out
+
+    def times(self, a, b):  # only ever needed with a constant factor here
+        if set(a) <= {_ONE}:
+            c = a.get(_ONE, 0.0)
+            return {k: c * v for k, v in b.items()}
+        if set(b) <= {_ONE}:
+            return self.times(b, a)
+        raise ValueError("literal weights must be linear in the leaves")
+
+    def negate(self, a):
+        return self.plus(self.one(), {k: -v for k, v in a.items()})
+
+    def value(self, a):
+        if isinstance(a, Term) and a.functor in ("nn", "t"):
+            return {a: 1.0}
+        if a is True or a is None:
+            return self.one()
+        return {_ONE: float(a)}
+
+    def is_dsp(self):
+        return True
+
+    def in_domain(self, a):
+        return True
+
+
+def leaf_key(term: Term):
+    """``("nn", net, source, j)`` for a network output, ``("t", i)`` for a rule parameter."""
+    if term.functor == "t":
+        return ("t", int(term.args[0]))
+    net, inputs, j = term.args
+    (tensor,) = inputs.args[0:1] if inputs.functor == "." else (inputs,)
+    src = tensor.args[0].functor  # tensor(src(img))
+    return ("nn", str(net), src, int(j))
+
+
+@dataclass
+class CompiledQueries:
+    """A circuit over some ground queries of one context, with its literal weights.
+
+    ``roots`` maps each ground query term to its output column (the query
+    conjoined with the constraints); the last column is the constraint itself,
+    so ``P(q) = out[:, roots[q]] / out[:, -1]``.
+    """
+
+    roots: dict  # Term -> column
+    circuit: torch.nn.Module
+    weight_matrix_pos: torch.Tensor  # [1 + n_leaves, n_vars] float64
+    weight_matrix_neg: torch.Tensor
+    nn_blocks: tuple[tuple[str, str], ...]  # (network, tensor source) column blocks
+    rule_params: list[int]  # parameter index of each rule-probability column
+
+    def evaluate(self, nn_outputs: dict, rule_probs: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Probabilities of every root: ``[b, n_roots]``.
+
+        nn_outputs: (network, source) -> [b, K] distributions
+        rule_probs: [n_params] probabilities of all the program's parameters
+        """
+        dtype = rule_probs.dtype
+        parts = [torch.ones(batch_size, 1, dtype=dtype, device=rule_probs.device)]
+        parts += [nn_outputs[block].to(dtype) for block in self.nn_blocks]
+        if self.rule_params:
+            parts.append(rule_probs[self.rule_params].unsqueeze(0).expand(batch_size, -1))
+        leaves = torch.cat(parts, dim=1)  # [b, 1 + n_leaves]
+        pos = leaves @ self.weight_matrix_pos.to(dtype)  # [b, n_vars]
+        neg = leaves @ self.weight_matrix_neg.to(dtype)
+        out = self.circuit(pos, neg)  # [b, n_roots + 1]
+        return out[:, :-1] / out[:, -1:]
+
+
+def compile_queries(program: Program, queries: list[Term], network_domains: dict) -> CompiledQueries:
+    """Ground ``queries`` (may contain variables) and compile them into one KLay circuit."""
+    import klay
+
+    engine = DefaultEngine()
+    db = engine.prepare(program.translated)
+    formula = LogicFormula(keep_all=True)
+    for q in queries:
+        formula = engine.ground(db, q, target=formula, label=LogicFormula.LABEL_QUERY)
+    dag = LogicDAG.create_from(formula, keep_named=True)
+    sdd = SDD.create_from(dag)
+    mgr = sdd.get_manager()
+    constraint = sdd.get_constraint_inode()
+
+    circuit = klay.Circuit()
+    roots = {}
+    for term, node in sdd.queries():
+        if node is None:  # no proof: probability 0
+            sdd_node = mgr.false()
+        else:
+            sdd_node = mgr.conjoin(sdd.get_inode(node), constraint)
+        circuit.add_sdd(sdd_node)
+        roots[term] = len(roots)
+    circuit.add_sdd(constraint)
+    module = circuit.to_torch_module(semiring="real", compile=False)
+
+    # Symbolic literal weights, exactly as ProbLog assigns them.
+    weights = sdd.extract_weights(_LinearSemiring())
+    n_vars = mgr.get_manager().var_count()
+    forms = {}
+    for atom, pair in weights.items():
+        var = sdd.atom2var.get(atom)
+        if var is not None:
+            forms[var] = pair
+    keys = {k for pair in forms.values() for form in pair for k in form if k != _ONE}
+    leaves = {k: leaf_key(k) for k in keys}
+    nn_blocks = tuple(sorted({(key[1], key[2]) for key in leaves.values() if key[0] == "nn"}))
+    rule_params = sorted(key[1] for key in leaves.values() if key[0] == "t")
+    col = {}
+    for net, src in nn_blocks:
+        for j in range(len(network_domains[net])):
+            col[("nn", net, src, j)] = 1 + len(col)
+    for i in rule_params:
+        col[("t", i)] = 1 + len(col)
+    mpos = torch.zeros(1 + len(col), n_vars, dtype=torch.float64)
+    mneg = torch.zeros_like(mpos)
+    for var in range(1, n_vars + 1):
+        pair = forms.get(var, ({_ONE: 1.0}, {_ONE: 1.0}))  # unweighted: 1 both ways
+        for m, form in zip((mpos, mneg), pair):
+            for k, c in form.items():
+                m[0 if k == _ONE else col[leaves[k]], var - 1] += c
+    return CompiledQueries(roots, module, mpos, mneg, nn_blocks, rule_params)
+
+
+@dataclass
+class CompiledContext:
+    """Everything the engine needs for one context."""
+
+    context: str
+    sources: tuple[str, ...]  # sources that can be selected in this context
+    main: CompiledQueries  # emotion/3, via/4, valid/2
+    selection: CompiledQueries  # selected/3, valid/2 (no networks involved)
+    emotion_cols: list[int]  # per emotion value
+    via_cols: list[list[int]]  # per source in ``sources``, per emotion value
+    valid_col: int
+    selected_cols: list[int]  # per source in ``sources`` (in ``selection``)
+    selection_valid_col: int
+
+
+def compile_context(program: Program, context: str, emotions: tuple[str, ...], network_domains: dict) -> CompiledContext:
+    img, ctx = PLACEHOLDER, Term(context)
+    selection = compile_queries(
+        program, [Term("selected", img, ctx, Var("S")), Term("valid", img, ctx)], network_domains
+    )
+    sources = tuple(str(t.args[2]) for t in selection.roots if t.functor == "selected")
+    main = compile_queries(
+        program,
+        [Term("emotion", img, ctx, Term(e)) for e in emotions]
+        + [Term("via", img, ctx, Term(s), Term(e)) for s in sources for e in emotions]
+        + [Term("valid", img, ctx)],
+        network_domains,
+    )
+    derived = {str(t.args[2]) for t in main.roots if t.functor == "emotion"}
+    if derived - set(emotions):
+        raise ValueError(f"{program.name}: emotion/3 derives values outside the vocabulary")
+    mr = {str(t): c for t, c in main.roots.items()}
+    sr = {str(t): c for t, c in selection.roots.items()}
+    i, c = str(img), context
+    return CompiledContext(
+        context=context,
+        sources=sources,
+        main=main,
+        selection=selection,
+        emotion_cols=[mr[f"emotion({i},{c},{e})"] for e in emotions],
+        via_cols=[[mr[f"via({i},{c},{s},{e})"] for e in emotions] for s in sources],
+        valid_col=mr[f"valid({i},{c})"],
+        selected_cols=[sr[f"selected({i},{c},{s})"] for s in sources],
+        selection_valid_col=sr[f"valid({i},{c})"],
+    )

@@ -1,0 +1,140 @@
+"""The ``deepproblog`` engine: the reference, DeepProbLog as its authors ship it.
+
+A DeepProbLog ``Model`` over the program file, its ``ExactEngine`` with circuit
+caching (queries are parameterised by a placeholder image, so one circuit per
+context is compiled and reused), networks wrapped as DeepProbLog ``Network``s
+reading named tensor sources keyed by sample id (``tensor(face1(Id))``), and
+DeepProbLog's ``SGD(param_lr)`` for the ``t(_)`` parameters — the faithful
+reproduction of the source notes. It evaluates one query at a time.
+"""
+from __future__ import annotations
+
+import torch
+from problog.logic import Term, Var
+
+from logic.program import Program
+from neural.vocabulary import EMOTIONS
+
+PLACEHOLDER = Term("img")
+
+
+class _SampleTensors:
+    """A DeepProbLog tensor source: ``source[(Term(sample_id),)] -> tensor``."""
+
+    def __init__(self):
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, key):
+        sample = key[0] if isinstance(key, tuple) else key
+        name = sample.functor if isinstance(sample, Term) else str(sample)
+        try:
+            return self.rows[name]
+        except KeyError:  # the logic asked for a tensor that does not exist
+            raise KeyError(f"no tensor for sample {name!r} in this source") from None
+
+
+class DeepProbLogEngine:
+    name = "deepproblog"
+
+    def __init__(self, program: Program, networks: dict[str, torch.nn.Module], param_lr: float = 0.01, emotions=EMOTIONS):
+        from deepproblog.engines import ExactEngine
+        from deepproblog.model import Model
+        from deepproblog.network import Network
+        from deepproblog.optimizer import SGD
+
+        self.program = program
+        self.emotions = tuple(emotions)
+        self.dp_networks = [Network(networks[n], n, batching=True) for n in program.networks]
+        self.model = Model(str(program.path), self.dp_networks)
+        self.model.set_engine(ExactEngine(self.model), cache=True)
+        self.model.optimizer = SGD(self.model, param_lr)
+        self.sources: dict[str, _SampleTensors] = {}
+        if len(self.model.parameters) != program.n_params:  # both must index the same parameters
+            raise RuntimeError("DeepProbLog and emologic disagree on the program's parameters")
+
+    # -- parameters ---------------------------------------------------------
+    def rule_probs(self) -> list[float]:
+        return [float(p) for p in self.model.parameters]
+
+    def set_rule_probs(self, probs) -> None:
+        self.model.parameters[:] = [float(p) for p in probs]
+
+    def rule_grads(self) -> list[float]:
+        """Accumulated dLoss/dt_i since the last ``zero_grad`` (DeepProbLog's hooks)."""
+        g = self.model.optimizer._params_grad
+        return [float(g[i]) if i in g else 0.0 for i in range(self.program.n_params)]
+
+    def zero_grad(self) -> None:
+        self.model.optimizer.zero_grad()
+
+    def step(self) -> None:
+        """DeepProbLog's SGD step: gradient step, clip to [0, 1], renormalise groups."""
+        self.model.optimizer.step()
+
+    def set_lr(self, lr: float) -> None:
+        self.model.optimizer.param_lr = lr
+
+    def train(self, mode: bool = True) -> None:
+        for n in self.dp_networks:
+            n.train() if mode else n.eval()
+
+    # -- evaluation ---------------------------------------------------------
+    def _bind(self, batch) -> None:
+        for name, tensor in batch.tensors.items():
+            src = self.sources.get(name)
+            if src is None:
+                src = self.sources[name] = _SampleTensors()
+                self.model.add_tensor_source(name, src)
+            src.rows = {sid: tensor[i] for i, sid in enumerate(batch.sample_ids)}
+
+    def _solve(self, terms_and_ids):
+        from deepproblog.query import Query
+
+        queries = [Query(t, substitution={PLACEHOLDER: Term(sid)}) for t, sid in terms_and_ids]
+        return [r.result for r in self.model.solve(queries)]
+
+    def query(self, batch, contexts: list[str], sources: list[str], explain: bool):
+        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
+        self._bind(batch)
+        emotions = self.emotions
+        n = len(batch)
+        dtype = torch.get_default_dtype()
+
+        def value(result, term):
+            v = result.get(term, 0.0)
+            return v if torch.is_tensor(v) else torch.tensor(float(v), dtype=dtype)
+
+        emo_q = [(Term("emotion", PLACEHOLDER, Term(c), Var("E")), sid) for c, sid in zip(contexts, batch.sample_ids)]
+        val_q = [(Term("valid", PLACEHOLDER, Term(c)), sid) for c, sid in zip(contexts, batch.sample_ids)]
+        results = self._solve(emo_q + val_q)
+        emotion = torch.stack([
+            torch.stack([value(results[i], Term("emotion", Term(sid), Term(c), Term(e))) for e in emotions])
+            for i, (c, sid) in enumerate(zip(contexts, batch.sample_ids))
+        ])
+        valid = torch.stack([
+            value(results[n + i], Term("valid", Term(sid), Term(c)))
+            for i, (c, sid) in enumerate(zip(contexts, batch.sample_ids))
+        ])
+        via = None
+        if explain:
+            via_q = [(Term("via", PLACEHOLDER, Term(c), Var("S"), Var("E")), sid) for c, sid in zip(contexts, batch.sample_ids)]
+            vres = self._solve(via_q)
+            via = torch.stack([
+                torch.stack([
+                    torch.stack([value(vres[i], Term("via", Term(sid), Term(c), Term(s), Term(e))) for e in emotions])
+                    for s in sources
+                ])
+                for i, (c, sid) in enumerate(zip(contexts, batch.sample_ids))
+            ])
+        return emotion, valid, via
+
+    def selection(self, context: str, sources: list[str]) -> dict[str, float]:
+        """P(source selected | valid) in ``context`` (no network involved)."""
+        sel, val = self._solve([
+            (Term("selected", PLACEHOLDER, Term(context), Var("S")), "none"),
+            (Term("valid", PLACEHOLDER, Term(context)), "none"),
+        ])
+        z = float(val.get(Term("valid", Term("none"), Term(context)), 0.0))
+        return {
+            s: float(sel.get(Term("selected", Term("none"), Term(context), Term(s)), 0.0)) / z for s in sources
+        }
