@@ -196,12 +196,20 @@ class LogicModel(nn.Module):
             posterior = via / emotion.unsqueeze(1).clamp_min(1e-30)
         return LogicOutput(probs=probs, contexts=contexts, sources=self.sources, posterior=posterior)
 
+    def label_log_probs(self, batch, eps: float = 1e-12) -> torch.Tensor:
+        """log P(label | image) per sample, [B] (the training query)."""
+        contexts = batch.contexts(self.face_size_threshold)
+        if hasattr(self.engine, "label_query"):  # DeepProbLog: ground label queries only
+            p_label, valid = self.engine.label_query(batch, contexts)
+            return (p_label / valid).clamp_min(eps).log()
+        out = self(batch)
+        return out.log_probs(eps)[torch.arange(len(batch)), batch.labels]
+
     def nll(self, batch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood of the batch's labels under the program."""
         if (batch.labels < 0).any():
             raise UserError("every training sample needs a label in the vocabulary")
-        out = self(batch)
-        logp = out.log_probs()[torch.arange(len(batch)), batch.labels]
+        logp = self.label_log_probs(batch)
         if class_weights is None:
             return -logp.mean()
         w = class_weights.to(logp.dtype)[batch.labels]

@@ -255,20 +255,31 @@ class Program:
                 probs[i] = v / total if len(g.params) > 1 else min(max(v, 0.0), 1.0)
         return probs
 
-    def with_probabilities(self, probs: list[float]) -> str:
+    def with_probabilities(self, probs: list[float], decimals: int = 10) -> str:
         """The program text with every ``t(...)`` replaced by the given values,
-        comments and layout kept. The result parses with ProbLog."""
+        comments and layout kept. The result parses and runs with ProbLog: each
+        disjunction's values are rounded to ``decimals`` places so that they sum
+        to exactly 1 (the last choice takes the remainder)."""
+        from decimal import Decimal
+
         if len(probs) != self.n_params:
             raise ValueError(f"expected {self.n_params} probabilities, got {len(probs)}")
-        it = iter(probs)
+        text_values = [""] * self.n_params
+        q = Decimal(1).scaleb(-decimals)
+        for g in self.groups:
+            vals = [Decimal(repr(float(probs[i]))).quantize(q) for i in g.params]
+            if len(vals) > 1:
+                vals[-1] = Decimal(1) - sum(vals[:-1])
+            for i, v in zip(g.params, vals):
+                text_values[i] = format(v.normalize(), "f")
+        it = iter(text_values)
         out_lines = []
         pattern = re.compile(r"\bt\((?:[^()]|\([^()]*\))*\)\s*::")
         for line in self.text.splitlines(keepends=True):
             code, sep, comment = line.partition("%")
-            code = pattern.sub(lambda m: f"{next(it):.6g}::", code)
+            code = pattern.sub(lambda m: f"{next(it)}::", code)
             out_lines.append(code + sep + comment)
-        rest = list(it)
-        if rest:  # the textual scan must meet exactly the parsed parameters
+        if next(it, None) is not None:  # the textual scan must meet exactly the parsed parameters
             raise RuntimeError("parameter count mismatch while writing the program")
         return "".join(out_lines)
 

@@ -126,13 +126,19 @@ class CompiledQueries:
         return out[:, :-1] / out[:, -1:]
 
 
-def compile_queries(program: Program, queries: list[Term], network_domains: dict) -> CompiledQueries:
-    """Ground ``queries`` (may contain variables) and compile them into one KLay circuit."""
+def compile_queries(program: Program, queries: list[Term], network_domains: dict, neural: bool = True) -> CompiledQueries:
+    """Ground ``queries`` (may contain variables) and compile them into one KLay circuit.
+
+    ``neural=False`` for queries whose proofs involve no neural predicate.
+    """
     import klay
 
     engine = DefaultEngine()
     db = engine.prepare(program.translated)
     formula = LogicFormula(keep_all=True)
+    for term in _disjunction_heads(program, engine, db, queries[0].args[1], neural):
+        # labelled, so that the DAG (built by traversal from the names) keeps this order
+        formula = engine.ground(db, term, target=formula, label=LogicFormula.LABEL_QUERY)
     for q in queries:
         formula = engine.ground(db, q, target=formula, label=LogicFormula.LABEL_QUERY)
     dag = LogicDAG.create_from(formula, keep_named=True)
@@ -142,7 +148,11 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
 
     circuit = klay.Circuit()
     roots = {}
+    wanted = {q for q in queries if q.is_ground()}
+    open_queries = [q for q in queries if not q.is_ground()]
     for term, node in sdd.queries():
+        if term not in wanted and not any(_matches(q, term) for q in open_queries):
+            continue  # an ordering helper, not a query
         if node is None:  # no proof: probability 0
             sdd_node = mgr.false()
         else:
@@ -180,6 +190,45 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
     return CompiledQueries(roots, module, mpos, mneg, nn_blocks, rule_params)
 
 
+def _matches(pattern: Term, term: Term) -> bool:
+    """Whether ground ``term`` is an instance of ``pattern`` (variables match anything)."""
+    if isinstance(pattern, Var):
+        return True
+    if pattern.functor != term.functor or pattern.arity != term.arity:
+        return False
+    return all(_matches(p, t) for p, t in zip(pattern.args, term.args))
+
+
+def _disjunction_heads(program: Program, engine, db, ctx: Term, neural: bool) -> list[Term]:
+    """Open head patterns of every annotated disjunction the context can use, in
+    program order: ``trust(n1_large, S)``, ``circumplex(negative, low, E)``,
+    ``scene_emotion(tensor(scene(img)), E)``, ...
+
+    Grounding these first (unlabelled) numbers the atoms, hence the SDD
+    variables, one disjunction at a time. Grounding query by query would
+    interleave the disjunctions' variables, and with ProbLog's default vtree the
+    SDD of their exactly-one constraints then grows exponentially (va_selection
+    took minutes and gigabytes).
+    """
+    heads = [Term(g.functor, *(Term(a) for a in g.context), Var("X")) for g in program.groups]
+    if not neural:
+        return heads
+    scratch = engine.ground(db, Term("via", PLACEHOLDER, ctx, Var("S"), Var("E")), label=LogicFormula.LABEL_QUERY)
+    seen = set()
+    for _, atom, kind in scratch:
+        if kind != "atom":
+            continue
+        name = atom.name
+        prob = atom.probability
+        if isinstance(prob, Term) and prob.functor == "nn" and name is not None:
+            inner = name.args[2] if name.functor == "choice" else name
+            pattern = Term(inner.functor, *inner.args[:-1], Var("X"))
+            if pattern not in seen:
+                seen.add(pattern)
+                heads.append(pattern)
+    return heads
+
+
 @dataclass
 class CompiledContext:
     """Everything the engine needs for one context."""
@@ -198,7 +247,7 @@ class CompiledContext:
 def compile_context(program: Program, context: str, emotions: tuple[str, ...], network_domains: dict) -> CompiledContext:
     img, ctx = PLACEHOLDER, Term(context)
     selection = compile_queries(
-        program, [Term("selected", img, ctx, Var("S")), Term("valid", img, ctx)], network_domains
+        program, [Term("selected", img, ctx, Var("S")), Term("valid", img, ctx)], network_domains, neural=False
     )
     sources = tuple(str(t.args[2]) for t in selection.roots if t.functor == "selected")
     main = compile_queries(

@@ -10,7 +10,7 @@ reproduction of the source notes. It evaluates one query at a time.
 from __future__ import annotations
 
 import torch
-from problog.logic import Term, Var
+from problog.logic import Term
 
 from logic.program import Program
 from neural.vocabulary import EMOTIONS
@@ -94,47 +94,48 @@ class DeepProbLogEngine:
         return [r.result for r in self.model.solve(queries)]
 
     def query(self, batch, contexts: list[str], sources: list[str], explain: bool):
-        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
+        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None.
+
+        Every query is ground (``emotion(img, ctx, happy)``): DeepProbLog's exact
+        engine evaluates a ground query's circuit in milliseconds but a query with
+        an output variable in hundreds of milliseconds.
+        """
         self._bind(batch)
-        emotions = self.emotions
-        n = len(batch)
-        dtype = torch.get_default_dtype()
-
-        def value(result, term):
-            v = result.get(term, 0.0)
-            return v if torch.is_tensor(v) else torch.tensor(float(v), dtype=dtype)
-
-        emo_q = [(Term("emotion", PLACEHOLDER, Term(c), Var("E")), sid) for c, sid in zip(contexts, batch.sample_ids)]
-        val_q = [(Term("valid", PLACEHOLDER, Term(c)), sid) for c, sid in zip(contexts, batch.sample_ids)]
-        results = self._solve(emo_q + val_q)
-        emotion = torch.stack([
-            torch.stack([value(results[i], Term("emotion", Term(sid), Term(c), Term(e))) for e in emotions])
-            for i, (c, sid) in enumerate(zip(contexts, batch.sample_ids))
-        ])
-        valid = torch.stack([
-            value(results[n + i], Term("valid", Term(sid), Term(c)))
-            for i, (c, sid) in enumerate(zip(contexts, batch.sample_ids))
-        ])
-        via = None
-        if explain:
-            via_q = [(Term("via", PLACEHOLDER, Term(c), Var("S"), Var("E")), sid) for c, sid in zip(contexts, batch.sample_ids)]
-            vres = self._solve(via_q)
-            via = torch.stack([
-                torch.stack([
-                    torch.stack([value(vres[i], Term("via", Term(sid), Term(c), Term(s), Term(e))) for e in emotions])
-                    for s in sources
-                ])
-                for i, (c, sid) in enumerate(zip(contexts, batch.sample_ids))
-            ])
+        emotions, ids = self.emotions, batch.sample_ids
+        per_sample = [[Term("valid", PLACEHOLDER, Term(c))] + [Term("emotion", PLACEHOLDER, Term(c), Term(e)) for e in emotions]
+                      + ([Term("via", PLACEHOLDER, Term(c), Term(s), Term(e)) for s in sources for e in emotions] if explain else [])
+                      for c in contexts]
+        values = self._values([(t, sid) for terms, sid in zip(per_sample, ids) for t in terms])
+        width = len(per_sample[0])
+        rows = [torch.stack(values[i * width:(i + 1) * width]) for i in range(len(ids))]
+        table = torch.stack(rows)  # [B, 1 + E (+ S*E)]
+        valid, emotion = table[:, 0], table[:, 1:1 + len(emotions)]
+        via = table[:, 1 + len(emotions):].reshape(len(ids), len(sources), len(emotions)) if explain else None
         return emotion, valid, via
+
+    def label_query(self, batch, contexts: list[str]):
+        """P(emotion(img, ctx, label)) and P(valid(img, ctx)) per sample: [B], [B]."""
+        self._bind(batch)
+        terms = []
+        for c, sid, y in zip(contexts, batch.sample_ids, batch.labels.tolist()):
+            terms.append((Term("emotion", PLACEHOLDER, Term(c), Term(self.emotions[y])), sid))
+            terms.append((Term("valid", PLACEHOLDER, Term(c)), sid))
+        values = torch.stack(self._values(terms))
+        return values[0::2], values[1::2]
+
+    def _values(self, terms_and_ids) -> list[torch.Tensor]:
+        """The probability of each ground query (0 for a query with no proof)."""
+        dtype = torch.get_default_dtype()
+        out = []
+        for (term, sid), result in zip(terms_and_ids, self._solve(terms_and_ids)):
+            v = result.get(term.apply_term({PLACEHOLDER: Term(sid)}), 0.0)
+            out.append(v if torch.is_tensor(v) else torch.tensor(float(v), dtype=dtype))
+        return out
 
     def selection(self, context: str, sources: list[str]) -> dict[str, float]:
         """P(source selected | valid) in ``context`` (no network involved)."""
-        sel, val = self._solve([
-            (Term("selected", PLACEHOLDER, Term(context), Var("S")), "none"),
-            (Term("valid", PLACEHOLDER, Term(context)), "none"),
-        ])
-        z = float(val.get(Term("valid", Term("none"), Term(context)), 0.0))
-        return {
-            s: float(sel.get(Term("selected", Term("none"), Term(context), Term(s)), 0.0)) / z for s in sources
-        }
+        terms = [(Term("valid", PLACEHOLDER, Term(context)), "none")]
+        terms += [(Term("selected", PLACEHOLDER, Term(context), Term(s)), "none") for s in sources]
+        with torch.no_grad():
+            values = [float(v) for v in self._values(terms)]
+        return {s: v / values[0] for s, v in zip(sources, values[1:])}

@@ -1,0 +1,328 @@
+"""Build (and resume) the tensor cache of a data set.
+
+    report = build_cache(get_dataset("synthetic", root=...), "cache/", PipelineConfig())
+    print(report.summary())
+
+Resuming: a sample is finished when the manifest lists it in a shard, and the
+manifest only lists a shard after the shard file is completely written. A
+rerun after an interruption (or with more samples) computes only what is not
+finished; a finished sample whose image file changed since (other sha256) is
+computed again. Previously skipped samples are retried (their file may have been
+fixed). A rerun with another pipeline config or other backbone weights raises
+:class:`CacheConfigMismatch` naming the keys that differ.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from cache.store import (
+    FORMAT_VERSION,
+    MANIFEST,
+    CacheConfigMismatch,
+    DEFAULT_SPLIT,
+    package_versions,
+    read_manifest,
+    shard_name,
+    split_dir,
+    to_json_value,
+    write_json,
+    write_shard,
+)
+from neural.errors import UserError
+from pipelines.images import sha256_file
+from pipelines.pipeline import (
+    ImagePipeline,
+    PipelineConfig,
+    ProcessedSample,
+    Skip,
+    config_differences,
+)
+
+DEFAULT_SHARD_SIZE = 256
+
+#: ``on_shard(split, shard_name, n_samples)`` is called after each shard is committed.
+ShardHook = Callable[[str, str, int], None]
+
+
+@dataclass
+class SplitBuildReport:
+    split: str
+    directory: Path
+    n_samples: int  # samples asked for
+    n_reused: int  # finished before this run, not recomputed
+    n_processed: int  # computed in this run (cached or skipped)
+    n_cached: int  # in the cache after this run (of the samples asked for)
+    skipped: list[Skip] = field(default_factory=list)  # of the samples asked for
+    n_changed: int = 0  # finished before, image changed since, recomputed
+    shards_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_processed / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class BuildReport:
+    splits: dict[str, SplitBuildReport]
+
+    @property
+    def n_processed(self) -> int:
+        return sum(r.n_processed for r in self.splits.values())
+
+    @property
+    def n_cached(self) -> int:
+        return sum(r.n_cached for r in self.splits.values())
+
+    @property
+    def n_reused(self) -> int:
+        return sum(r.n_reused for r in self.splits.values())
+
+    @property
+    def skipped(self) -> list[Skip]:
+        return [s for r in self.splits.values() for s in r.skipped]
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.splits.values())
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skips per kind of reason (the reason without the file-specific part)."""
+        counts: dict[str, int] = {}
+        for s in self.skipped:
+            kind = s.reason.split(" (", 1)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def summary(self, max_listed: int = 10) -> str:
+        lines = []
+        for name, r in self.splits.items():
+            lines.append(
+                f"{name}: {r.n_cached}/{r.n_samples} cached ({r.n_processed} computed now, "
+                f"{r.n_reused} reused, {r.n_changed} changed images recomputed), "
+                f"{len(r.skipped)} skipped, {r.shards_written} shard(s) written, {r.seconds:.1f}s"
+                + (f", {r.images_per_second:.1f} img/s" if r.n_processed else "")
+            )
+        skipped = self.skipped
+        lines.append(f"skipped: {len(skipped)}")
+        for kind, n in self.skip_counts().items():
+            lines.append(f"  {n:6d}  {kind}")
+        for s in skipped[:max_listed]:
+            lines.append(f"  {s.sample_id}: {s.reason}")
+        if len(skipped) > max_listed:
+            lines.append(f"  ... and {len(skipped) - max_listed} more (listed in each split's manifest.json)")
+        return "\n".join(lines)
+
+
+def group_by_split(dataset_or_samples, split: str | None) -> dict[str, list]:
+    """``{split directory name: samples}``.
+
+    A data set (``.samples`` + ``.by_split``) with ``split`` gives that split; without,
+    every split (samples without one go to ``"all"``). A plain list of samples with
+    ``split`` goes entirely into that directory; without, it is grouped by ``sample.split``.
+    """
+    is_dataset = hasattr(dataset_or_samples, "by_split") and hasattr(dataset_or_samples, "samples")
+    if split is not None:
+        samples = dataset_or_samples.by_split(split) if is_dataset else list(dataset_or_samples)
+        return {split: list(samples)}
+    samples = dataset_or_samples.samples if is_dataset else list(dataset_or_samples)
+    groups: dict[str, list] = {}
+    for s in samples:
+        groups.setdefault(getattr(s, "split", None) or DEFAULT_SPLIT, []).append(s)
+    return groups
+
+
+def _shard_tensors(items: Sequence[ProcessedSample], crop_size: int) -> dict[str, torch.Tensor]:
+    counts = [p.n_faces for p in items]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    faces = [p.faces for p in items if p.n_faces]
+    tensors = {
+        name: torch.stack([p.features[name] for p in items]).float()
+        for name in items[0].features  # "scene" [k, 512], "va" [k, D], "scene_layer3" [k, 256, h, w]
+    }
+    tensors.update(
+        faces=torch.from_numpy(np.concatenate(faces) if faces else np.zeros((0, crop_size, crop_size), np.uint8)),
+        face_offsets=torch.from_numpy(offsets),
+        boxes=torch.from_numpy(np.concatenate([p.boxes for p in items]).astype(np.float32).reshape(-1, 4)),
+        probs=torch.from_numpy(np.concatenate([p.probs for p in items]).astype(np.float32).reshape(-1)),
+        image_size=torch.tensor([list(p.image_size) for p in items], dtype=torch.int64).reshape(-1, 2),
+        labels=torch.tensor([-1 if p.label is None else p.label for p in items], dtype=torch.int64),
+    )
+    return tensors
+
+
+class _SplitWriter:
+    """The manifest of one split directory and the shards appended to it."""
+
+    def __init__(self, directory: Path, split: str, cfg: PipelineConfig, identity: dict):
+        self.directory = directory
+        self.split = split
+        if (directory / MANIFEST).is_file():
+            self.manifest = read_manifest(directory)
+            check_config(self.manifest, cfg, identity, directory)
+        else:
+            self.manifest = {
+                "format": FORMAT_VERSION,
+                "split": split,
+                "config": cfg.to_dict(),
+                "identity": identity,
+                "versions": package_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "complete": False,
+                "shards": [],
+                "samples": [],
+                "skipped": [],
+            }
+        self.entries: dict[str, dict] = {e["id"]: e for e in self.manifest["samples"]}
+        self.skips: dict[str, str] = {s["id"]: s["reason"] for s in self.manifest["skipped"]}
+        for stale in directory.glob(".*.tmp"):  # left by a crash in the middle of a write
+            stale.unlink()
+
+    def finished(self, sample) -> tuple[bool, bool]:
+        """``(finished, changed)``: cached with the current content of its image file."""
+        entry = self.entries.get(str(sample.sample_id))
+        if entry is None:
+            return False, False
+        path = Path(sample.image_path)
+        if not path.is_file():  # the image is gone; its cached tensors stay valid
+            return True, False
+        same = sha256_file(path) == entry["sha256"]
+        return same, not same
+
+    def commit(self, items: list[ProcessedSample], skips: list[Skip]) -> str | None:
+        """Write ``items`` as a new shard, then the manifest that lists it."""
+        name = None
+        if items:
+            name = shard_name(len(self.manifest["shards"]))
+            ids = [p.sample_id for p in items]
+            crop_size = int(self.manifest["config"]["crop_size"])
+            digest = write_shard(self.directory / name, _shard_tensors(items, crop_size), ids)
+            self.manifest["shards"].append(
+                {"name": name, "sha256": digest, "n_samples": len(items), "bytes": (self.directory / name).stat().st_size}
+            )
+            for row, p in enumerate(items):
+                self.entries[p.sample_id] = {
+                    "id": p.sample_id,
+                    "sha256": p.sha256,
+                    "image_path": p.image_path,
+                    "image_size": list(p.image_size),
+                    "n_faces": p.n_faces,
+                    "label": p.label,
+                    "annotations": to_json_value(p.annotations),
+                    "shard": name,
+                    "row": row,
+                }
+                self.skips.pop(p.sample_id, None)
+        for s in skips:
+            self.skips[s.sample_id] = s.reason
+            self.entries.pop(s.sample_id, None)  # its image changed and is now unusable
+        self.write_manifest()
+        return name
+
+    def write_manifest(self, complete: bool | None = None) -> None:
+        if complete is not None:
+            self.manifest["complete"] = complete
+        self.manifest["samples"] = list(self.entries.values())
+        self.manifest["skipped"] = [{"id": k, "reason": v} for k, v in self.skips.items()]
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.directory / MANIFEST, self.manifest)
+
+
+def check_config(manifest: dict, cfg: PipelineConfig | dict, identity: dict | None, where) -> None:
+    """Raise :class:`CacheConfigMismatch` when ``manifest`` was built otherwise."""
+    wanted = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig.from_dict(cfg)
+    built = PipelineConfig.from_dict(manifest["config"])
+    diffs = config_differences(built.semantic_dict(), wanted.semantic_dict())
+    if identity is not None:  # only the keys given are compared
+        built_identity = manifest.get("identity", {})
+        diffs += config_differences({k: built_identity.get(k, "<absent>") for k in identity}, identity)
+    if diffs:
+        raise CacheConfigMismatch(
+            f"{where}: cache was built with a different pipeline config ({'; '.join(diffs)}); "
+            "use a new cache directory or rebuild with --force"
+        )
+
+
+def build_cache(
+    dataset_or_samples,
+    cache_dir,
+    cfg: PipelineConfig | None = None,
+    split: str | None = None,
+    progress: bool = True,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    on_shard: ShardHook | None = None,
+    pipeline: ImagePipeline | None = None,
+) -> BuildReport:
+    """Cache the tensors of a data set (or a list of samples) under ``cache_dir/<split>/``.
+
+    See :func:`group_by_split` for which samples go where. Returns per-split
+    counts of reused, computed and skipped samples.
+    """
+    cfg = cfg or (pipeline.cfg if pipeline is not None else PipelineConfig())
+    if pipeline is not None and pipeline.cfg != cfg:
+        raise ValueError("build_cache: pipeline.cfg differs from cfg")
+    if shard_size < 1:
+        raise UserError(f"shard_size must be positive, got {shard_size}")
+    groups = group_by_split(dataset_or_samples, split)
+    pipeline = pipeline or ImagePipeline(cfg)
+    reports = {}
+    for name, samples in groups.items():
+        reports[name] = _build_split(samples, Path(cache_dir), name, pipeline, progress, shard_size, on_shard)
+    return BuildReport(reports)
+
+
+def _build_split(samples, cache_dir: Path, split: str, pipeline: ImagePipeline, progress: bool, shard_size: int, on_shard) -> SplitBuildReport:
+    start = time.perf_counter()
+    ids = [str(s.sample_id) for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"split {split!r}: duplicate sample id {dup!r}; sample ids must be unique")
+    directory = split_dir(cache_dir, split)
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = _SplitWriter(directory, split, pipeline.cfg, pipeline.identity)
+
+    todo, n_reused, n_changed = [], 0, 0
+    for s in samples:
+        done, changed = writer.finished(s)
+        n_reused += done
+        n_changed += changed
+        if not done:
+            todo.append(s)
+
+    report = SplitBuildReport(split, directory, len(samples), n_reused, 0, 0, n_changed=n_changed)
+    pending: list[ProcessedSample] = []
+    pending_skips: list[Skip] = []
+
+    def flush() -> None:
+        name = writer.commit(pending, pending_skips)
+        n = len(pending)
+        pending.clear()
+        pending_skips.clear()
+        if name is not None:
+            report.shards_written += 1
+            if on_shard is not None:
+                on_shard(split, name, n)
+
+    for done_chunk, skipped_chunk in pipeline.iter_process(todo, progress=progress, desc=f"cache {split}"):
+        report.n_processed += len(done_chunk) + len(skipped_chunk)
+        pending.extend(done_chunk)
+        pending_skips.extend(skipped_chunk)
+        while len(pending) >= shard_size:
+            rest = pending[shard_size:]
+            del pending[shard_size:]
+            flush()
+            pending.extend(rest)
+    flush()
+
+    asked = set(ids)
+    writer.write_manifest(complete=asked <= (set(writer.entries) | set(writer.skips)))
+    report.n_cached = len(asked & set(writer.entries))
+    report.skipped = [Skip(i, writer.skips[i]) for i in ids if i in writer.skips]
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,140 @@
+"""``emologic bench WHAT``: throughput benchmarks (not timed tests).
+
+``BENCHES`` maps a name to ``fn(args) -> dict`` of results; other modules add
+their own (``BENCHES["engines"] = bench_engines``) and ``--json`` prints the dict.
+
+``bench cache`` builds caches in a temporary directory and reports images per
+second (loading + hashing + faces + crops + scene backbone + shard writes; model
+construction excluded) and bytes per image:
+
+* synthetic 128 px images, faces from the annotations;
+* 640 px images through MTCNN: upscaled synthetic scenes with 0-3 real faces
+  (matplotlib's ``grace_hopper.jpg`` sample photo) pasted at random sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from experiments.cli import command
+from neural.errors import UserError
+
+
+def _bytes_of(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _time_build(samples, cache_dir: Path, cfg, progress: bool) -> dict:
+    from cache.build import build_cache
+    from pipelines.pipeline import ImagePipeline
+
+    pipeline = ImagePipeline(cfg)  # model construction is not part of the throughput
+    start = time.perf_counter()
+    report = build_cache(samples, cache_dir, cfg, split="bench", progress=progress, pipeline=pipeline)
+    seconds = time.perf_counter() - start
+    n = report.n_cached
+    faces = sum(e["n_faces"] for e in json.loads((cache_dir / "bench" / "manifest.json").read_text())["samples"])
+    return {
+        "images": len(samples),
+        "cached": n,
+        "skipped": len(report.skipped),
+        "faces": faces,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(samples) / seconds, 2),
+        "bytes_per_image": round(_bytes_of(cache_dir / "bench") / max(n, 1)),
+    }
+
+
+def _mtcnn_images(samples, out: Path, size: int, seed: int) -> list:
+    """``size`` px copies of synthetic scenes with 0-3 pasted photo faces."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    from pipelines.datasets import Sample
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        face = im.convert("RGB").crop((110, 60, 420, 420))  # head and shoulders
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i, s in enumerate(samples):
+        with Image.open(s.image_path) as src:
+            canvas = src.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        for _ in range(int(rng.integers(0, 4))):
+            side = int(rng.integers(size // 8, size // 3))
+            x, y = (int(v) for v in rng.integers(0, size - side, 2))
+            canvas.paste(face.resize((side, int(side * 1.16))), (x, y))
+        path = out / f"{s.sample_id}.jpg"
+        canvas.save(path, quality=90)
+        made.append(Sample(s.sample_id, path, s.label, None, {}))
+    return made
+
+
+def bench_cache(args: argparse.Namespace) -> dict:
+    from pipelines.datasets import get_dataset
+    from pipelines.pipeline import PipelineConfig
+
+    progress = not args.json
+    with tempfile.TemporaryDirectory(prefix="emologic-bench-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SceneBackbone")
+        tmp = Path(tmp)
+        n = max(args.n_small, args.n_large)
+        ds = get_dataset("synthetic", root=tmp / "synthetic", n_images=n, seed=args.seed)
+        small = ds.samples[: args.n_small]
+        large = _mtcnn_images(ds.samples[: args.n_large], tmp / "mtcnn640", 640, args.seed)
+        results = {
+            "cpu_threads": __import__("torch").get_num_threads(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "synthetic_128px_annotations": _time_build(
+                small, tmp / "cache128", PipelineConfig(face_source="annotations"), progress
+            ),
+            "photo_faces_640px_mtcnn": _time_build(
+                large, tmp / "cache640", PipelineConfig(face_source="mtcnn"), progress
+            ),
+        }
+    return results
+
+
+#: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache}
+
+
+def _print_table(name: str, results: dict) -> None:
+    print(f"bench {name}:")
+    for key, value in results.items():
+        if isinstance(value, dict):
+            print(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        else:
+            print(f"  {key}: {value}")
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=sorted(BENCHES), help="what to benchmark")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--n-small", type=int, default=400, help="cache: number of 128 px images (default: 400)")
+    p.add_argument("--n-large", type=int, default=40, help="cache: number of 640 px MTCNN images (default: 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+
+
+@command(
+    "bench",
+    help="Throughput benchmarks (cache build images/s and bytes per image, ...)",
+    example="emologic bench cache --json",
+    configure=_configure,
+)
+def run(args: argparse.Namespace) -> int:
+    if args.what not in BENCHES:
+        raise UserError(f"unknown benchmark {args.what!r}; known: {', '.join(sorted(BENCHES))}")
+    results = BENCHES[args.what](args)
+    if args.json:
+        print(json.dumps({args.what: results}, indent=1))
+    else:
+        _print_table(args.what, results)
+    return 0

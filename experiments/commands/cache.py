@@ -1,0 +1,182 @@
+"""``emologic cache build|verify|info``: the verified tensor cache from the command line."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from experiments.cli import command
+from neural.errors import UserError
+
+#: Options of ``cache build`` that are pipeline config fields (help text per field).
+_PIPELINE_HELP = {
+    "face_source": "where face boxes come from: annotations (the data set's boxes) or mtcnn",
+    "max_faces": "keep at most this many faces per image, largest first",
+    "min_face_size": "mtcnn: smallest face side in pixels",
+    "face_prob_threshold": "mtcnn: keep faces detected with at least this probability",
+    "mtcnn_thresholds": "mtcnn: P-, R- and O-net stage thresholds",
+    "crop_margin": "face crop side = max(box width, height) * (1 + margin)",
+    "crop_size": "side of the grayscale face crops in pixels",
+    "scene_size": "input resolution of the scene backbone",
+    "scene_weights": "Places365 ResNet-18 checkpoint (file or URL); default: seeded random init",
+    "scene_seed": "seed of the random init when no scene weights are given",
+    "store_scene_layer3": "also cache the backbone's layer3 maps (for fine-tuning layer4)",
+    "va_backbone": "valence/arousal features: scene (reuse scene features) or clip",
+    "clip_model": "va_backbone=clip: hub name or local directory of a CLIP model",
+    "max_pixels": "refuse images with more pixels than this (decompression bombs)",
+    "batch_size": "images per backbone/detector batch",
+}
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    from pipelines.pipeline import PipelineConfig
+
+    g = p.add_argument_group("pipeline")
+    for f in dataclasses.fields(PipelineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        helptext = f"{_PIPELINE_HELP[f.name]} (default: {default})"
+        if isinstance(default, bool):
+            g.add_argument(flag, action="store_true", dest=f.name, help=helptext)
+        elif isinstance(default, tuple):
+            g.add_argument(flag, type=float, nargs=len(default), dest=f.name, metavar="T", help=helptext)
+        else:
+            g.add_argument(flag, type=type(default) if default is not None else str, dest=f.name, help=helptext)
+
+
+def pipeline_config_from_args(args: argparse.Namespace):
+    from pipelines.pipeline import PipelineConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)}
+    return PipelineConfig(**{k: v for k, v in given.items() if v is not None and v is not False})
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise UserError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="data set name (synthetic, findingemo, csv, ...)")
+    p.add_argument("--root", help="the data set's directory or file (passed as its root/images/path option)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="other data set option, e.g. --set n_images=240 (repeatable)")
+    p.add_argument("--cache", required=True, help="cache directory (one sub-directory per split)")
+    p.add_argument("--split", action="append", help="cache only this split (repeatable); default: every split")
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard file (default: 256)")
+    p.add_argument("--force", action="store_true", help="delete the cached splits first and rebuild them")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _pipeline_args(p)
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cache_dir", help="cache directory (or one split's directory)")
+    p.add_argument("--split", help="check only this split")
+    p.add_argument("--config", help="JSON file with the pipeline config the cache must have")
+    p.add_argument("--no-images", action="store_true", help="do not re-hash the source images")
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cache_dir", help="cache directory (or one split's directory)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _build_args(sub.add_parser("build", help="compute and store the tensors of a data set (resumes)"))
+    _verify_args(sub.add_parser("verify", help="check every cached entry; exit 1 on any problem"))
+    _info_args(sub.add_parser("info", help="counts, bytes per image and config of a cache"))
+
+
+def _dataset(args):
+    from pipelines.datasets import dataset_options, get_dataset
+
+    options = dict(_parse_option(s) for s in args.set)
+    if args.root is not None:
+        accepted = dataset_options(args.dataset)
+        key = next((k for k in ("root", "images", "path") if k in accepted), None)
+        if key is None:
+            raise UserError(f"data set {args.dataset!r} takes no directory; its options: {', '.join(accepted)}")
+        options[key] = args.root
+    return get_dataset(args.dataset, **options)
+
+
+def _build(args) -> int:
+    from cache.build import build_cache, group_by_split
+    from cache.store import split_dir
+
+    cfg = pipeline_config_from_args(args)
+    dataset = _dataset(args)
+    splits = args.split or [None]
+    if args.force:
+        for split in splits:
+            for name in group_by_split(dataset, split):
+                target = split_dir(args.cache, name)
+                if target.is_dir():
+                    shutil.rmtree(target)
+    reports = [
+        build_cache(dataset, args.cache, cfg, split=split, progress=not args.no_progress, shard_size=args.shard_size)
+        for split in splits
+    ]
+    if getattr(dataset, "skipped", None):  # left out by the data set itself (e.g. images not downloaded)
+        print(dataset.skip_report())
+    for report in reports:
+        print(report.summary())
+    return 0
+
+
+def _verify(args) -> int:
+    from cache.verify import verify_cache
+    from pipelines.pipeline import PipelineConfig
+
+    expected = None
+    if args.config:
+        path = Path(args.config)
+        try:
+            expected = PipelineConfig.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a pipeline config JSON file ({exc})") from None
+    report = verify_cache(args.cache_dir, expected_cfg=expected, split=args.split, check_images=not args.no_images)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _info(args) -> int:
+    from cache.store import cache_info
+
+    info = cache_info(args.cache_dir)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    for s in info:
+        faces = ", ".join(f"{k} faces: {v}" for k, v in s["faces_per_image"].items())
+        per_image = f"{s['bytes_per_image']:,.0f}" if s["bytes_per_image"] else "-"
+        print(f"{s['split']}: {s['samples']} samples, {s['skipped']} skipped, {s['shards']} shards, "
+              f"{s['bytes']:,} bytes ({per_image} per image)" + ("" if s["complete"] else ", INCOMPLETE build"))
+        print(f"  {faces}")
+    first = info[0]
+    print("config: " + ", ".join(f"{k}={v}" for k, v in first["config"].items()))
+    print("identity: " + ", ".join(f"{k}={v}" for k, v in first["identity"].items()))
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()))
+    return 0
+
+
+_ACTIONS = {"build": _build, "verify": _verify, "info": _info}
+
+
+@command(
+    "cache",
+    help="Build, verify or describe the tensor cache",
+    example="emologic cache build --dataset synthetic --root data/synth --cache cache/synth\n"
+            "  emologic cache verify cache/synth\n  emologic cache info cache/synth",
+    configure=_configure,
+)
+def run(args: argparse.Namespace) -> int:
+    return _ACTIONS[args.action](args)

@@ -1,0 +1,401 @@
+"""Run directories: creation, lookup, atomic writes, resume state, TensorBoard.
+
+A run directory looks like::
+
+    runs/
+      20250101-120000-smoke/      one run (timestamp, optional name)
+        config.json               resolved config + exact command (write_resolved_config)
+        state.json                completed (regime, seed) units, for --resume (save_state)
+        results.json, report.md, *.png, checkpoints ...   (written by the harness)
+        tb/                       TensorBoard event files (TBLogger)
+      latest.txt                  name of the newest run (always written)
+      latest -> 20250101-...      symlink to it, where the OS allows symlinks
+
+Every file is written atomically (temp file in the same directory, fsync,
+``os.replace``), so an interrupted run (Ctrl-C, crash, power loss) leaves each
+file either old or new, never half-written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shlex
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from neural.errors import UserError
+
+LATEST = "latest"
+LATEST_FILE = "latest.txt"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+
+class RunNotFoundError(UserError, FileNotFoundError):
+    """A run name or path that does not resolve to a run directory."""
+
+
+class RunStateError(UserError):
+    """A damaged or incompatible ``state.json``."""
+
+
+# --------------------------------------------------------------------------- #
+# Atomic writes
+# --------------------------------------------------------------------------- #
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename on POSIX; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; creates the parent directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON for the types results and configs contain besides the built-ins."""
+    if hasattr(obj, "detach"):  # torch.Tensor
+        obj = obj.detach().cpu().numpy()
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def to_json(obj: Any) -> str:
+    """The JSON text :func:`atomic_write_json` writes (indented, trailing newline).
+
+    Tensors, numpy values, paths, dataclasses and sets are converted. NaN and
+    infinity are written as ``NaN``/``Infinity`` (Python's json reads them back).
+    """
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
+    return atomic_write_text(path, to_json(obj))
+
+
+# --------------------------------------------------------------------------- #
+# Run directories
+# --------------------------------------------------------------------------- #
+def _update_latest(root: Path, run_dir: Path) -> None:
+    atomic_write_text(root / LATEST_FILE, run_dir.name + "\n")
+    link = root / LATEST
+    if link.exists() and not link.is_symlink():
+        return  # a real file or directory called "latest": leave it alone
+    tmp = root / f".{LATEST}.{os.getpid()}.tmp"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except (OSError, NotImplementedError):  # no symlinks here (e.g. Windows without privilege)
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def new_run_dir(root: str | os.PathLike = "runs", name: str | None = None) -> Path:
+    """Create a fresh run directory ``root/YYYYmmdd-HHMMSS[-name]`` and point ``latest`` at it.
+
+    The name is made unique with ``-2``, ``-3``... when the directory exists
+    (creation is race-free: ``mkdir`` without ``exist_ok``). ``name`` may only
+    contain letters, digits, ``-``, ``_`` and ``.``.
+    """
+    root = Path(root)
+    if name is not None:
+        bad = sorted({c for c in name if not (c.isalnum() or c in "-_.")})
+        if not name or bad or name.startswith("."):
+            raise UserError(f"invalid run name {name!r}: use letters, digits, '-', '_' and '.'")
+    root.mkdir(parents=True, exist_ok=True)
+    base = datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+    for i in range(1, 10_000):
+        run_dir = root / (base if i == 1 else f"{base}-{i}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        _update_latest(root, run_dir)
+        return run_dir
+    raise RuntimeError(f"could not create a unique run directory under {root}")
+
+
+def list_runs(root: str | os.PathLike = "runs") -> list[str]:
+    """Names of the run directories under ``root``, oldest first (by name)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+    )
+
+
+def _read_latest(root: Path) -> Path | None:
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        if name and (root / name).is_dir():
+            return root / name
+    link = root / LATEST
+    if link.is_symlink() and link.is_dir():
+        return root / os.readlink(link)
+    return None
+
+
+def resolve_run(path_or_name: str | os.PathLike | None, root: str | os.PathLike = "runs") -> Path:
+    """The run directory meant by ``path_or_name``.
+
+    Accepts ``None`` or ``"latest"`` (the newest run under ``root``), a path to a
+    run directory (also ``some/root/latest``, even where symlinks are
+    unavailable), or the name of a run under ``root``. Raises
+    :class:`RunNotFoundError` (a ``UserError``) listing the available runs.
+    """
+    root = Path(root)
+    target = LATEST if path_or_name is None else os.fspath(path_or_name)
+    p = Path(target)
+    found = None
+    if target == LATEST:
+        found = _read_latest(root)
+    elif p.name == LATEST and (p.is_symlink() or not p.exists()):
+        found = _read_latest(p.parent)  # "runs/latest", with or without symlinks
+    if found is not None:
+        return found
+    if target != LATEST:
+        if p.is_dir():
+            return p
+        if (root / target).is_dir():
+            return root / target
+
+    runs = list_runs(root)
+    where = f"under {root}/"
+    if runs:
+        shown = runs[-10:]
+        more = f" (and {len(runs) - len(shown)} older)" if len(runs) > len(shown) else ""
+        hint = f"available runs {where}: {', '.join(shown)}{more}"
+    else:
+        hint = f"there are no runs {where} yet; run `python experiments/joint_vs_frozen.py` first"
+    raise RunNotFoundError(f"run {target!r} not found; {hint}")
+
+
+# --------------------------------------------------------------------------- #
+# Config
+# --------------------------------------------------------------------------- #
+def format_command(argv: Sequence[str]) -> str:
+    """A shell command that repeats ``argv`` (``python`` prefixed for a ``.py`` script)."""
+    argv = [os.fspath(a) for a in argv]
+    cmd = shlex.join(argv)
+    return f"python {cmd}" if argv and argv[0].endswith(".py") else cmd
+
+
+def config_fingerprint(config: Any) -> str:
+    """Short sha256 of the config's canonical JSON, to detect a changed config on resume."""
+    canon = json.dumps(config, sort_keys=True, default=_json_default)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+
+def write_resolved_config(run_dir: str | os.PathLike, config_dict: Any, argv: Sequence[str]) -> Path:
+    """Write ``run_dir/config.json``: the resolved config and how it was produced.
+
+    Contents: ``command`` (see :func:`format_command`), ``argv``, ``config``,
+    ``fingerprint`` (:func:`config_fingerprint`), ``created`` (ISO time) and the
+    versions of Python, torch and numpy. Returns the path.
+    """
+    import numpy
+    import torch
+
+    doc = {
+        "command": format_command(argv),
+        "argv": [os.fspath(a) for a in argv],
+        "config": config_dict,
+        "fingerprint": config_fingerprint(config_dict),
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+        },
+    }
+    return atomic_write_json(Path(run_dir) / CONFIG_FILE, doc)
+
+
+# --------------------------------------------------------------------------- #
+# Resume state
+# --------------------------------------------------------------------------- #
+@dataclass
+class RunState:
+    """Which ``(regime, seed)`` units of a run are complete, with their results.
+
+    ``fingerprint`` is the config fingerprint the run was started with; a resume
+    under another config is refused by :meth:`ensure_config`.
+    """
+
+    fingerprint: str | None = None
+    units: dict[tuple[str, int], dict] = field(default_factory=dict)
+
+    def is_done(self, regime: str, seed: int) -> bool:
+        return (regime, int(seed)) in self.units
+
+    def mark_done(self, regime: str, seed: int, result: dict) -> None:
+        self.units[(regime, int(seed))] = result
+
+    def result(self, regime: str, seed: int) -> dict:
+        return self.units[(regime, int(seed))]
+
+    def completed(self) -> list[tuple[str, int]]:
+        """Completed units in the order they were marked."""
+        return list(self.units)
+
+    def ensure_config(self, fingerprint: str) -> None:
+        """Adopt ``fingerprint`` for a new state; refuse a resume under another config."""
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint
+        elif self.fingerprint != fingerprint:
+            raise RunStateError(
+                "cannot resume: this run was started with another config "
+                f"(fingerprint {self.fingerprint}, now {fingerprint}); "
+                "use the same options or start a new run"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "units": [{"regime": r, "seed": s, "result": res} for (r, s), res in self.units.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        if d.get("version") != STATE_VERSION:
+            raise RunStateError(f"unsupported state version {d.get('version')!r} (expected {STATE_VERSION})")
+        state = cls(fingerprint=d.get("fingerprint"))
+        for unit in d.get("units", []):
+            state.mark_done(unit["regime"], unit["seed"], unit["result"])
+        return state
+
+
+def load_state(run_dir: str | os.PathLike) -> RunState:
+    """The run's :class:`RunState`; an empty one when the run has none yet."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.exists():
+        return RunState()
+    try:
+        return RunState.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise RunStateError(f"{path} is damaged ({e}); start a new run") from None
+
+
+def save_state(run_dir: str | os.PathLike, state: RunState) -> Path:
+    """Write the run's state atomically; returns the path."""
+    return atomic_write_json(Path(run_dir) / STATE_FILE, state.to_dict())
+
+
+# --------------------------------------------------------------------------- #
+# TensorBoard
+# --------------------------------------------------------------------------- #
+_TB_WARNED = False
+
+
+def _summary_writer_class():
+    """``SummaryWriter``, or ``None`` (with a one-time warning) when tensorboard is missing."""
+    global _TB_WARNED
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        if not _TB_WARNED:
+            warnings.warn(
+                f"TensorBoard logging disabled ({e}); install it with `pip install tensorboard`",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _TB_WARNED = True
+        return None
+    return SummaryWriter
+
+
+class TBLogger:
+    """Thin TensorBoard wrapper; every method is a no-op when tensorboard is missing.
+
+        with TBLogger(run_dir / "tb") as tb:
+            tb.add_scalar("frozen/seed0/train_loss", loss, epoch)
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        self.log_dir = Path(log_dir)
+        cls = _summary_writer_class()
+        self._writer = cls(log_dir=str(self.log_dir)) if cls is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._writer is not None
+
+    def add_scalar(self, tag: str, value: float, step: int | None = None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, float(value), global_step=step)
+
+    def add_dict(self, prefix: str, values: dict[str, float], step: int | None = None) -> None:
+        """One ``prefix/key`` scalar per entry (``None`` values are skipped)."""
+        for key, value in values.items():
+            if value is not None:
+                self.add_scalar(f"{prefix}/{key}", value, step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "TBLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

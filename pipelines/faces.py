@@ -1,0 +1,250 @@
+"""Face boxes and 64x64 grayscale face crops.
+
+Detectors are registered by name (``get_detector(name, **cfg)``):
+
+* ``mtcnn``: facenet-pytorch MTCNN (weights ship in the wheel), every face
+  with probability >= ``prob_threshold`` and a side (after clipping the box to
+  the image) >= ``min_face_size`` pixels;
+* ``annotations``: the boxes a data set recorded in ``sample.annotations["boxes"]``
+  (probability 1.0).
+
+Both return at most ``max_faces`` faces sorted by box area, largest first.
+No face is ever invented: an image without faces has ``n = 0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from neural.errors import UserError
+from neural.vocabulary import MAX_FACES
+
+
+class FaceError(UserError):
+    """A sample whose face information is unusable (recorded as a skip)."""
+
+
+@dataclass
+class Faces:
+    boxes: np.ndarray  # [n, 4] float32, pixels (x1, y1, x2, y2), largest area first
+    probs: np.ndarray  # [n] float32 detection probability
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def none(cls) -> "Faces":
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def select_largest(boxes, probs, max_faces: int) -> Faces:
+    """Keep the ``max_faces`` largest boxes, largest first (stable for equal areas)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    probs = np.asarray(probs, np.float32).reshape(-1)
+    order = np.argsort(-box_areas(boxes), kind="stable")[:max_faces]
+    return Faces(boxes[order].copy(), probs[order].copy())
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    return boxes
+
+
+# --------------------------------------------------------------------------- registry
+
+_DETECTORS: dict[str, Callable[..., "FaceDetector"]] = {}
+
+
+def register_detector(name: str):
+    def deco(cls):
+        _DETECTORS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def list_detectors() -> list[str]:
+    return sorted(_DETECTORS)
+
+
+def detector_class(name: str):
+    if name not in _DETECTORS:
+        raise UserError(f"unknown face source {name!r}; known face sources: {', '.join(list_detectors())}")
+    return _DETECTORS[name]
+
+
+def get_detector(name: str, **cfg) -> "FaceDetector":
+    """Build detector ``name`` from its keyword arguments."""
+    return detector_class(name)(**cfg)
+
+
+def detector_from_config(cfg) -> "FaceDetector":
+    """The detector a :class:`pipelines.pipeline.PipelineConfig` asks for."""
+    return detector_class(cfg.face_source).from_config(cfg)
+
+
+class FaceDetector:
+    name: str
+
+    def detect(self, images: Sequence[Image.Image], samples: Sequence) -> list[Faces | FaceError]:
+        """Faces of each image (``samples[i]`` is the data set sample of ``images[i]``).
+
+        A per-image problem is returned in place as a :class:`FaceError` so that
+        one bad sample does not lose the batch.
+        """
+        raise NotImplementedError
+
+
+@register_detector("annotations")
+class AnnotationFaces(FaceDetector):
+    """Boxes recorded by the data set, ``annotations["boxes"] = [[x1, y1, x2, y2], ...]``."""
+
+    def __init__(self, max_faces: int = MAX_FACES):
+        self.max_faces = max_faces
+
+    @classmethod
+    def from_config(cls, cfg) -> "AnnotationFaces":
+        # min_face_size / face_prob_threshold tune a detector; recorded boxes are the truth.
+        return cls(max_faces=cfg.max_faces)
+
+    def detect(self, images, samples):
+        out: list[Faces | FaceError] = []
+        for image, sample in zip(images, samples):
+            annotations = getattr(sample, "annotations", None) or {}
+            if "boxes" not in annotations:
+                raise UserError(
+                    f"face_source='annotations' needs annotations['boxes'], but sample "
+                    f"{sample.sample_id!r} has none; use face_source='mtcnn' for this data set"
+                )
+            try:
+                boxes = np.asarray(annotations["boxes"], dtype=np.float32).reshape(-1, 4)
+            except (TypeError, ValueError):
+                out.append(FaceError(f"annotations['boxes'] is not a list of [x1, y1, x2, y2]: {annotations['boxes']!r}"))
+                continue
+            w, h = image.size
+            bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            outside = (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= w) | (boxes[:, 1] >= h)
+            if (bad | outside).any():
+                out.append(FaceError(f"invalid face box {boxes[bad | outside][0].tolist()} for a {w}x{h} image"))
+                continue
+            boxes = clip_boxes(boxes, w, h)
+            out.append(select_largest(boxes, np.ones(len(boxes), np.float32), self.max_faces))
+        return out
+
+
+@register_detector("mtcnn")
+class MTCNNFaces(FaceDetector):
+    """facenet-pytorch MTCNN on CPU; images of equal size are detected as one batch."""
+
+    def __init__(
+        self,
+        max_faces: int = MAX_FACES,
+        min_face_size: int = 20,
+        prob_threshold: float = 0.9,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        batch_size: int = 16,
+    ):
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise UserError("face_source='mtcnn' needs facenet-pytorch: pip install facenet-pytorch==2.5.3") from exc
+        self.max_faces = max_faces
+        self.min_face_size = int(min_face_size)
+        self.prob_threshold = float(prob_threshold)
+        self.batch_size = max(1, int(batch_size))
+        self.mtcnn = MTCNN(
+            keep_all=True,
+            select_largest=True,
+            min_face_size=self.min_face_size,
+            thresholds=list(thresholds),
+            device="cpu",
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> "MTCNNFaces":
+        return cls(
+            max_faces=cfg.max_faces,
+            min_face_size=cfg.min_face_size,
+            prob_threshold=cfg.face_prob_threshold,
+            thresholds=cfg.mtcnn_thresholds,
+            batch_size=cfg.batch_size,
+        )
+
+    def _one_batch(self, images: list[Image.Image]) -> list[Faces]:
+        w, h = images[0].size
+        if min(w, h) < self.min_face_size:  # MTCNN's image pyramid is empty: no face can fit
+            return [Faces.none() for _ in images]
+        batch_boxes, batch_probs = self.mtcnn.detect(list(images))
+        out = []
+        for boxes, probs in zip(batch_boxes, batch_probs):
+            if boxes is None:
+                out.append(Faces.none())
+                continue
+            boxes = clip_boxes(np.asarray(boxes, np.float32), w, h)
+            probs = np.asarray(probs, np.float32).reshape(-1)
+            sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            # MTCNN's min_face_size only bounds its image pyramid; regressed boxes can
+            # come out smaller, so the limit is applied to the final boxes as well.
+            keep = (probs >= self.prob_threshold) & (sides >= self.min_face_size)
+            out.append(select_largest(boxes[keep], probs[keep], self.max_faces))
+        return out
+
+    def detect(self, images, samples=None):
+        results: list[Faces | FaceError | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(im.size, []).append(i)
+        for idx in by_size.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                for i, faces in zip(chunk, self._one_batch([images[i] for i in chunk])):
+                    results[i] = faces
+        return results
+
+
+# --------------------------------------------------------------------------- crops
+
+def square_box(box, width: int, height: int, margin: float) -> tuple[float, float, float, float]:
+    """The square around ``box`` with side ``max(w, h) * (1 + margin)``, moved (not
+    cut) to lie inside the image; only a square larger than the image is clipped."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * (1.0 + margin)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+
+    def place(center: float, limit: int) -> tuple[float, float]:
+        if side >= limit:
+            return 0.0, float(limit)
+        lo = min(max(center - side / 2.0, 0.0), limit - side)
+        return lo, lo + side
+
+    left, right = place(cx, width)
+    top, bottom = place(cy, height)
+    return left, top, right, bottom
+
+
+def crop_faces(image: Image.Image, boxes, margin: float = 0.2, size: int = 64) -> np.ndarray:
+    """Grayscale square crops of ``boxes`` (with ``margin``), resized to ``size``.
+
+    Returns uint8 ``[n, size, size]`` (the face net scales with ``x / 127.5 - 1``).
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    out = np.empty((len(boxes), size, size), np.uint8)
+    if not len(boxes):
+        return out
+    gray = image.convert("L")
+    w, h = gray.size
+    for i, box in enumerate(boxes):
+        region = square_box(box, w, h, margin)
+        out[i] = np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR, box=region))
+    return out

@@ -1,0 +1,258 @@
+"""Image -> tensors for a list of samples: load safely, find faces, crop, extract features.
+
+    cfg = PipelineConfig(face_source="mtcnn", scene_size=224)
+    pipe = ImagePipeline(cfg)
+    done, skipped = pipe.process(samples)      # list[ProcessedSample], list[Skip]
+
+A sample is anything with ``sample_id``, ``image_path``, ``label`` and
+``annotations`` (``pipelines.datasets.base.Sample``). Bad input is never an
+exception here: it becomes a :class:`Skip` with a one-line reason. Configuration
+errors (unknown face source, a data set without boxes for ``annotations``) raise
+:class:`~neural.errors.UserError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from neural.errors import UserError
+from neural.vocabulary import MAX_FACES, N_EMOTIONS
+from pipelines.faces import FaceError, Faces, crop_faces, detector_from_config, list_detectors
+from pipelines.images import DEFAULT_MAX_PIXELS, BadImageError, load_image_and_hash
+
+VA_BACKBONES = ("scene", "clip")
+
+#: Keys that change how fast a cache is built, never what is in it.
+NON_SEMANTIC_KEYS = frozenset({"batch_size"})
+
+
+class PipelineConfigError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    face_source: str = "annotations"  # "annotations" | "mtcnn"
+    max_faces: int = MAX_FACES
+    min_face_size: int = 20  # mtcnn: smallest face side in pixels
+    face_prob_threshold: float = 0.9  # mtcnn: keep faces with at least this probability
+    mtcnn_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # mtcnn: P/R/O-net stage thresholds
+    crop_margin: float = 0.2  # square side = max(box w, h) * (1 + margin)
+    crop_size: int = 64
+    scene_size: int = 128
+    scene_weights: str | None = None  # file/URL of scene backbone weights; None = seeded random init
+    scene_seed: int = 0
+    store_scene_layer3: bool = False
+    va_backbone: str = "scene"  # "scene" (VA features are the scene features) | "clip"
+    clip_model: str = "openai/clip-vit-base-patch32"  # va_backbone="clip": hub name or local directory
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 32
+
+    def __post_init__(self):
+        object.__setattr__(self, "mtcnn_thresholds", tuple(float(t) for t in self.mtcnn_thresholds))
+        problems = []
+        if self.face_source not in list_detectors():
+            problems.append(f"face_source {self.face_source!r} is not one of {', '.join(list_detectors())}")
+        if self.va_backbone not in VA_BACKBONES:
+            problems.append(f"va_backbone {self.va_backbone!r} is not one of {', '.join(VA_BACKBONES)}")
+        if not 0 <= self.max_faces <= MAX_FACES:
+            problems.append(f"max_faces must be in 0..{MAX_FACES}, got {self.max_faces}")
+        if len(self.mtcnn_thresholds) != 3:
+            problems.append(f"mtcnn_thresholds needs 3 values, got {len(self.mtcnn_thresholds)}")
+        for key in ("crop_size", "scene_size", "max_pixels", "batch_size", "min_face_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key} must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.face_prob_threshold <= 1.0:
+            problems.append(f"face_prob_threshold must be in [0, 1], got {self.face_prob_threshold}")
+        if self.crop_margin < 0:
+            problems.append(f"crop_margin must be >= 0, got {self.crop_margin}")
+        if problems:
+            raise PipelineConfigError("invalid pipeline config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mtcnn_thresholds"] = list(self.mtcnn_thresholds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PipelineConfigError(
+                f"unknown pipeline config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The keys that determine the cached tensors (compared when loading a cache).
+
+        Drops ``batch_size`` and knobs of components that are not in use (detector
+        knobs with ``face_source="annotations"``, ``clip_model`` with ``va_backbone="scene"``).
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_KEYS}
+        if self.face_source == "annotations":
+            for k in ("min_face_size", "face_prob_threshold", "mtcnn_thresholds"):
+                d.pop(k)
+        if self.va_backbone != "clip":
+            d.pop("clip_model")
+        return d
+
+
+def config_differences(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"key: cache=X, requested=Y"`` for every key whose value differs."""
+    out = []
+    for key in sorted(set(built) | set(wanted)):
+        a, b = built.get(key, "<absent>"), wanted.get(key, "<absent>")
+        if a != b:
+            out.append(f"{key}: cache={a!r}, requested={b!r}")
+    return out
+
+
+@dataclass
+class ProcessedSample:
+    sample_id: str
+    sha256: str  # of the source image file
+    image_path: str
+    image_size: tuple[int, int]  # (width, height)
+    label: int | None
+    annotations: dict
+    faces: np.ndarray  # [n, S, S] uint8 grayscale crops, largest face first
+    boxes: np.ndarray  # [n, 4] float32 (x1, y1, x2, y2) pixels
+    probs: np.ndarray  # [n] float32
+    #: "scene": [512]; "scene_layer3": [256, h, w] if configured; "va": [D] only when
+    #: va_backbone != "scene" (otherwise the VA features *are* the scene features).
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_faces(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass(frozen=True)
+class Skip:
+    sample_id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.sample_id, "reason": self.reason}
+
+
+def _check_label(label) -> str | None:
+    if label is None:
+        return None
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        return f"label {label!r} is not an emotion index"
+    if not 0 <= int(label) < N_EMOTIONS:
+        return f"label {label} outside the vocabulary (0..{N_EMOTIONS - 1})"
+    return None
+
+
+class ImagePipeline:
+    """Turns samples into :class:`ProcessedSample` tensors (see module doc)."""
+
+    def __init__(self, cfg: PipelineConfig | None = None, workers: int | None = None):
+        from pipelines.features import ClipFeatures, SceneFeatures
+
+        self.cfg = cfg or PipelineConfig()
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.detector = detector_from_config(self.cfg)
+        self.scene = SceneFeatures(
+            self.cfg.scene_size, self.cfg.scene_weights, self.cfg.scene_seed, self.cfg.store_scene_layer3
+        )
+        self.va = ClipFeatures(self.cfg.clip_model) if self.cfg.va_backbone == "clip" else None
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Which weights produced the features (recorded in the cache manifest)."""
+        return {
+            "scene_backbone": self.scene.weights_id,
+            "va_backbone": self.va.weights_id if self.va is not None else "scene",
+            "face_detector": self.cfg.face_source,
+        }
+
+    def _load(self, sample):
+        try:
+            image, digest = load_image_and_hash(sample.image_path, self.cfg.max_pixels)
+            return image, digest, None
+        except BadImageError as exc:
+            return None, None, exc.reason
+
+    def process(self, samples: Sequence) -> tuple[list[ProcessedSample], list[Skip]]:
+        """Process one batch of samples (all features computed in one backbone call)."""
+        samples = list(samples)
+        if not samples:
+            return [], []
+        with ThreadPoolExecutor(self.workers) as pool:  # PIL decodes without the GIL
+            loaded = list(pool.map(self._load, samples))
+
+        skipped: list[Skip] = []
+        kept = []  # (sample, image, sha256)
+        for sample, (image, digest, reason) in zip(samples, loaded):
+            label_problem = _check_label(sample.label)
+            if reason is None and label_problem:
+                reason = label_problem
+            if reason is not None:
+                skipped.append(Skip(str(sample.sample_id), reason))
+            else:
+                kept.append((sample, image, digest))
+        if not kept:
+            return [], skipped
+
+        detections = self.detector.detect([im for _, im, _ in kept], [s for s, _, _ in kept])
+        ready = []
+        for (sample, image, digest), faces in zip(kept, detections):
+            if isinstance(faces, FaceError):
+                skipped.append(Skip(str(sample.sample_id), str(faces)))
+            else:
+                ready.append((sample, image, digest, faces))
+        if not ready:
+            return [], skipped
+
+        images = [im for _, im, _, _ in ready]
+        feats = self.scene(images)  # {"scene": [B, 512], ...}
+        if self.va is not None:
+            feats["va"] = self.va(images)  # [B, D]
+
+        out = []
+        for i, (sample, image, digest, faces) in enumerate(ready):
+            faces: Faces
+            out.append(
+                ProcessedSample(
+                    sample_id=str(sample.sample_id),
+                    sha256=digest,
+                    image_path=str(sample.image_path),
+                    image_size=image.size,
+                    label=None if sample.label is None else int(sample.label),
+                    annotations=dict(getattr(sample, "annotations", None) or {}),
+                    faces=crop_faces(image, faces.boxes, self.cfg.crop_margin, self.cfg.crop_size),
+                    boxes=faces.boxes,
+                    probs=faces.probs,
+                    features={k: v[i].clone() for k, v in feats.items()},
+                )
+            )
+        return out, skipped
+
+    def iter_process(self, samples: Iterable, progress: bool = False, desc: str = "images") -> Iterator[tuple[list[ProcessedSample], list[Skip]]]:
+        """:meth:`process` over ``samples`` in chunks of ``cfg.batch_size``."""
+        samples = list(samples)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
+        try:
+            for start in range(0, len(samples), self.cfg.batch_size):
+                chunk = samples[start : start + self.cfg.batch_size]
+                yield self.process(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,146 @@
+"""The two engines give the same probabilities and gradients, and both agree
+with plain ProbLog when the same numbers are written into the program."""
+from __future__ import annotations
+
+import pytest
+import torch
+from problog import get_evaluatable
+from problog.logic import Term
+from problog.program import PrologString
+
+from logic.model import LogicModel
+from logic.program import available_programs, load_program
+from neural.vocabulary import EMOTIONS
+from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch, random_outputs, random_rule_probs
+
+PROGRAMS = available_programs()
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    # DeepProbLog builds its parameter tensors with the default dtype.
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def run_engine(program, engine, batch_args, rule_probs):
+    model = LogicModel(program, given_networks(program), engine=engine)
+    model.set_rule_probabilities(rule_probs)
+    batch = make_batch(*batch_args, requires_grad=True)
+    if engine == "compiled":
+        rp = torch.tensor(rule_probs, requires_grad=True)
+        out = model(batch, explain=True, rule_probs=rp)
+    else:
+        model.engine.zero_grad()
+        out = model(batch, explain=True)
+    # a loss touching every output: log-likelihood of the labels plus the posterior
+    loss = -out.probs[torch.arange(len(batch)), batch.labels].log().sum() + (out.posterior ** 2).sum()
+    loss.backward()
+    rule_grad = rp.grad if engine == "compiled" else torch.tensor(model.engine.rule_grads())
+    nn_grads = {k: v.grad.nan_to_num() for k, v in batch.tensors.items()}
+    return out, rule_grad, nn_grads, model
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_engines_agree_on_probabilities_and_gradients(name):
+    program = load_program(name, check_bindings=False)
+    g = torch.Generator().manual_seed(7)
+    layout = ALL_LAYOUTS * 2
+    outputs = random_outputs(program, len(layout), g)
+    labels = torch.randint(0, len(EMOTIONS), (len(layout),), generator=g)
+    rule_probs = random_rule_probs(program, g)
+    a_out, a_rg, a_nn, model = run_engine(program, "compiled", (layout, outputs, labels), rule_probs)
+    b_out, b_rg, b_nn, _ = run_engine(program, "deepproblog", (layout, outputs, labels), rule_probs)
+
+    assert set(a_out.contexts) == {"n0", "n1_small", "n1_large", "n2_small", "n2_large", "n3_small", "n3_large"}
+    assert torch.allclose(a_out.probs.sum(1), torch.ones(len(layout)))
+    assert (a_out.probs - b_out.probs).abs().max() <= 1e-6
+    assert (a_out.posterior - b_out.posterior).abs().max() <= 1e-6
+    assert (a_rg - b_rg).abs().max() <= 1e-5
+    assert a_rg.abs().max() > 0  # the rule parameters do receive a gradient
+    for k in a_nn:
+        assert (a_nn[k] - b_nn[k]).abs().max() <= 1e-5, k
+        assert a_nn[k].abs().max() > 0, k
+    # the posterior over sources is a distribution for each emotion, and absent sources get 0
+    post = a_out.posterior
+    assert torch.allclose(post.sum(1), torch.ones_like(post.sum(1)))
+    for i, (k, _) in enumerate(layout):
+        for j in range(k + 1, 3):
+            assert post[i, model.sources.index(f"face{j + 1}")].abs().max() == 0
+
+
+def plain_problog(program, sample_outputs: dict, rule_probs, context: str):
+    """P(emotion | image) from ProbLog itself, with the numbers written into the program."""
+    text = "".join(
+        line for line in program.with_probabilities(rule_probs).splitlines(keepends=True)
+        if not line.lstrip().startswith("nn(")
+    )
+    facts = []
+    preds = {"scene": "scene_emotion", "face1": "face_emotion", "face2": "face_emotion", "face3": "face_emotion"}
+    for src, probs in sample_outputs.items():
+        if src == "va":
+            kv = len(program.domain_of("va_valence"))
+            for pred, dom, ps in (("valence_bin", program.domain_of("va_valence"), probs[:kv]),
+                                  ("arousal_bin", program.domain_of("va_arousal"), probs[kv:])):
+                facts.append("; ".join(f"{p:.17g}::{pred}(tensor(va(img)), {v})" for v, p in zip(dom, ps.tolist())) + ".")
+        else:
+            facts.append("; ".join(
+                f"{p:.17g}::{preds[src]}(tensor({src}(img)), {e})" for e, p in zip(EMOTIONS, probs.tolist())
+            ) + ".")
+    queries = [f"query(emotion(img, {context}, {e}))." for e in EMOTIONS] + [f"query(valid(img, {context}))."]
+    result = get_evaluatable().create_from(PrologString(text + "\n" + "\n".join(facts + queries))).evaluate()
+    valid = result[Term("valid", Term("img"), Term(context))]
+    return torch.tensor([result[Term("emotion", Term("img"), Term(context), Term(e))] / valid for e in EMOTIONS])
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_engines_agree_with_plain_problog(name):
+    program = load_program(name, check_bindings=False)
+    g = torch.Generator().manual_seed(3)
+    layout = ALL_LAYOUTS
+    outputs = random_outputs(program, len(layout), g)
+    rule_probs = random_rule_probs(program, g)
+    for engine in ("compiled", "deepproblog"):
+        model = LogicModel(program, given_networks(program), engine=engine)
+        model.set_rule_probabilities(rule_probs)
+        batch = make_batch(layout, outputs)
+        with torch.no_grad():
+            out = model(batch)
+        for i, (k, _) in enumerate(layout):
+            present = {s: v[i] for s, v in outputs.items() if not s.startswith("face") or int(s[-1]) <= k}
+            expected = plain_problog(program, present, rule_probs, out.contexts[i])
+            assert (out.probs[i].detach() - expected).abs().max() <= 1e-6, (engine, out.contexts[i])
+
+
+def test_absent_faces_are_never_evaluated():
+    """A network never sees a missing face: the face net is called on existing crops only."""
+    program = load_program("source_selection", check_bindings=False)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x
+
+    nets = given_networks(program)
+    nets["face_emotion"] = Recorder()
+    g = torch.Generator().manual_seed(0)
+    layout = ALL_LAYOUTS
+    model = LogicModel(program, nets, engine="compiled")
+    out = model(make_batch(layout, random_outputs(program, len(layout), g)))
+    faces_seen = sum(len(x) for x in seen)
+    assert faces_seen == sum(k for k, _ in layout)
+    assert all(not torch.isnan(x).any() for x in seen)
+    assert torch.isfinite(out.probs).all()
+
+
+def test_seed_program_renormalises_over_existing_sources():
+    program = load_program("source_selection", check_bindings=False)
+    model = LogicModel(program, given_networks(program), engine="compiled")
+    model.set_rule_probabilities([0.1, 0.2, 0.3, 0.4])
+    assert model.source_probabilities_for("n0") == pytest.approx({"scene": 1.0})
+    assert model.source_probabilities_for("n2_small") == pytest.approx({"scene": 1 / 6, "face1": 2 / 6, "face2": 3 / 6})
+    assert model.source_probabilities_for("n3_large") == pytest.approx(
+        {"scene": 0.1, "face1": 0.2, "face2": 0.3, "face3": 0.4})
