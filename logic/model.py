@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from logic.engines.compiled import compile_context
+from logic.engines.compiled import compile_program
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, ProgramError, load_program
 from neural.errors import UserError
@@ -44,36 +44,37 @@ class LogicOutput:
 
 
 class CompiledEngine(nn.Module):
-    """Batched evaluation with circuits compiled once per context (see engines/compiled.py)."""
+    """Batched evaluation with one circuit compiled for all contexts (see engines/compiled.py)."""
 
     name = "compiled"
 
-    def __init__(self, program: Program, networks: dict[str, nn.Module], emotions=EMOTIONS):
+    def __init__(self, program: Program, networks: dict[str, nn.Module], contexts=CONTEXTS, emotions=EMOTIONS):
         super().__init__()
         self.program = program
         self.networks = networks
         self.emotions = tuple(emotions)
         self.domains = {n.network: n.domain for n in program.neural}
-        self._compiled: dict = {}
-        init = torch.tensor(program.initial_probabilities(), dtype=torch.float64)
+        self.compiled = compile_program(program, tuple(contexts), self.emotions, self.domains)
+        self.context_index = {c: i for i, c in enumerate(self.compiled.contexts)}
         self.logits = nn.Parameter(torch.zeros(program.n_params, dtype=torch.float64))
-        self.set_rule_probs(init)
-
-    def compiled(self, context: str):
-        if context not in self._compiled:
-            self._compiled[context] = compile_context(self.program, context, self.emotions, self.domains)
-        return self._compiled[context]
+        # parameter index -> (group, position) for the per-group softmax
+        groups = [g.params for g in program.groups if len(g.params) > 1]
+        width = max((len(g) for g in groups), default=1)
+        self._group_idx = torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in groups] or [[0]])
+        self._group_mask = torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in groups] or [[False]])
+        self._facts = torch.tensor([g.params[0] for g in program.groups if len(g.params) == 1], dtype=torch.long)
+        self.set_rule_probs(program.initial_probabilities())
 
     # -- parameters ---------------------------------------------------------
     def rule_probs_tensor(self) -> torch.Tensor:
         """[n_params] probabilities: softmax of the logits within each group
         (a single-choice group is a probabilistic fact: sigmoid)."""
-        parts = torch.empty_like(self.logits)
-        for g in self.program.groups:
-            idx = list(g.params)
-            x = self.logits[idx]
-            parts = parts.index_put((torch.tensor(idx),), torch.sigmoid(x) if len(idx) == 1 else torch.softmax(x, 0))
-        return parts
+        x = self.logits[self._group_idx].masked_fill(~self._group_mask, float("-inf"))  # [G, W]
+        p = torch.softmax(x, dim=1)
+        probs = torch.zeros_like(self.logits).index_put((self._group_idx[self._group_mask],), p[self._group_mask])
+        if len(self._facts):
+            probs = probs.index_put((self._facts,), torch.sigmoid(self.logits[self._facts]))
+        return probs
 
     def rule_probs(self) -> list[float]:
         return self.rule_probs_tensor().tolist()
@@ -86,64 +87,66 @@ class CompiledEngine(nn.Module):
                 self.logits[idx] = torch.logit(p[idx]) if len(idx) == 1 else p[idx].log()
 
     # -- evaluation ---------------------------------------------------------
-    def _network_outputs(self, batch, needed: set) -> dict:
-        """Each (network, source) evaluated once on the samples where the source
-        exists; rows of absent sources stay NaN and are never read."""
+    def _leaf_blocks(self, batch, ctx: torch.Tensor) -> dict:
+        """Each (network, source) block evaluated once, on the samples where the
+        source exists, networks sharing inputs in one call. The rows of samples
+        whose context does not read a block are filled with a uniform
+        distribution: those leaves only enter roots of other contexts, which the
+        sample never reads (and its own roots do not depend on them), so the
+        fill keeps the one-circuit evaluation finite without changing any answer.
+        A sample whose context needs a source it does not have is an error."""
+        blocks = self.compiled.main.nn_blocks
+        needs = self.compiled.needs[ctx]  # [B, n_blocks]
         out = {}
-        by_net: dict[str, list[str]] = {}
-        for net, src in sorted(needed):
-            by_net.setdefault(net, []).append(src)
-        for net, srcs in by_net.items():
-            xs, spans = [], []
-            for src in srcs:
+        by_net: dict[str, list[int]] = {}
+        for j, (net, _) in enumerate(blocks):
+            by_net.setdefault(net, []).append(j)
+        for net, js in by_net.items():
+            xs, rows = [], []
+            for j in js:
+                src = blocks[j][1]
                 present = batch.present(src)
-                xs.append(batch.tensors[src][present])
-                spans.append((src, present))
-            y = self.networks[net](torch.cat(xs)) if len(xs) > 1 else self.networks[net](xs[0])  # [n, K]
+                missing = needs[:, j] & ~present
+                if missing.any():
+                    bad = batch.sample_ids[int(missing.nonzero()[0])]
+                    raise UserError(f"sample {bad}: its context needs source {src!r}, which is absent")
+                use = needs[:, j]
+                xs.append(batch.tensors[src][use])
+                rows.append(use)
+            y = self.networks[net](torch.cat(xs) if len(xs) > 1 else xs[0])  # [n, K]
+            k = len(self.domains[net])
             start = 0
-            for src, present in spans:
-                k = int(present.sum())
-                full = torch.full((len(batch), y.shape[1]), float("nan"), dtype=y.dtype, device=y.device)
-                full = full.index_put((present.nonzero().flatten(),), y[start:start + k])
-                out[(net, src)] = full
-                start += k
+            for j, use in zip(js, rows):
+                n = int(use.sum())
+                full = torch.full((len(batch), k), 1.0 / k, dtype=y.dtype, device=y.device)
+                out[blocks[j]] = full.index_put((use.nonzero().flatten(),), y[start:start + n])
+                start += n
         return out
 
     def query(self, batch, contexts, sources, explain: bool, rule_probs=None):
+        cp = self.compiled
         rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs
-        groups: dict[str, list[int]] = {}
-        for i, c in enumerate(contexts):
-            groups.setdefault(c, []).append(i)
-        compiled = {c: self.compiled(c) for c in groups}
-        needed = {blk for cc in compiled.values() for blk in cc.main.nn_blocks}
-        nn_out = self._network_outputs(batch, needed)
-        n, e = len(batch), len(self.emotions)
-        dtype = rule_probs.dtype
-        emotion = torch.zeros(n, e, dtype=dtype)
-        valid = torch.zeros(n, dtype=dtype)
-        via = torch.zeros(n, len(sources), e, dtype=dtype) if explain else None
-        for c, rows in groups.items():
-            cc = compiled[c]
-            idx = torch.tensor(rows)
-            outs = {blk: nn_out[blk][idx] for blk in cc.main.nn_blocks}
-            for blk, v in outs.items():
-                if torch.isnan(v).any():
-                    bad = batch.sample_ids[rows[int(torch.isnan(v).any(1).nonzero()[0])]]
-                    raise UserError(f"sample {bad}: context {c} needs source {blk[1]!r}, which is absent")
-            r = cc.main.evaluate(outs, rule_probs, len(rows))
-            emotion = emotion.index_put((idx,), r[:, cc.emotion_cols])
-            valid = valid.index_put((idx,), r[:, cc.valid_col])
-            if explain:
-                for s, cols in zip(cc.sources, cc.via_cols):
-                    via = via.index_put((idx, torch.tensor(sources.index(s))), r[:, cols])
+        try:
+            ctx = torch.tensor([self.context_index[c] for c in contexts], dtype=torch.long)
+        except KeyError as exc:
+            raise UserError(f"context {exc.args[0]!r} is not one of {', '.join(cp.contexts)}") from None
+        r = cp.main.evaluate(self._leaf_blocks(batch, ctx), rule_probs, len(batch))  # [B, n_roots]
+        emotion = r.gather(1, cp.emotion_cols[ctx])  # [B, E]
+        valid = r.gather(1, cp.valid_cols[ctx][:, None])[:, 0]  # [B]
+        via = None
+        if explain:
+            order = [cp.sources.index(s) for s in sources]
+            cols = cp.via_cols[ctx][:, order]  # [B, S, E]
+            via = r.gather(1, cols.flatten(1)).view(cols.shape)
         return emotion, valid, via
 
     def selection(self, context: str, sources) -> dict[str, float]:
-        cc = self.compiled(context)
+        cp = self.compiled
+        i = self.context_index[context]
         with torch.no_grad():
-            r = cc.selection.evaluate({}, self.rule_probs_tensor(), 1)[0]
-        z = float(r[cc.selection_valid_col])
-        return {s: float(r[col]) / z for s, col in zip(cc.sources, cc.selected_cols)}
+            r = cp.selection.evaluate({}, self.rule_probs_tensor(), 1)[0]
+        z = float(r[cp.selection_valid_cols[i]])
+        return {s: float(r[cp.selected_cols[i, cp.sources.index(s)]]) / z for s in sources}
 
 
 class LogicModel(nn.Module):
@@ -171,7 +174,7 @@ class LogicModel(nn.Module):
         self.face_size_threshold = face_size_threshold
         self.contexts = tuple(contexts)
         if engine == "compiled":
-            self.engine = CompiledEngine(self.program, dict(self.networks))
+            self.engine = CompiledEngine(self.program, dict(self.networks), contexts=self.contexts)
         elif engine == "deepproblog":
             self.engine = DeepProbLogEngine(self.program, dict(self.networks), param_lr=param_lr)
         else:

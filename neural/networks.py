@@ -3,4 +3,4 @@
 Heavy optional dependencies (transformers) are imported lazily inside the
 networks that need them, so importing this module stays cheap.
 """
-from neural import face, late_fusion, multimodal, scene, va  # noqa: F401
+from neural import face, late_fusion, multimodal, scene, temporal_va, va  # noqa: F401

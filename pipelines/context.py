@@ -47,14 +47,20 @@ def batch_context_keys(
     image_size: torch.Tensor,
     threshold: float = DEFAULT_LARGE_FACE,
 ) -> list[str]:
-    """Context keys of a batch.
+    """Context keys of a batch (vectorised :func:`context_key`).
 
     face_boxes: [B, 3, 4] (x1, y1, x2, y2) pixels, NaN where absent
     face_mask:  [B, 3] bool, slot exists
     image_size: [B, 2] (width, height)
     """
-    keys = []
-    for boxes, mask, (w, h) in zip(face_boxes.tolist(), face_mask.tolist(), image_size.tolist()):
-        sizes = [relative_face_size(b, w, h) for b, m in zip(boxes, mask) if m]
-        keys.append(context_key(len(sizes), max(sizes) if sizes else None, threshold))
-    return keys
+    boxes = face_boxes.double()
+    wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0)  # [B, 3, 2]
+    area = (wh[..., 0] * wh[..., 1]) / (image_size[:, 0] * image_size[:, 1]).double()[:, None]
+    size = torch.where(face_mask, area.sqrt(), torch.full_like(area, -1.0))  # [B, 3]
+    largest = size.max(dim=1).values
+    n = face_mask.sum(dim=1)
+    large = largest >= threshold
+    return [
+        "n0" if k == 0 else f"n{k}_{'large' if big else 'small'}"
+        for k, big in zip(n.tolist(), large.tolist())
+    ]

@@ -121,6 +121,9 @@ class AnnotationFaces(FaceDetector):
     def detect(self, images, samples):
         out: list[Faces | FaceError] = []
         for image, sample in zip(images, samples):
+            if self.max_faces == 0:  # no faces wanted (e.g. per-frame video features): no boxes needed
+                out.append(Faces.none())
+                continue
             annotations = getattr(sample, "annotations", None) or {}
             if "boxes" not in annotations:
                 raise UserError(

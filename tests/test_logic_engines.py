@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problog import get_evaluatable
 from problog.logic import Term
 from problog.program import PrologString
+from problog.sdd_formula import SDD
 
 from logic.model import LogicModel
 from logic.program import available_programs, load_program
@@ -90,7 +90,10 @@ def plain_problog(program, sample_outputs: dict, rule_probs, context: str):
                 f"{p:.17g}::{preds[src]}(tensor({src}(img)), {e})" for e, p in zip(EMOTIONS, probs.tolist())
             ) + ".")
     queries = [f"query(emotion(img, {context}, {e}))." for e in EMOTIONS] + [f"query(valid(img, {context}))."]
-    result = get_evaluatable().create_from(PrologString(text + "\n" + "\n".join(facts + queries))).evaluate()
+    # ProbLog's SDD compiler with dynamic vtree minimisation: with its default static
+    # vtree the circumplex table of va_selection makes the SDD explode.
+    sdd = SDD.create_from(PrologString(text + "\n" + "\n".join(facts + queries)), sdd_auto_gc=True)
+    result = sdd.evaluate()
     valid = result[Term("valid", Term("img"), Term(context))]
     return torch.tensor([result[Term("emotion", Term("img"), Term(context), Term(e))] / valid for e in EMOTIONS])
 

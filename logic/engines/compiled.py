@@ -1,11 +1,11 @@
 """The ``compiled`` engine: ground and knowledge-compile once, evaluate in batches.
 
-For every (program, context) pair the program is grounded once with ProbLog for
-a placeholder image ``img`` (the structure of the proof only depends on the
-context, never on the image), compiled to an SDD with PySDD through ProbLog's
-own ``SDD`` formula (so annotated-disjunction constraints are exactly
-ProbLog's), and handed to KLay, which evaluates all query roots of the circuit
-on a whole batch of literal weights in torch.
+A program is grounded once with ProbLog for a placeholder image ``img`` and
+every context (the structure of a proof depends on the context, never on the
+image), compiled to one SDD with PySDD through ProbLog's own ``SDD`` formula (so
+annotated-disjunction constraints are exactly ProbLog's), and handed to KLay,
+which evaluates all query roots of all contexts on a whole batch of literal
+weights in torch; each sample then reads the roots of its own context.
 
 Literal weights are *linear* in the leaves: every weight ProbLog assigns is a
 network output ``nn(Net, [tensor(Src(img))], J)``, a rule probability ``t(I)``,
@@ -33,6 +33,7 @@ from problog.sdd_formula import SDD
 from logic.program import Program
 
 PLACEHOLDER = Term("img")
+FALSE = Term("false")
 _ONE = "1"
 
 
@@ -136,7 +137,8 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
     engine = DefaultEngine()
     db = engine.prepare(program.translated)
     formula = LogicFormula(keep_all=True)
-    for term in _disjunction_heads(program, engine, db, queries[0].args[1], neural):
+    contexts = list(dict.fromkeys(q.args[1] for q in queries))
+    for term in _disjunction_heads(program, engine, db, contexts, neural):
         # labelled, so that the DAG (built by traversal from the names) keeps this order
         formula = engine.ground(db, term, target=formula, label=LogicFormula.LABEL_QUERY)
     for q in queries:
@@ -159,6 +161,8 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
             sdd_node = mgr.conjoin(sdd.get_inode(node), constraint)
         circuit.add_sdd(sdd_node)
         roots[term] = len(roots)
+    circuit.add_sdd(mgr.false())
+    roots[FALSE] = len(roots)  # a root that is always 0 (sources absent in a context)
     circuit.add_sdd(constraint)
     module = circuit.to_torch_module(semiring="real", compile=False)
 
@@ -199,7 +203,7 @@ def _matches(pattern: Term, term: Term) -> bool:
     return all(_matches(p, t) for p, t in zip(pattern.args, term.args))
 
 
-def _disjunction_heads(program: Program, engine, db, ctx: Term, neural: bool) -> list[Term]:
+def _disjunction_heads(program: Program, engine, db, contexts: list[Term], neural: bool) -> list[Term]:
     """Open head patterns of every annotated disjunction the context can use, in
     program order: ``trust(n1_large, S)``, ``circumplex(negative, low, E)``,
     ``scene_emotion(tensor(scene(img)), E)``, ...
@@ -213,7 +217,10 @@ def _disjunction_heads(program: Program, engine, db, ctx: Term, neural: bool) ->
     heads = [Term(g.functor, *(Term(a) for a in g.context), Var("X")) for g in program.groups]
     if not neural:
         return heads
-    scratch = engine.ground(db, Term("via", PLACEHOLDER, ctx, Var("S"), Var("E")), label=LogicFormula.LABEL_QUERY)
+    scratch = LogicFormula(keep_all=True)
+    for ctx in contexts:
+        scratch = engine.ground(db, Term("via", PLACEHOLDER, ctx, Var("S"), Var("E")), target=scratch,
+                                label=LogicFormula.LABEL_QUERY)
     seen = set()
     for _, atom, kind in scratch:
         if kind != "atom":
@@ -230,47 +237,73 @@ def _disjunction_heads(program: Program, engine, db, ctx: Term, neural: bool) ->
 
 
 @dataclass
-class CompiledContext:
-    """Everything the engine needs for one context."""
+class CompiledProgram:
+    """Every context of a program in one circuit, with index tables per context.
 
-    context: str
-    sources: tuple[str, ...]  # sources that can be selected in this context
-    main: CompiledQueries  # emotion/3, via/4, valid/2
-    selection: CompiledQueries  # selected/3, valid/2 (no networks involved)
-    emotion_cols: list[int]  # per emotion value
-    via_cols: list[list[int]]  # per source in ``sources``, per emotion value
-    valid_col: int
-    selected_cols: list[int]  # per source in ``sources`` (in ``selection``)
-    selection_valid_col: int
+    ``main`` answers emotion/3, via/4 and valid/2 for every context;
+    ``selection`` answers selected/3 and valid/2 (no networks involved).
+    Index tables give, per context, the output column of each query; a source
+    that does not exist in a context points at the always-false root.
+    """
+
+    contexts: tuple[str, ...]
+    sources: tuple[str, ...]  # every source of any context, in program order
+    main: CompiledQueries
+    selection: CompiledQueries
+    emotion_cols: torch.Tensor  # [C, E]
+    via_cols: torch.Tensor  # [C, S, E]
+    valid_cols: torch.Tensor  # [C]
+    selected_cols: torch.Tensor  # [C, S] (in ``selection``)
+    selection_valid_cols: torch.Tensor  # [C]
+    needs: torch.Tensor  # [C, n_blocks] bool: the context reads this (network, source) block
 
 
-def compile_context(program: Program, context: str, emotions: tuple[str, ...], network_domains: dict) -> CompiledContext:
-    img, ctx = PLACEHOLDER, Term(context)
+def compile_program(program: Program, contexts, emotions: tuple[str, ...], network_domains: dict) -> CompiledProgram:
+    img = PLACEHOLDER
+    ctxs = [Term(c) for c in contexts]
+    sources = tuple(dict.fromkeys(s for c in contexts for s in program.sources_in(c)))
     selection = compile_queries(
-        program, [Term("selected", img, ctx, Var("S")), Term("valid", img, ctx)], network_domains, neural=False
+        program, [q for c in ctxs for q in (Term("selected", img, c, Var("S")), Term("valid", img, c))],
+        network_domains, neural=False,
     )
-    sources = tuple(str(t.args[2]) for t in selection.roots if t.functor == "selected")
-    main = compile_queries(
-        program,
-        [Term("emotion", img, ctx, Term(e)) for e in emotions]
-        + [Term("via", img, ctx, Term(s), Term(e)) for s in sources for e in emotions]
-        + [Term("valid", img, ctx)],
-        network_domains,
-    )
+    main_queries = []
+    for c in ctxs:
+        main_queries += [Term("emotion", img, c, Term(e)) for e in emotions]
+        main_queries += [Term("via", img, c, Term(s), Term(e)) for s in program.sources_in(str(c)) for e in emotions]
+        main_queries.append(Term("valid", img, c))
+    main = compile_queries(program, main_queries, network_domains)
     derived = {str(t.args[2]) for t in main.roots if t.functor == "emotion"}
     if derived - set(emotions):
         raise ValueError(f"{program.name}: emotion/3 derives values outside the vocabulary")
-    mr = {str(t): c for t, c in main.roots.items()}
-    sr = {str(t): c for t, c in selection.roots.items()}
-    i, c = str(img), context
-    return CompiledContext(
-        context=context,
-        sources=sources,
-        main=main,
-        selection=selection,
-        emotion_cols=[mr[f"emotion({i},{c},{e})"] for e in emotions],
-        via_cols=[[mr[f"via({i},{c},{s},{e})"] for e in emotions] for s in sources],
-        valid_col=mr[f"valid({i},{c})"],
-        selected_cols=[sr[f"selected({i},{c},{s})"] for s in sources],
-        selection_valid_col=sr[f"valid({i},{c})"],
+
+    def col(cq: CompiledQueries, term: Term) -> int:
+        return cq.roots.get(term, cq.roots[FALSE])
+
+    emotion_cols = [[col(main, Term("emotion", img, c, Term(e))) for e in emotions] for c in ctxs]
+    via_cols = [[[col(main, Term("via", img, c, Term(s), Term(e))) for e in emotions] for s in sources] for c in ctxs]
+    valid_cols = [col(main, Term("valid", img, c)) for c in ctxs]
+    selected_cols = [[col(selection, Term("selected", img, c, Term(s))) for s in sources] for c in ctxs]
+    selection_valid = [col(selection, Term("valid", img, c)) for c in ctxs]
+    needs = torch.zeros(len(ctxs), len(main.nn_blocks), dtype=torch.bool)
+    for i, c in enumerate(contexts):
+        for j, block in enumerate(main.nn_blocks):
+            needs[i, j] = block in _blocks_read(program, c)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return CompiledProgram(
+        contexts=tuple(contexts), sources=sources, main=main, selection=selection,
+        emotion_cols=as_long(emotion_cols), via_cols=as_long(via_cols), valid_cols=as_long(valid_cols),
+        selected_cols=as_long(selected_cols), selection_valid_cols=as_long(selection_valid), needs=needs,
     )
+
+
+def _blocks_read(program: Program, context: str) -> set[tuple[str, str]]:
+    """The (network, source) pairs whose outputs the proofs of ``context`` use."""
+    engine = DefaultEngine()
+    db = engine.prepare(program.translated)
+    f = engine.ground(db, Term("via", PLACEHOLDER, Term(context), Var("S"), Var("E")), label=LogicFormula.LABEL_QUERY)
+    out = set()
+    for _, atom, kind in f:
+        if kind == "atom" and isinstance(atom.probability, Term) and atom.probability.functor == "nn":
+            key = leaf_key(atom.probability)
+            out.add((key[1], key[2]))
+    return out

@@ -16,6 +16,7 @@ from pipelines.datasets.base import (
     load_mapping,
     register_dataset,
 )
+from pipelines.datasets.afewva import load_afewva  # noqa: F401  (registers "afewva")
 from pipelines.datasets.csv_dataset import csv_dataset
 from pipelines.datasets.findingemo import download_command as findingemo_download_command
 from pipelines.datasets.findingemo import findingemo_dataset

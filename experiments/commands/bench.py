@@ -1,7 +1,10 @@
 """``emologic bench WHAT``: throughput benchmarks (not timed tests).
 
-``BENCHES`` maps a name to ``fn(args) -> dict`` of results; other modules add
-their own (``BENCHES["engines"] = bench_engines``) and ``--json`` prints the dict.
+``BENCHES`` maps a name to ``fn(args) -> dict`` of results; ``--json`` prints the dict.
+
+``bench engines`` (see ``logic/bench.py``): queries per second, forward +
+backward at batch 512 on the CPU, of the compiled engine and of DeepProbLog's
+exact engine on the same program and inputs, and their largest output difference.
 
 ``bench cache`` builds caches in a temporary directory and reports images per
 second (loading + hashing + faces + crops + scene backbone + shard writes; model
@@ -102,8 +105,15 @@ def bench_cache(args: argparse.Namespace) -> dict:
     return results
 
 
+def bench_engines(args: argparse.Namespace) -> dict:
+    from logic.bench import bench_engines as run_bench
+
+    return run_bench(program=args.program, batch_size=args.batch_size, dpl_samples=args.dpl_samples,
+                     seed=args.seed)
+
+
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
-BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache}
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines}
 
 
 def _print_table(name: str, results: dict) -> None:
@@ -120,13 +130,17 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--n-small", type=int, default=400, help="cache: number of 128 px images (default: 400)")
     p.add_argument("--n-large", type=int, default=40, help="cache: number of 640 px MTCNN images (default: 40)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images / inputs")
+    p.add_argument("--program", default="context_selection", help="engines: program to evaluate")
+    p.add_argument("--batch-size", type=int, default=512, help="engines: batch size (default: 512)")
+    p.add_argument("--dpl-samples", type=int, default=64,
+                   help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
 
 
 @command(
     "bench",
-    help="Throughput benchmarks (cache build images/s and bytes per image, ...)",
-    example="emologic bench cache --json",
+    help="Benchmarks: engines (compiled vs DeepProbLog queries/s) and cache (images/s, bytes/image)",
+    example="emologic bench engines --json",
     configure=_configure,
 )
 def run(args: argparse.Namespace) -> int:

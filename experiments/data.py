@@ -1,0 +1,87 @@
+"""Data for the harness: the data set, its verified tensor cache, per split.
+
+All regimes read the same cached tensors by sample id; nothing is recomputed
+between regimes or seeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.build import build_cache
+from cache.loader import CachedSplit
+from experiments.config import HarnessConfig
+from neural.errors import UserError
+from pipelines.datasets import get_dataset
+from pipelines.datasets.base import Dataset
+from pipelines.pipeline import PipelineConfig
+
+SPLITS = ("pretrain", "train", "val", "test")
+
+
+@dataclass
+class ExperimentData:
+    dataset: Dataset
+    pipeline: PipelineConfig
+    cache_dir: Path
+    splits: dict[str, CachedSplit]
+    truth_table: dict | None  # synthetic: the generator's P(source | context)
+    build_summary: str
+
+    def split(self, name: str) -> CachedSplit:
+        return self.splits[name]
+
+
+def dataset_options(cfg: HarnessConfig) -> dict:
+    if cfg.dataset == "synthetic":
+        opts = {"n_images": cfg.n_images, "image_size": cfg.image_size, "seed": cfg.data_seed,
+                "large_face_threshold": cfg.face_size_threshold}
+        if cfg.data_root:
+            opts["root"] = cfg.data_root
+        return opts
+    if cfg.dataset == "findingemo":
+        opts = {"images": cfg.images, "annotations": cfg.annotations}
+    else:
+        opts = {"path": cfg.csv}
+    if cfg.mapping:
+        opts["mapping"] = cfg.mapping
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
+    face_source = cfg.face_source or ("annotations" if cfg.dataset == "synthetic" else "mtcnn")
+    return PipelineConfig(
+        face_source=face_source,
+        scene_weights=cfg.scene_weights,
+        store_scene_layer3=cfg.unfreeze_layer4,
+        scene_size=cfg.image_size if cfg.dataset == "synthetic" else 224,
+    )
+
+
+def default_cache_dir(dataset: Dataset, pipeline: PipelineConfig) -> Path:
+    """``.emologic/cache/<dataset>-<digest of the data set's location and the pipeline>``."""
+    key = json.dumps([dataset.name, dataset.source, pipeline.semantic_dict()], sort_keys=True, default=str)
+    return Path(".emologic") / "cache" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def load_data(cfg: HarnessConfig) -> ExperimentData:
+    """Load (generating if needed) the data set and build or reuse its cache."""
+    dataset = get_dataset(cfg.dataset, **dataset_options(cfg))
+    missing = [s for s in SPLITS if not dataset.by_split(s)] if set(SPLITS) <= set(dataset.split_names) else SPLITS
+    if missing:
+        raise UserError(
+            f"data set {dataset.name} has no samples in split(s) {', '.join(missing)}; "
+            f"the harness needs {', '.join(SPLITS)}"
+        )
+    pipeline = pipeline_config(cfg)
+    cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
+    report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress)
+    splits = {s: CachedSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
+    truth = None
+    if cfg.dataset == "synthetic":
+        from pipelines.datasets.synthetic import read_synthetic_config
+
+        truth = read_synthetic_config(dataset.source).source_table
+    return ExperimentData(dataset, pipeline, cache_dir, splits, truth, report.summary())

@@ -1,0 +1,196 @@
+"""The joint-vs-frozen comparison: data, stage 0, regimes x seeds, results, report.
+
+``run(cfg, argv)`` is what ``python experiments/joint_vs_frozen.py`` does. A run
+directory holds:
+
+    config.json            the resolved config and the exact command
+    state.json             finished (regime, seed) units, for --resume
+    results.json           per regime and seed, plus means and stds over seeds
+    report.md              the comparison as tables, with command and config
+    plots/*.png            training curves, source trajectories, confusions, drift
+    tb/                    TensorBoard event logs
+    checkpoints/stage0-seed<S>/<network>/            stage-0 networks (safetensors + config)
+    checkpoints/seed<S>/<regime>/{networks/,rules.json,model.json}
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+from experiments.config import HarnessConfig
+from experiments.data import load_data
+from experiments.metrics import aggregate_seeds
+from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
+from experiments.regimes import RegimeResult, confusion_sum, get_regime
+from experiments.report import render_report, summary_lines
+from experiments.runs import (
+    RunState,
+    TBLogger,
+    atomic_write_json,
+    atomic_write_text,
+    config_fingerprint,
+    format_command,
+    load_state,
+    new_run_dir,
+    resolve_run,
+    save_state,
+    write_resolved_config,
+)
+from experiments.stage0 import Predicates, load_predicates, save_predicates, train_stage0
+from logic.program import load_program
+from neural.errors import UserError
+from neural.registry import save_network
+from neural.vocabulary import EMOTIONS
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path) -> Predicates:
+    """Stage-0 networks of ``seed``: trained once, then reloaded (also on --resume)."""
+    marker = directory / "stage0.json"
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        pred = load_predicates(directory, info["face_source"])
+        pred.metrics = info["metrics"]
+        _log(f"[seed {seed}] stage 0 loaded from {directory}")
+        return pred
+    pred = train_stage0(cfg, data, seed, needs_va, log=_log)
+    save_predicates(pred, directory)
+    atomic_write_json(marker, {"face_source": pred.face_source, "metrics": pred.metrics})
+    return pred
+
+
+def save_regime(result: RegimeResult, pred: Predicates, cfg: HarnessConfig, data, directory: Path, regime: str) -> None:
+    """A checkpoint that rebuilds the trained program (used by ``emologic query``)."""
+    nets = directory / "networks"
+    if regime == "late_fusion":
+        save_network(result.model, nets / "late_fusion")
+    else:
+        save_predicates(pred, nets)
+        result.model.save_rules(directory / "rules.json")
+    atomic_write_json(directory / "model.json", {
+        "regime": regime,
+        "program": cfg.program,
+        "engine": cfg.engine,
+        "face_size_threshold": cfg.face_size_threshold,
+        "face_source": pred.face_source,
+        "pipeline": data.pipeline.to_dict(),
+        "networks": "networks",
+        "rules": None if regime == "late_fusion" else "rules.json",
+    })
+
+
+def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
+    cfg.validate()
+    command = format_command([sys.executable.rsplit("/", 1)[-1], "experiments/joint_vs_frozen.py", *argv])
+    fingerprint = config_fingerprint(cfg.to_dict())
+    if resume:
+        run_dir = resolve_run(resume, cfg.runs_dir)
+        state = load_state(run_dir)
+        state.ensure_config(fingerprint)
+        _log(f"resuming {run_dir} ({len(state.completed())} unit(s) done)")
+    else:
+        run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+        state = RunState(fingerprint=fingerprint, units={})
+        save_state(run_dir, state)
+    write_resolved_config(run_dir, cfg.to_dict(), argv)
+    _log(f"run directory: {run_dir}")
+
+    timings: dict[str, float] = {}
+    t = time.time()
+    program = load_program(cfg.program)
+    data = load_data(cfg)
+    timings["data_and_cache"] = time.time() - t
+    _log(data.build_summary)
+    _log(data.dataset.describe())
+    needs_va = "va_valence" in program.networks
+    tb = TBLogger(run_dir / "tb")
+    stage0_metrics = {}
+    try:
+        pred = None
+        for seed in cfg.seeds:
+            ckpt = run_dir / "checkpoints" / f"seed{seed}"
+            if pred is None or cfg.stage0_per_seed:
+                t = time.time()
+                stage0_seed = seed if cfg.stage0_per_seed else cfg.seeds[0]
+                pred = stage0(cfg, data, stage0_seed, needs_va, run_dir / "checkpoints" / f"stage0-seed{stage0_seed}")
+                stage0_metrics[str(stage0_seed)] = pred.metrics
+                timings["stage0"] = timings.get("stage0", 0.0) + time.time() - t
+            for regime in cfg.regimes:
+                if state.is_done(regime, seed):
+                    continue
+                t = time.time()
+                own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
+                result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
+                save_regime(result, own, cfg, data, ckpt / regime, regime)
+                state.mark_done(regime, seed, result.to_json())
+                save_state(run_dir, state)
+                timings[regime] = timings.get(regime, 0.0) + time.time() - t
+    except KeyboardInterrupt:
+        _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
+        raise
+    finally:
+        tb.close()
+
+    t = time.time()
+    results = collect_results(cfg, state, data, stage0_metrics, timings)
+    plots = write_plots(results, run_dir)
+    timings["report"] = time.time() - t
+    results["timings"] = timings
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_text(run_dir / "report.md", render_report(results, command, cfg.to_dict(), plots=plots))
+    for line in summary_lines(results):
+        _log(line)
+    _log(f"\nrun directory: {run_dir}")
+    _log(f"report: {run_dir / 'report.md'}")
+    return run_dir
+
+
+def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: dict, timings: dict) -> dict:
+    regimes = {}
+    for regime in cfg.regimes:
+        per_seed = {str(s): state.result(regime, s) for s in cfg.seeds if state.is_done(regime, s)}
+        if not per_seed:
+            continue
+        summary = aggregate_seeds([
+            {"metrics": r["metrics"], "source_table_mae": r.get("source_table_mae"),
+             "posterior_agreement": r.get("posterior_agreement"), "wall_time_s": r.get("wall_time_s")}
+            for r in per_seed.values()
+        ])
+        regimes[regime] = {"per_seed": per_seed, "summary": summary}
+    return {
+        "dataset": cfg.dataset,
+        "program": cfg.program,
+        "engine": cfg.engine,
+        "seeds": cfg.seeds,
+        "n_test": len(data.split("test")),
+        "regimes": regimes,
+        "truth_source_table": data.truth_table,
+        "stage0": stage0_metrics,
+        "timings": timings,
+    }
+
+
+def write_plots(results: dict, run_dir: Path) -> dict[str, str]:
+    out = run_dir / "plots"
+    confusions = {
+        r: confusion_sum([s["confusion"] for s in v["per_seed"].values() if s.get("confusion")])
+        for r, v in results["regimes"].items()
+    }
+    paths = {
+        "training curves": plot_training_curves(results, out / "training_curves.png"),
+        "source probabilities": plot_source_trajectories(results, out / "source_trajectories.png"),
+        "confusion matrices": plot_confusions(confusions, list(EMOTIONS), out / "confusions.png"),
+        "parameter drift": plot_drift(results, out / "drift.png"),
+    }
+    return {k: str(Path(v).relative_to(run_dir)) for k, v in paths.items()}
+
+
+def check_resume_args(resume: str | None) -> None:
+    if resume is not None and not str(resume).strip():
+        raise UserError("--resume needs a run directory (or 'latest')")

@@ -1,0 +1,373 @@
+"""The training regimes compared by the harness, and their evaluation.
+
+    frozen         networks fixed, only the rule parameters learn (logic-only)
+    joint          rule parameters and the trainable network parts learn together
+    uniform_rules  rules fixed at uniform, networks trained through the logic
+    late_fusion    no logic: a neural late-fusion model on the same network outputs
+
+Each regime is registered with :func:`regime` and returns a :class:`RegimeResult`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cache.batch import Batch
+from experiments.config import HarnessConfig
+from experiments.data import ExperimentData
+from experiments.drift import parameter_drift, snapshot
+from experiments.metrics import (
+    classification_metrics,
+    confusion,
+    dec_factor_agreement,
+    posterior_agreement,
+    source_table_error,
+)
+from experiments.stage0 import Predicates
+from logic.given import Given, GivenSlice
+from logic.model import LogicModel
+from logic.program import Program
+from neural.registry import get_network
+from neural.vocabulary import EMOTIONS, FACE_SLOTS
+
+_REGIMES: dict[str, Callable] = {}
+
+
+def regime(name: str):
+    def deco(fn):
+        _REGIMES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_regime(name: str) -> Callable:
+    return _REGIMES[name]
+
+
+@dataclass
+class RegimeResult:
+    metrics: dict
+    history: list = field(default_factory=list)
+    source_probs: dict | None = None
+    rule_table: dict | None = None
+    source_table_mae: float | None = None
+    posterior_agreement: float | None = None
+    dec_factor_agreement: float | None = None
+    drift: dict | None = None
+    confusion: list | None = None
+    wall_time_s: float = 0.0
+    model: nn.Module | None = None  # LogicModel, or the late-fusion network
+
+    def to_json(self) -> dict:
+        return {
+            "metrics": self.metrics,
+            "history": self.history,
+            "source_probs": self.source_probs,
+            "rule_table": self.rule_table,
+            "source_table_mae": self.source_table_mae,
+            "posterior_agreement": self.posterior_agreement,
+            "dec_factor_agreement": self.dec_factor_agreement,
+            "drift": self.drift,
+            "confusion": self.confusion,
+            "wall_time_s": self.wall_time_s,
+        }
+
+
+# ---------------------------------------------------------------------------
+# Binding the program's neural predicates
+# ---------------------------------------------------------------------------
+class Layer4Head(nn.Module):
+    """The scene predicate when layer4 is trained: [B, 256, h, w] -> layer4 -> pool -> head -> [B, 7]."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.from_layer3(f))
+
+
+class Binding:
+    """The networks the program's ``nn`` names are bound to in one regime, and
+    how a cached batch becomes the tensors those networks read."""
+
+    def __init__(self, program: Program, pred: Predicates):
+        self.program, self.pred = program, pred
+        self.uses_va = "va_valence" in program.networks
+        scene = pred.scene_head if pred.scene_layer4 is None else Layer4Head(pred.scene_layer4, pred.scene_head)
+        self.networks: dict[str, nn.Module] = {"scene2emotion": scene, "face_emotion": pred.face_net}
+        if self.uses_va:
+            self.networks["va_valence"] = get_network("va_valence")
+            self.networks["va_arousal"] = get_network("va_arousal")
+        self.networks = {k: v for k, v in self.networks.items() if k in program.networks}
+
+    def prepare(self, batch: Batch) -> Batch:
+        tensors = dict(batch.tensors)
+        if self.pred.scene_layer4 is not None:
+            tensors["scene"] = tensors["scene_layer3"]
+        if self.uses_va:
+            from neural.va import va_predicate_input
+
+            tensors["va"] = va_predicate_input(*self.pred.va_regressor.mc_predict(tensors["va"]))
+        return _with_tensors(batch, tensors)
+
+
+class FrozenBinding:
+    """Frozen networks: their outputs are computed once per sample, and the
+    program's predicates read them through :class:`Given` stand-ins."""
+
+    def __init__(self, binding: Binding, splits: dict):
+        self.program = binding.program
+        self.networks: dict[str, nn.Module] = {}
+        sources = {"scene": "scene2emotion", **{s: "face_emotion" for s in FACE_SLOTS}}
+        for net in binding.networks:
+            self.networks[net] = Given()
+        if binding.uses_va:
+            kv = len(self.program.domain_of("va_valence"))
+            self.networks["va_valence"] = GivenSlice(0, kv)
+            self.networks["va_arousal"] = GivenSlice(kv, kv + len(self.program.domain_of("va_arousal")))
+        self.rows: dict[str, int] = {}
+        self.outputs: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for split in splits.values():
+                for batch in split.batches(512):
+                    prepared = binding.prepare(batch)
+                    for src, net in sources.items():
+                        if net not in binding.networks:
+                            continue
+                        present = batch.present(src)
+                        out = torch.full((len(batch), len(EMOTIONS)), float("nan"))
+                        if present.any():
+                            out[present] = binding.networks[net](prepared.tensors[src][present]).float()
+                        self.outputs.setdefault(src, []).append(out)
+                    if binding.uses_va:
+                        va = prepared.tensors["va"]
+                        self.outputs.setdefault("va", []).append(
+                            torch.cat([binding.networks["va_valence"](va), binding.networks["va_arousal"](va)], 1)
+                        )
+                    for sid in batch.sample_ids:
+                        self.rows[sid] = len(self.rows)
+        self.table = {src: torch.cat(parts) for src, parts in self.outputs.items()}
+
+    def prepare(self, batch: Batch) -> Batch:
+        idx = torch.tensor([self.rows[s] for s in batch.sample_ids])
+        return _with_tensors(batch, {src: t[idx] for src, t in self.table.items()})
+
+
+def _with_tensors(batch: Batch, tensors: dict) -> Batch:
+    return Batch(batch.sample_ids, tensors, batch.face_mask, batch.face_boxes, batch.face_probs,
+                 batch.image_size, batch.labels, batch.meta)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+def evaluate_logic(model: LogicModel, binding, split, truth_table: dict | None, explain: bool = True,
+                   batch_size: int = 512) -> dict:
+    probs, labels, post_src, true_src, post_dicts, dec = [], [], [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in split.batches(batch_size):
+            out = model(binding.prepare(batch), explain=explain)
+            probs.append(out.probs.float())
+            labels.append(batch.labels)
+            if explain:
+                rows = torch.arange(len(batch))
+                at_label = out.posterior[rows, :, batch.labels]  # [B, S] P(source | image, observed emotion)
+                best = at_label.argmax(1).tolist()
+                post_src += [model.sources[i] for i in best]
+                post_dicts += [dict(zip(model.sources, r)) for r in at_label.tolist()]
+                true_src += batch.meta.get("true_source", [None] * len(batch))
+                dec += batch.meta.get("dec_factors", [None] * len(batch))
+    p, y = torch.cat(probs), torch.cat(labels)
+    result = {"metrics": classification_metrics(p, y, len(EMOTIONS)), "confusion": confusion(p, y, len(EMOTIONS)).tolist()}
+    if explain and all(t is not None for t in true_src):
+        result["posterior_agreement"] = posterior_agreement(post_src, true_src)
+    if explain and any(d for d in dec):
+        result["dec_factor_agreement"] = dec_factor_agreement(post_dicts, dec)
+    return result
+
+
+def learned_sources(model: LogicModel, truth_table: dict | None) -> tuple[dict, float | None]:
+    probs = model.source_probabilities()
+    mae = None
+    if truth_table:
+        learnable = {c: t for c, t in truth_table.items() if len(t) > 1 and c in probs}
+        mae = source_table_error(probs, learnable)["mae"]
+    return probs, mae
+
+
+def class_weights_for(split) -> torch.Tensor:
+    counts = torch.bincount(split.labels()[split.labels() >= 0], minlength=len(EMOTIONS)).double()
+    w = counts.sum() / (len(EMOTIONS) * counts.clamp_min(1))
+    return w
+
+
+# ---------------------------------------------------------------------------
+# Training through the logic
+# ---------------------------------------------------------------------------
+def train_logic(
+    name: str,
+    cfg: HarnessConfig,
+    data: ExperimentData,
+    program: Program,
+    pred: Predicates,
+    seed: int,
+    train_rules: bool,
+    train_networks: bool,
+    log=print,
+    tb=None,
+) -> RegimeResult:
+    t0 = time.time()
+    torch.manual_seed(seed)
+    binding = Binding(program, pred)
+    if not train_networks:
+        binding = FrozenBinding(binding, {s: data.split(s) for s in ("train", "val", "test")})
+    model = LogicModel(program, binding.networks, engine=cfg.engine, face_size_threshold=cfg.face_size_threshold,
+                       param_lr=cfg.rule_lr)
+    model.reset_rules("uniform")  # every regime starts from uniform trust
+    trainable = pred.trainable()
+    before = snapshot(trainable)
+    rule_opt = model.rule_optimizer(cfg.rule_lr) if train_rules else None
+    net_opt = None
+    if train_networks:
+        groups = [{"params": [p for p in pred.scene_head.parameters()], "lr": cfg.net_lr},
+                  {"params": [p for p in pred.face_net.parameters() if p.requires_grad], "lr": cfg.net_lr}]
+        if pred.scene_layer4 is not None:
+            groups += pred.scene_layer4.param_groups()
+        for g in groups:
+            for p in g["params"]:
+                p.requires_grad_(True)
+        net_opt = torch.optim.Adam(groups)
+    else:
+        for p in trainable.parameters():
+            p.requires_grad_(False)
+    weights = class_weights_for(data.split("train")) if cfg.class_weights else None
+    train_split, val_split = data.split("train"), data.split("val")
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        te = time.time()
+        model.train()
+        for m in trainable.values():
+            m.train(train_networks)
+        total, n = 0.0, 0
+        batches = train_split.batches(cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        n_batches = (len(train_split) + cfg.batch_size - 1) // cfg.batch_size
+        for batch in tqdm(batches, total=n_batches, desc=f"{name} s{seed} e{epoch}", leave=False,
+                          disable=not cfg.progress):
+            for opt in (rule_opt, net_opt):
+                if opt is not None:
+                    opt.zero_grad()
+            loss = model.nll(binding.prepare(batch), weights)
+            loss.backward()
+            for opt in (rule_opt, net_opt):
+                if opt is not None:
+                    opt.step()
+            total += loss.item() * len(batch)
+            n += len(batch)
+        val = evaluate_logic(model, binding, val_split, None, explain=False)["metrics"]
+        row = {"epoch": epoch, "train_loss": total / n, "val_accuracy": val["accuracy"], "val_nll": val["nll"],
+               "source_probs": model.source_probabilities()}
+        history.append(row)
+        if tb is not None:
+            tb.add_dict(f"{name}/seed{seed}", {"train_loss": row["train_loss"], "val_accuracy": val["accuracy"],
+                                               "val_nll": val["nll"]}, epoch)
+        log(f"[{name} seed {seed}] epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+            f"val acc {val['accuracy']:.3f}  val nll {val['nll']:.4f}  ({time.time() - te:.1f} s)")
+    test = evaluate_logic(model, binding, data.split("test"), data.truth_table)
+    probs, mae = learned_sources(model, data.truth_table)
+    for m in trainable.values():
+        m.eval()
+    return RegimeResult(
+        metrics=test["metrics"],
+        history=history,
+        source_probs=probs,
+        rule_table=model.rule_table(),
+        source_table_mae=mae,
+        posterior_agreement=test.get("posterior_agreement"),
+        dec_factor_agreement=test.get("dec_factor_agreement"),
+        drift=parameter_drift(before, snapshot(trainable)),
+        confusion=test["confusion"],
+        wall_time_s=time.time() - t0,
+        model=model,
+    )
+
+
+@regime("frozen")
+def frozen(cfg, data, program, pred, seed, **kw) -> RegimeResult:
+    return train_logic("frozen", cfg, data, program, pred, seed, train_rules=True, train_networks=False, **kw)
+
+
+@regime("joint")
+def joint(cfg, data, program, pred, seed, **kw) -> RegimeResult:
+    return train_logic("joint", cfg, data, program, pred, seed, train_rules=True, train_networks=True, **kw)
+
+
+@regime("uniform_rules")
+def uniform_rules(cfg, data, program, pred, seed, **kw) -> RegimeResult:
+    return train_logic("uniform_rules", cfg, data, program, pred, seed, train_rules=False, train_networks=True, **kw)
+
+
+# ---------------------------------------------------------------------------
+# The purely neural baseline
+# ---------------------------------------------------------------------------
+def _fusion_inputs(frozen: FrozenBinding, batch: Batch):
+    t = frozen.prepare(batch).tensors
+    faces = torch.stack([t[s] for s in FACE_SLOTS], dim=1)  # [B, 3, 7], NaN where absent
+    return t["scene"], faces, batch.face_mask
+
+
+@regime("late_fusion")
+def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeResult:
+    """A neural model on the same stage-0 outputs (scene and face distributions + face mask)."""
+    t0 = time.time()
+    torch.manual_seed(seed)
+    base = Binding(program, pred)
+    base.networks.setdefault("face_emotion", pred.face_net)
+    frozen = FrozenBinding(base, {s: data.split(s) for s in ("train", "val", "test")})
+    net = get_network("late_fusion")
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.net_lr)
+    weights = class_weights_for(data.split("train")).float() if cfg.class_weights else None
+    history = []
+
+    def predict(split):
+        net.eval()
+        with torch.no_grad():
+            ps = [net(*_fusion_inputs(frozen, b)) for b in split.batches(512)]
+        return torch.cat(ps), split.labels()
+
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        total, n = 0.0, 0
+        for batch in data.split("train").batches(cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch):
+            loss = F.cross_entropy(net.logits(*_fusion_inputs(frozen, batch)), batch.labels, weight=weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch)
+            n += len(batch)
+        p, y = predict(data.split("val"))
+        val = classification_metrics(p, y, len(EMOTIONS))
+        history.append({"epoch": epoch, "train_loss": total / n, "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
+        log(f"[late_fusion seed {seed}] epoch {epoch}/{cfg.epochs}  loss {total / n:.4f}  "
+            f"val acc {val['accuracy']:.3f}  val nll {val['nll']:.4f}")
+    p, y = predict(data.split("test"))
+    return RegimeResult(
+        metrics=classification_metrics(p, y, len(EMOTIONS)),
+        history=history,
+        confusion=confusion(p, y, len(EMOTIONS)).tolist(),
+        wall_time_s=time.time() - t0,
+        model=net,
+    )
+
+
+def confusion_sum(matrices: list) -> np.ndarray:
+    return np.sum([np.asarray(m) for m in matrices], axis=0)

@@ -1,0 +1,240 @@
+"""Stage 0: each neural predicate trained on its own supervision (pretrain split).
+
+- scene head (Scene2EmotionNet) on cached scene features, target: the scene's own
+  emotion when the data set records it (synthetic), else the image label;
+- face net (mini-XCEPTION) on cached face crops with per-face emotions when the
+  data set records them (synthetic); otherwise, or on request, the real
+  FER2013 weights or a face predicate trained with ``emologic train-face``;
+- valence/arousal regressor (only for programs with a VA source) on the
+  valence/arousal annotations.
+
+Every regime of a seed starts from the same stage-0 networks.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.config import HarnessConfig
+from experiments.data import ExperimentData
+from experiments.metrics import classification_metrics
+from neural.registry import get_network, load_network, save_network
+from neural.vocabulary import EMOTIONS, FACE_SLOTS, emotion_index
+
+
+@dataclass
+class Predicates:
+    """The networks of one seed: what the program's ``nn(...)`` atoms are bound to."""
+
+    scene_head: nn.Module
+    face_net: nn.Module
+    va_regressor: nn.Module | None = None
+    scene_layer4: nn.Module | None = None  # the scene backbone, when layer4 is trained
+    face_source: str = "stage0"  # stage0 | fer | <path>
+    metrics: dict = field(default_factory=dict)
+
+    def trainable(self) -> nn.ModuleDict:
+        """The networks the logic can train, by the name drift is reported under."""
+        mods = {"scene2emotion": self.scene_head, "face_emotion": self.face_net}
+        if self.scene_layer4 is not None:
+            mods["scene_backbone"] = self.scene_layer4
+        return nn.ModuleDict(mods)
+
+
+def _seeded(seed: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1000 + salt)
+
+
+def _fit_classifier(net, inputs, targets, epochs, lr, batch_size, seed, logits_fn, weights=None, augment=None):
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    g = _seeded(seed, 17)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(targets), generator=g)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            x = inputs[idx]
+            if augment is not None:
+                x = augment(x, g)
+            loss = F.cross_entropy(logits_fn(x), targets[idx], weight=weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    net.eval()
+
+
+def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Set BatchNorm running statistics to the exact mean/variance over ``inputs``.
+
+    mini-XCEPTION's BatchNorm keeps Keras' momentum (0.01): after a short
+    training run its running statistics are far from the data and the network
+    is near chance in eval mode. A pass with a cumulative average fixes that.
+    """
+    bns = _batchnorms(net)
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over all batches
+        m.train()
+    for start in range(0, len(inputs), batch_size):
+        net(inputs[start:start + batch_size])
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+
+
+def _flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips of face crops [B, 1, H, W] (expressions are symmetric)."""
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def scene_targets(split, ids) -> torch.Tensor:
+    """The scene's own emotion where recorded (synthetic), else the image label."""
+    out = []
+    for sid, y in zip(ids, split.labels(ids).tolist()):
+        ann = split.annotations(sid)
+        out.append(emotion_index(ann["scene_emotion"]) if "scene_emotion" in ann else y)
+    return torch.tensor(out)
+
+
+def face_examples(split, ids=None):
+    """All face crops with a recorded per-face emotion: ([F, 1, 64, 64], [F])."""
+    ids = split.sample_ids if ids is None else ids
+    crops, labels = [], []
+    for start in range(0, len(ids), 256):
+        batch = split.batch(ids[start:start + 256])
+        emos = batch.meta.get("face_emotions")
+        if emos is None:
+            return None
+        for j, slot in enumerate(FACE_SLOTS):
+            present = batch.face_mask[:, j]
+            if present.any():
+                crops.append(batch.tensors[slot][present])
+                labels += [emotion_index(e[j]) for e, p in zip(emos, present.tolist()) if p]
+    if not crops:
+        return None
+    return torch.cat(crops), torch.tensor(labels)
+
+
+def _all(split, key: str) -> torch.Tensor:
+    return split.batch(split.sample_ids).tensors[key]
+
+
+def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: bool, log=print) -> Predicates:
+    pre, val = data.split("pretrain"), data.split("val")
+    t0 = time.time()
+    metrics: dict = {}
+
+    # -- scene head -----------------------------------------------------------
+    torch.manual_seed(seed)
+    scene_head = get_network("scene2emotion")
+    x_pre, y_pre = _all(pre, "scene"), scene_targets(pre, pre.sample_ids)
+    _fit_classifier(scene_head, x_pre, y_pre, cfg.stage0_epochs, cfg.stage0_lr, 128, seed, scene_head.logits)
+    with torch.no_grad():
+        p = scene_head(_all(val, "scene"))
+    metrics["scene2emotion"] = classification_metrics(p, scene_targets(val, val.sample_ids), len(EMOTIONS))
+
+    # -- face net --------------------------------------------------------------
+    face_source = "stage0"
+    train_faces = face_examples(pre)
+    if cfg.face_weights:
+        from neural.face_training import load_face_predicate
+
+        face_net, face_source = load_face_predicate(cfg.face_weights), str(cfg.face_weights)
+    elif cfg.fer_weights or train_faces is None:
+        from neural.fer_weights import pretrained_face_net
+
+        face_net, face_source = pretrained_face_net(), "fer2013"
+    else:
+        torch.manual_seed(seed)
+        face_net = get_network("face_emotion")
+        for m in _batchnorms(face_net):  # trained from scratch here: torch's usual momentum, not Keras'
+            m.momentum = 0.1
+        crops, labels = train_faces
+        _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
+                        augment=_flip)
+        recalibrate_batchnorm(face_net, crops)
+    face_net.eval()
+    val_faces = face_examples(val)
+    if val_faces is not None:
+        with torch.no_grad():
+            metrics["face_emotion"] = classification_metrics(face_net(val_faces[0]), val_faces[1], len(EMOTIONS))
+
+    # -- valence/arousal -------------------------------------------------------
+    va = None
+    if needs_va:
+        torch.manual_seed(seed)
+        va = get_network("va_regressor")
+        target = torch.tensor([[pre.annotations(s)["valence"], pre.annotations(s)["arousal"]] for s in pre.sample_ids],
+                              dtype=torch.float32)
+        feats = _all(pre, "va")
+        opt = torch.optim.Adam(va.parameters(), lr=cfg.stage0_lr)
+        g = _seeded(seed, 23)
+        va.train()
+        for _ in range(max(1, cfg.stage0_epochs)):
+            order = torch.randperm(len(feats), generator=g)
+            for start in range(0, len(order), 128):
+                idx = order[start:start + 128]
+                loss = F.mse_loss(va(feats[idx]), target[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        va.eval()
+
+    # -- the scene backbone's last block, when the joint regime may train it ----
+    layer4 = None
+    if cfg.unfreeze_layer4:
+        layer4 = get_network("scene_backbone", weights=data.pipeline.scene_weights, seed=data.pipeline.scene_seed,
+                             unfreeze_layer4=True, layer4_lr=cfg.layer4_lr)
+        layer4.train(False)
+
+    log(f"[seed {seed}] stage 0 in {time.time() - t0:.1f} s: scene head val acc "
+        f"{metrics['scene2emotion']['accuracy']:.3f}"
+        + (f", face net ({face_source}) val acc {metrics['face_emotion']['accuracy']:.3f}" if "face_emotion" in metrics else ""))
+    return Predicates(scene_head, face_net, va, layer4, face_source, metrics)
+
+
+def save_predicates(pred: Predicates, directory: Path) -> None:
+    save_network(pred.scene_head, directory / "scene2emotion")
+    if hasattr(pred.face_net, "registry_name"):
+        save_network(pred.face_net, directory / "face_emotion")
+    if pred.va_regressor is not None:
+        save_network(pred.va_regressor, directory / "va_regressor")
+    if pred.scene_layer4 is not None:
+        save_network(pred.scene_layer4, directory / "scene_backbone")
+
+
+def load_predicates(directory: Path, face_source: str) -> Predicates:
+    def opt(name):
+        return load_network(directory / name) if (directory / name).is_dir() else None
+
+    face = opt("face_emotion")
+    if face is None:  # an external face predicate: reload it from where it came from
+        if face_source == "fer2013":
+            from neural.fer_weights import pretrained_face_net
+
+            face = pretrained_face_net()
+        else:
+            from neural.face_training import load_face_predicate
+
+            face = load_face_predicate(face_source)
+    layer4 = opt("scene_backbone")
+    for m in (face, layer4):
+        if m is not None:
+            m.eval()
+    return Predicates(load_network(directory / "scene2emotion").eval(), face, opt("va_regressor"), layer4, face_source)
