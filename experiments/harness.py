@@ -50,18 +50,41 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path) -> Predicates:
-    """Stage-0 networks of ``seed``: trained once, then reloaded (also on --resume)."""
+STAGE0_KEYS = ("stage0_epochs", "head_epochs", "stage0_lr", "face_weights", "fer_weights", "unfreeze_layer4", "layer4_lr")
+
+
+def _load_stage0(directory: Path) -> Predicates | None:
     marker = directory / "stage0.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        pred = load_predicates(directory, info["face_source"])
-        pred.metrics = info["metrics"]
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    pred = load_predicates(directory, info["face_source"])
+    pred.metrics = info["metrics"]
+    return pred
+
+
+def _save_stage0(pred: Predicates, directory: Path) -> None:
+    save_predicates(pred, directory)
+    atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics})
+
+
+def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path) -> Predicates:
+    """Stage-0 networks of ``seed``: trained once, then reloaded (on --resume, and
+    from the tensor cache when another run trained them on the same cached data
+    with the same stage-0 settings and seed: stage 0 is deterministic in those)."""
+    pred = _load_stage0(directory)
+    if pred is not None:
         _log(f"[seed {seed}] stage 0 loaded from {directory}")
         return pred
-    pred = train_stage0(cfg, data, seed, needs_va, log=_log)
-    save_predicates(pred, directory)
-    atomic_write_json(marker, {"face_source": pred.face_source, "metrics": pred.metrics})
+    key = {k: getattr(cfg, k) for k in STAGE0_KEYS} | {"seed": seed, "va": needs_va, "dataset": data.dataset.source}
+    shared = data.cache_dir / "stage0" / config_fingerprint(key)[:16]
+    pred = _load_stage0(shared)
+    if pred is not None:
+        _log(f"[seed {seed}] stage 0 reused from {shared} (same cached data, stage-0 settings and seed)")
+    else:
+        pred = train_stage0(cfg, data, seed, needs_va, log=_log)
+        _save_stage0(pred, shared)
+    _save_stage0(pred, directory)
     return pred
 
 
@@ -171,7 +194,9 @@ def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: d
         "n_test": len(data.split("test")),
         "regimes": regimes,
         "truth_source_table": data.truth_table,
-        "stage0": stage0_metrics,
+        # {network: validation metrics} of the (first) stage-0 networks
+        "stage0": next(iter(stage0_metrics.values()), {}),
+        "stage0_per_seed": stage0_metrics,
         "timings": timings,
     }
 

@@ -334,7 +334,7 @@ def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeRes
     base.networks.setdefault("face_emotion", pred.face_net)
     frozen = FrozenBinding(base, {s: data.split(s) for s in ("train", "val", "test")})
     net = get_network("late_fusion")
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.net_lr)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.baseline_lr)
     weights = class_weights_for(data.split("train")).float() if cfg.class_weights else None
     history = []
 

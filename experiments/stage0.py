@@ -144,7 +144,7 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     torch.manual_seed(seed)
     scene_head = get_network("scene2emotion")
     x_pre, y_pre = _all(pre, "scene"), scene_targets(pre, pre.sample_ids)
-    _fit_classifier(scene_head, x_pre, y_pre, cfg.stage0_epochs, cfg.stage0_lr, 128, seed, scene_head.logits)
+    _fit_classifier(scene_head, x_pre, y_pre, cfg.head_epochs, cfg.stage0_lr, 128, seed, scene_head.logits)
     with torch.no_grad():
         p = scene_head(_all(val, "scene"))
     metrics["scene2emotion"] = classification_metrics(p, scene_targets(val, val.sample_ids), len(EMOTIONS))
@@ -153,7 +153,7 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     face_source = "stage0"
     train_faces = face_examples(pre)
     if cfg.face_weights:
-        from neural.face_training import load_face_predicate
+        from neural.facetrain.backbones import load_face_predicate
 
         face_net, face_source = load_face_predicate(cfg.face_weights), str(cfg.face_weights)
     elif cfg.fer_weights or train_faces is None:
@@ -186,7 +186,7 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
         opt = torch.optim.Adam(va.parameters(), lr=cfg.stage0_lr)
         g = _seeded(seed, 23)
         va.train()
-        for _ in range(max(1, cfg.stage0_epochs)):
+        for _ in range(max(1, cfg.head_epochs)):
             order = torch.randperm(len(feats), generator=g)
             for start in range(0, len(order), 128):
                 idx = order[start:start + 128]
@@ -230,7 +230,7 @@ def load_predicates(directory: Path, face_source: str) -> Predicates:
 
             face = pretrained_face_net()
         else:
-            from neural.face_training import load_face_predicate
+            from neural.facetrain.backbones import load_face_predicate
 
             face = load_face_predicate(face_source)
     layer4 = opt("scene_backbone")

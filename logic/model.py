@@ -26,7 +26,7 @@ from logic.engines.compiled import compile_program
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, ProgramError, load_program
 from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.vocabulary import EMOTIONS, emotion_index
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE
 
 ENGINES = ("compiled", "deepproblog")
@@ -43,6 +43,17 @@ class LogicOutput:
         return self.probs.clamp_min(eps).log()
 
 
+_COMPILED: dict = {}
+
+
+def _compiled_program(program: Program, contexts, emotions, domains):
+    """Compile once per program text and contexts in this process (about a second each)."""
+    key = (str(program.path), program.text, contexts, emotions, tuple(sorted((k, tuple(v)) for k, v in domains.items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_program(program, contexts, emotions, domains)
+    return _COMPILED[key]
+
+
 class CompiledEngine(nn.Module):
     """Batched evaluation with one circuit compiled for all contexts (see engines/compiled.py)."""
 
@@ -54,7 +65,7 @@ class CompiledEngine(nn.Module):
         self.networks = networks
         self.emotions = tuple(emotions)
         self.domains = {n.network: n.domain for n in program.neural}
-        self.compiled = compile_program(program, tuple(contexts), self.emotions, self.domains)
+        self.compiled = _compiled_program(program, tuple(contexts), self.emotions, self.domains)
         self.context_index = {c: i for i, c in enumerate(self.compiled.contexts)}
         self.logits = nn.Parameter(torch.zeros(program.n_params, dtype=torch.float64))
         # parameter index -> (group, position) for the per-group softmax
@@ -87,7 +98,7 @@ class CompiledEngine(nn.Module):
                 self.logits[idx] = torch.logit(p[idx]) if len(idx) == 1 else p[idx].log()
 
     # -- evaluation ---------------------------------------------------------
-    def _leaf_blocks(self, batch, ctx: torch.Tensor) -> dict:
+    def _leaf_blocks(self, batch, ctx: torch.Tensor, blocks) -> dict:
         """Each (network, source) block evaluated once, on the samples where the
         source exists, networks sharing inputs in one call. The rows of samples
         whose context does not read a block are filled with a uniform
@@ -95,8 +106,8 @@ class CompiledEngine(nn.Module):
         sample never reads (and its own roots do not depend on them), so the
         fill keeps the one-circuit evaluation finite without changing any answer.
         A sample whose context needs a source it does not have is an error."""
-        blocks = self.compiled.main.nn_blocks
-        needs = self.compiled.needs[ctx]  # [B, n_blocks]
+        all_blocks = self.compiled.main.nn_blocks
+        needs = self.compiled.needs[ctx][:, [all_blocks.index(b) for b in blocks]]  # [B, n_blocks]
         out = {}
         by_net: dict[str, list[int]] = {}
         for j, (net, _) in enumerate(blocks):
@@ -130,14 +141,17 @@ class CompiledEngine(nn.Module):
             ctx = torch.tensor([self.context_index[c] for c in contexts], dtype=torch.long)
         except KeyError as exc:
             raise UserError(f"context {exc.args[0]!r} is not one of {', '.join(cp.contexts)}") from None
-        r = cp.main.evaluate(self._leaf_blocks(batch, ctx), rule_probs, len(batch))  # [B, n_roots]
+        leaves = self._leaf_blocks(batch, ctx, sorted(set(cp.main.nn_blocks) | set(cp.explain.nn_blocks)
+                                                      if explain else cp.main.nn_blocks))
+        r = cp.main.evaluate(leaves, rule_probs, len(batch))  # [B, n_roots]
         emotion = r.gather(1, cp.emotion_cols[ctx])  # [B, E]
         valid = r.gather(1, cp.valid_cols[ctx][:, None])[:, 0]  # [B]
         via = None
         if explain:
             order = [cp.sources.index(s) for s in sources]
             cols = cp.via_cols[ctx][:, order]  # [B, S, E]
-            via = r.gather(1, cols.flatten(1)).view(cols.shape)
+            rv = cp.explain.evaluate(leaves, rule_probs, len(batch))
+            via = rv.gather(1, cols.flatten(1)).view(cols.shape)
         return emotion, valid, via
 
     def selection(self, context: str, sources) -> dict[str, float]:
@@ -207,6 +221,10 @@ class LogicModel(nn.Module):
             return (p_label / valid).clamp_min(eps).log()
         out = self(batch)
         return out.log_probs(eps)[torch.arange(len(batch)), batch.labels]
+
+    def emotion_probability(self, batch, emotion: str) -> torch.Tensor:
+        """P(emotion | image) per sample, [B]; ``emotion`` must be in the vocabulary."""
+        return self(batch).probs[:, emotion_index(emotion)]
 
     def nll(self, batch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood of the batch's labels under the program."""

@@ -1,7 +1,15 @@
 """Shared test fixtures (keep each one minimal)."""
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per xdist worker: two workers with two threads each on two
+    # cores oversubscribe the CPU and run many times slower
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from problog.formula import LogicDAG, LogicFormula
 from problog.logic import Constant, Term, Var
 from problog.sdd_formula import SDD
 
-from logic.program import Program
+from logic.program import Program, ProgramError
 
 PLACEHOLDER = Term("img")
 FALSE = Term("false")
@@ -115,11 +115,12 @@ class CompiledQueries:
         nn_outputs: (network, source) -> [b, K] distributions
         rule_probs: [n_params] probabilities of all the program's parameters
         """
-        dtype = rule_probs.dtype
+        # compute in the networks' precision (float32 in training, float64 in the equivalence tests)
+        dtype = nn_outputs[self.nn_blocks[0]].dtype if self.nn_blocks else rule_probs.dtype
         parts = [torch.ones(batch_size, 1, dtype=dtype, device=rule_probs.device)]
-        parts += [nn_outputs[block].to(dtype) for block in self.nn_blocks]
+        parts += [nn_outputs[block] for block in self.nn_blocks]
         if self.rule_params:
-            parts.append(rule_probs[self.rule_params].unsqueeze(0).expand(batch_size, -1))
+            parts.append(rule_probs[self.rule_params].to(dtype).unsqueeze(0).expand(batch_size, -1))
         leaves = torch.cat(parts, dim=1)  # [b, 1 + n_leaves]
         pos = leaves @ self.weight_matrix_pos.to(dtype)  # [b, n_vars]
         neg = leaves @ self.weight_matrix_neg.to(dtype)
@@ -148,24 +149,6 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
     mgr = sdd.get_manager()
     constraint = sdd.get_constraint_inode()
 
-    circuit = klay.Circuit()
-    roots = {}
-    wanted = {q for q in queries if q.is_ground()}
-    open_queries = [q for q in queries if not q.is_ground()]
-    for term, node in sdd.queries():
-        if term not in wanted and not any(_matches(q, term) for q in open_queries):
-            continue  # an ordering helper, not a query
-        if node is None:  # no proof: probability 0
-            sdd_node = mgr.false()
-        else:
-            sdd_node = mgr.conjoin(sdd.get_inode(node), constraint)
-        circuit.add_sdd(sdd_node)
-        roots[term] = len(roots)
-    circuit.add_sdd(mgr.false())
-    roots[FALSE] = len(roots)  # a root that is always 0 (sources absent in a context)
-    circuit.add_sdd(constraint)
-    module = circuit.to_torch_module(semiring="real", compile=False)
-
     # Symbolic literal weights, exactly as ProbLog assigns them.
     weights = sdd.extract_weights(_LinearSemiring())
     n_vars = mgr.get_manager().var_count()
@@ -191,6 +174,24 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
         for m, form in zip((mpos, mneg), pair):
             for k, c in form.items():
                 m[0 if k == _ONE else col[leaves[k]], var - 1] += c
+    circuit = klay.Circuit()
+    roots = {}
+    wanted = {q for q in queries if q.is_ground()}
+    open_queries = [q for q in queries if not q.is_ground()]
+    for term, node in sdd.queries():
+        if term not in wanted and not any(_matches(q, term) for q in open_queries):
+            continue  # an ordering helper, not a query
+        if node is None:  # no proof: probability 0
+            sdd_node = mgr.false()
+        else:
+            sdd_node = mgr.conjoin(sdd.get_inode(node), constraint)
+        circuit.add_sdd(sdd_node)
+        roots[term] = len(roots)
+    circuit.add_sdd(mgr.false())
+    roots[FALSE] = len(roots)  # a root that is always 0 (sources absent in a context)
+    circuit.add_sdd(constraint)
+    module = circuit.to_torch_module(semiring="real", compile=False)
+
     return CompiledQueries(roots, module, mpos, mneg, nn_blocks, rule_params)
 
 
@@ -240,8 +241,9 @@ def _disjunction_heads(program: Program, engine, db, contexts: list[Term], neura
 class CompiledProgram:
     """Every context of a program in one circuit, with index tables per context.
 
-    ``main`` answers emotion/3, via/4 and valid/2 for every context;
-    ``selection`` answers selected/3 and valid/2 (no networks involved).
+    ``main`` answers emotion/3 and valid/2 for every context (all that training
+    needs), ``explain`` answers via/4 (the source posterior), ``selection``
+    answers selected/3 and valid/2 (no networks involved).
     Index tables give, per context, the output column of each query; a source
     that does not exist in a context points at the always-false root.
     """
@@ -249,9 +251,10 @@ class CompiledProgram:
     contexts: tuple[str, ...]
     sources: tuple[str, ...]  # every source of any context, in program order
     main: CompiledQueries
+    explain: CompiledQueries
     selection: CompiledQueries
     emotion_cols: torch.Tensor  # [C, E]
-    via_cols: torch.Tensor  # [C, S, E]
+    via_cols: torch.Tensor  # [C, S, E] (in ``explain``)
     valid_cols: torch.Tensor  # [C]
     selected_cols: torch.Tensor  # [C, S] (in ``selection``)
     selection_valid_cols: torch.Tensor  # [C]
@@ -266,21 +269,25 @@ def compile_program(program: Program, contexts, emotions: tuple[str, ...], netwo
         program, [q for c in ctxs for q in (Term("selected", img, c, Var("S")), Term("valid", img, c))],
         network_domains, neural=False,
     )
-    main_queries = []
+    main_queries, via_queries = [], []
     for c in ctxs:
         main_queries += [Term("emotion", img, c, Term(e)) for e in emotions]
-        main_queries += [Term("via", img, c, Term(s), Term(e)) for s in program.sources_in(str(c)) for e in emotions]
         main_queries.append(Term("valid", img, c))
+        via_queries += [Term("via", img, c, Term(s), Term(e)) for s in program.sources_in(str(c)) for e in emotions]
     main = compile_queries(program, main_queries, network_domains)
-    derived = {str(t.args[2]) for t in main.roots if t.functor == "emotion"}
-    if derived - set(emotions):
-        raise ValueError(f"{program.name}: emotion/3 derives values outside the vocabulary")
+    explain = compile_queries(program, via_queries, network_domains)
+    outside = sorted(_derived_emotions(program, contexts) - set(emotions))
+    if outside:
+        raise ProgramError(
+            f"{program.path.name}: emotion/3 derives values outside the vocabulary ({', '.join(outside)}); "
+            f"the vocabulary is: {', '.join(emotions)}"
+        )
 
     def col(cq: CompiledQueries, term: Term) -> int:
         return cq.roots.get(term, cq.roots[FALSE])
 
     emotion_cols = [[col(main, Term("emotion", img, c, Term(e))) for e in emotions] for c in ctxs]
-    via_cols = [[[col(main, Term("via", img, c, Term(s), Term(e))) for e in emotions] for s in sources] for c in ctxs]
+    via_cols = [[[col(explain, Term("via", img, c, Term(s), Term(e))) for e in emotions] for s in sources] for c in ctxs]
     valid_cols = [col(main, Term("valid", img, c)) for c in ctxs]
     selected_cols = [[col(selection, Term("selected", img, c, Term(s))) for s in sources] for c in ctxs]
     selection_valid = [col(selection, Term("valid", img, c)) for c in ctxs]
@@ -290,10 +297,20 @@ def compile_program(program: Program, contexts, emotions: tuple[str, ...], netwo
             needs[i, j] = block in _blocks_read(program, c)
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return CompiledProgram(
-        contexts=tuple(contexts), sources=sources, main=main, selection=selection,
+        contexts=tuple(contexts), sources=sources, main=main, explain=explain, selection=selection,
         emotion_cols=as_long(emotion_cols), via_cols=as_long(via_cols), valid_cols=as_long(valid_cols),
         selected_cols=as_long(selected_cols), selection_valid_cols=as_long(selection_valid), needs=needs,
     )
+
+
+def _derived_emotions(program: Program, contexts) -> set[str]:
+    engine = DefaultEngine()
+    db = engine.prepare(program.translated)
+    out = set()
+    for c in contexts:
+        f = engine.ground(db, Term("emotion", PLACEHOLDER, Term(c), Var("E")), label=LogicFormula.LABEL_QUERY)
+        out |= {str(t.args[2]) for t, _ in f.queries()}
+    return out
 
 
 def _blocks_read(program: Program, context: str) -> set[tuple[str, str]]:

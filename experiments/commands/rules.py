@@ -1,0 +1,84 @@
+"""``emologic rules RUN_DIR``: the learned rule parameters of a finished run."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from experiments.cli import command
+from neural.errors import UserError
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", default=None, help="run directory, run name or 'latest' (default: latest)")
+    p.add_argument("--runs-dir", default="runs", help="where runs live (default: runs)")
+    p.add_argument("--regime", default=None, help="only this regime (default: every regime with rules)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's first seed)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--pl", action="store_true",
+                   help="print the program with the learned probabilities written in (default regime: frozen)")
+
+
+def load_rules(run_dir, regime: str, seed: int):
+    from logic.given import Given
+    from logic.model import LogicModel
+    from logic.program import load_program
+
+    directory = run_dir / "checkpoints" / f"seed{seed}" / regime
+    meta = json.loads((directory / "model.json").read_text())
+    program = load_program(meta["program"], check_bindings=False)
+    # the networks are not evaluated here: rules and source selection need none
+    model = LogicModel(program, {n: Given() for n in program.networks}, engine="compiled",
+                       face_size_threshold=meta["face_size_threshold"])
+    model.load_rules(directory / "rules.json")
+    return program, model
+
+
+@command(
+    "rules",
+    help="Show the learned rule probabilities of a run (table, JSON, or a ProbLog program)",
+    example="emologic rules runs/latest --regime frozen --pl > learned.pl",
+    configure=_configure,
+)
+def run(args: argparse.Namespace) -> int:
+    from experiments.runs import resolve_run
+    from logic.inspect import render_sources, render_tables
+
+    run_dir = resolve_run(args.run, args.runs_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    cfg = config.get("config", config)
+    seed = args.seed if args.seed is not None else cfg["seeds"][0]
+    seed_dir = run_dir / "checkpoints" / f"seed{seed}"
+    available = sorted(p.name for p in seed_dir.glob("*") if (p / "rules.json").is_file()) if seed_dir.is_dir() else []
+    if not available:
+        raise UserError(f"{run_dir}: no learned rules for seed {seed} (is the run finished? try --seed)")
+    if args.pl:
+        regime = args.regime or ("frozen" if "frozen" in available else available[0])
+        regimes = [regime]
+    else:
+        regimes = [args.regime] if args.regime else available
+    for r in regimes:
+        if r not in available:
+            raise UserError(f"{run_dir}: no rules for regime {r!r}; available: {', '.join(available)}")
+    truth = None
+    results_path = run_dir / "results.json"
+    if results_path.is_file():
+        truth = json.loads(results_path.read_text()).get("truth_source_table")
+
+    loaded = {r: load_rules(run_dir, r, seed) for r in regimes}
+    if args.pl:
+        program, model = loaded[regimes[0]]
+        print(f"% learned by regime {regimes[0]} (seed {seed}) in {run_dir}")
+        print(program.with_probabilities(model.rule_probabilities()), end="")
+        return 0
+    if args.json:
+        print(json.dumps({r: {"program": p.name, "seed": seed, "rules": m.rule_table(),
+                              "source_probabilities": m.source_probabilities()}
+                          for r, (p, m) in loaded.items()}, indent=1))
+        return 0
+    print(f"run {run_dir} (seed {seed})")
+    for r, (program, model) in loaded.items():
+        print(f"\n== {r}: program {program.name}\n")
+        print("\n".join(render_tables(model.rule_table(), program)))
+        print("P(source selected | context):")
+        print("\n".join(render_sources(model.source_probabilities(), truth)))
+    return 0

@@ -1,0 +1,69 @@
+"""`emologic --help` lists every command; every command's --help ends with an example;
+the main script's --help works; `emologic rules` reads a finished run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import _COMMANDS, build_parser, main
+from problog.program import PrologString
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    build_parser()
+    for name in ("query", "rules", "bench", "cache", "train-face", "export-onnx", "explain-face", "va-temporal"):
+        assert name in _COMMANDS, name
+        assert name in out, name
+
+
+@pytest.mark.parametrize("name", sorted(["query", "rules", "bench", "cache", "train-face", "export-onnx",
+                                         "explain-face", "va-temporal"]))
+def test_every_command_help_ends_with_an_example(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    lines = [line.strip() for line in capsys.readouterr().out.strip().splitlines() if line.strip()]
+    start = lines.index("Example:")  # the help ends with the example(s)
+    assert start < len(lines) - 1
+    assert all(line.startswith("emologic " + name) for line in lines[start + 1:])
+
+
+def test_main_script_help():
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "joint_vs_frozen.py"), "--help"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    assert "--engine" in out.stdout and "--resume" in out.stdout and "Example:" in out.stdout
+
+
+def test_main_script_bad_option_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "joint_vs_frozen.py"), "--dataset", "findingemo",
+                          "--runs-dir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "needs --images DIR" in out.stderr
+
+
+def test_rules_command_on_a_finished_run(tmp_path, capsys):
+    from experiments.config import HarnessConfig
+    from experiments.harness import run
+
+    run_dir = run(HarnessConfig(n_images=40, seeds=[0], epochs=1, stage0_epochs=1, head_epochs=1,
+                                regimes=["frozen", "joint"], progress=False, runs_dir=str(tmp_path / "runs"),
+                                cache=str(tmp_path / "cache"), data_root=str(tmp_path / "data")), argv=[])
+    capsys.readouterr()
+    assert main(["rules", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "== frozen" in out and "== joint" in out and "trust(n1_large)" in out and "truth" in out
+    assert main(["rules", str(run_dir), "--pl"]) == 0
+    text = capsys.readouterr().out
+    assert len(list(PrologString(text))) > 10  # ProbLog parses the learned program
+    assert main(["rules", str(run_dir), "--regime", "late_fusion"]) == 2
+    assert "no rules for regime 'late_fusion'" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""End-to-end: the main job on a tiny synthetic set."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from experiments import regimes as regimes_module
+from experiments.config import HarnessConfig
+from experiments.harness import run
+from experiments.runs import load_state
+
+REGIMES = ("frozen", "joint", "uniform_rules", "late_fusion")
+
+
+def tiny(tmp_path, **kw) -> HarnessConfig:
+    base = dict(n_images=60, seeds=[0], epochs=1, stage0_epochs=1, head_epochs=2, progress=False,
+                runs_dir=str(tmp_path / "runs"), cache=str(tmp_path / "cache"), data_root=str(tmp_path / "data"))
+    base.update(kw)
+    return HarnessConfig(**base)
+
+
+def numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("harness")
+    return run(tiny(tmp), argv=["--n-images", "60"]), tmp
+
+
+def test_run_directory_is_complete(finished):
+    run_dir, _ = finished
+    for name in ("config.json", "results.json", "report.md", "state.json"):
+        assert (run_dir / name).is_file(), name
+    for png in ("training_curves.png", "source_trajectories.png", "confusions.png", "drift.png"):
+        assert (run_dir / "plots" / png).stat().st_size > 1000
+    assert any((run_dir / "tb").iterdir())
+    for regime in REGIMES:
+        unit = run_dir / "checkpoints" / "seed0" / regime
+        assert (unit / "model.json").is_file()
+        if regime != "late_fusion":
+            assert (unit / "rules.json").is_file()
+            assert (unit / "networks" / "face_emotion" / "config.json").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert "experiments/joint_vs_frozen.py" in report and "frozen" in report and "joint" in report
+
+
+def test_every_number_is_finite_and_in_range(finished):
+    run_dir, _ = finished
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["regimes"]) == set(REGIMES)
+    assert all(math.isfinite(x) for x in numbers(results))
+    for regime, r in results["regimes"].items():
+        m = r["per_seed"]["0"]["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 and 0 <= m["ece"] <= 1 and m["nll"] > 0
+        if regime != "late_fusion":
+            seed = r["per_seed"]["0"]
+            for ctx, probs in seed["source_probs"].items():
+                assert sum(probs.values()) == pytest.approx(1.0), ctx
+            assert 0 <= seed["source_table_mae"] <= 1
+            assert 0 <= seed["posterior_agreement"] <= 1
+
+
+def test_frozen_changes_no_network_parameter_and_joint_does(finished):
+    run_dir, _ = finished
+    results = json.loads((run_dir / "results.json").read_text())
+    frozen = results["regimes"]["frozen"]["per_seed"]["0"]["drift"]
+    joint = results["regimes"]["joint"]["per_seed"]["0"]["drift"]
+    assert frozen["total"]["l2"] == 0.0 and frozen["total"]["frac_changed"] == 0.0
+    assert joint["total"]["l2"] > 0 and joint["total"]["frac_changed"] > 0
+    # the frozen regime still learned its rules
+    rules = json.loads((run_dir / "checkpoints/seed0/frozen/rules.json").read_text())
+    uniform = {k: 1 / len(v) for k, v in rules["groups"].items()}
+    assert any(abs(p - uniform[k]) > 1e-6 for k, v in rules["groups"].items() for p in v.values())
+
+
+def test_same_seed_gives_identical_results(finished, tmp_path):
+    run_dir, tmp = finished
+    # a fresh cache too: stage 0 is retrained, not reused
+    again = run(tiny(tmp, runs_dir=str(tmp_path / "runs"), cache=str(tmp_path / "cache")), argv=[])
+    a = json.loads((run_dir / "results.json").read_text())["regimes"]
+    b = json.loads((again / "results.json").read_text())["regimes"]
+    for regime in REGIMES:
+        sa, sb = a[regime]["per_seed"]["0"], b[regime]["per_seed"]["0"]
+        assert sa["metrics"] == sb["metrics"], regime
+        assert sa.get("source_probs") == sb.get("source_probs"), regime
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, regimes=["frozen", "joint"])
+    real = regimes_module._REGIMES["joint"]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(regimes_module._REGIMES, "joint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, argv=[])
+    run_dir = next((tmp_path / "runs").glob("2*"))
+    state = load_state(run_dir)
+    assert state.is_done("frozen", 0) and not state.is_done("joint", 0)
+    assert not (run_dir / "results.json").exists()
+
+    monkeypatch.setitem(regimes_module._REGIMES, "joint", real)
+    assert run(cfg, argv=[], resume=str(run_dir)) == run_dir
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["regimes"]) == {"frozen", "joint"}
