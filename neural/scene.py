@@ -14,7 +14,6 @@ a cache of layer3 maps makes that cheap. Frozen parts always run in eval mode
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from neural.errors import UserError
+from neural.files import sha256_file
 from neural.registry import register
 from neural.vocabulary import N_EMOTIONS
 
@@ -48,14 +48,6 @@ class SceneBackboneConfig:
     layer4_lr: float = 1e-5
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_checkpoint(weights: str) -> tuple[object, str]:
     """(loaded checkpoint object, sha256 of its file) from a path or URL."""
     if weights.startswith(("http://", "https://")):
@@ -75,7 +67,7 @@ def _read_checkpoint(weights: str) -> tuple[object, str]:
                 "and pass its path instead"
             ) from None
         path = model_dir / os.path.basename(urlparse(weights).path)
-        return ckpt, _sha256(path)
+        return ckpt, sha256_file(path)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise SceneWeightsError(f"scene weights file not found: {path}")
@@ -85,7 +77,7 @@ def _read_checkpoint(weights: str) -> tuple[object, str]:
         raise SceneWeightsError(
             f"{path}: not a loadable torch checkpoint of tensors ({type(exc).__name__}: {exc})"
         ) from None
-    return ckpt, _sha256(path)
+    return ckpt, sha256_file(path)
 
 
 def places365_backbone_state(ckpt: object, source: str) -> dict[str, torch.Tensor]:

@@ -37,7 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from neural.errors import UserError
-from neural.registry import _atomic_write_bytes, get_network, register
+from neural.files import atomic_write_bytes
+from neural.registry import get_network, register
 from neural.va import _load_clip, va_predicate_input
 
 #: transformers.image_utils.OPENAI_CLIP_MEAN / _STD (what CLIPImageProcessor uses)
@@ -301,12 +302,12 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, trainer: dic
     if trainer is not None:
         buf = io.BytesIO()
         torch.save(trainer, buf)
-        _atomic_write_bytes(directory / TRAINER_FILE, buf.getvalue())
+        atomic_write_bytes(directory / TRAINER_FILE, buf.getvalue())
     state = {k: v.detach().contiguous().cpu() for k, v in model.checkpoint_state().items()}
-    _atomic_write_bytes(directory / "weights.safetensors", save(state))
+    atomic_write_bytes(directory / "weights.safetensors", save(state))
     meta = {"network": model.registry_name, "config": dataclasses.asdict(model.config),
             "base_weights": model.base_weights_id}
-    _atomic_write_bytes(directory / "config.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(directory / "config.json", json.dumps(meta, indent=2).encode())
     return directory
 
 

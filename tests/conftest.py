@@ -18,3 +18,12 @@ def synthetic_small(tmp_path_factory):
     from pipelines.datasets import get_dataset
 
     return get_dataset("synthetic", root=tmp_path_factory.mktemp("synthetic_small"), n_images=24, seed=0)
+
+
+@pytest.fixture
+def float64():
+    """Run the test with float64 as torch's default dtype."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -16,13 +16,8 @@ from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch, random_
 PROGRAMS = available_programs()
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    # DeepProbLog builds its parameter tensors with the default dtype.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# DeepProbLog builds its parameter tensors with the default dtype: run in float64.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def run_engine(program, engine, batch_args, rule_probs):
@@ -150,3 +145,12 @@ def test_seed_program_renormalises_over_existing_sources():
     assert model.source_probabilities_for("n2_small") == pytest.approx({"scene": 1 / 6, "face1": 2 / 6, "face2": 3 / 6})
     assert model.source_probabilities_for("n3_large") == pytest.approx(
         {"scene": 0.1, "face1": 0.2, "face2": 0.3, "face3": 0.4})
+
+
+def test_engine_benchmark_reports_agreeing_engines():
+    from logic.bench import bench_engines
+
+    r = bench_engines(batch_size=32, dpl_samples=4, repeats=1)
+    assert r["max_abs_diff"] <= 1e-6
+    assert r["compiled_queries_per_s_float32"] > 0 and r["deepproblog_queries_per_s"] > 0
+    assert len(r["contexts"]) >= 3

@@ -14,12 +14,8 @@ TRUE = {"scene": 0.1, "face1": 0.2, "face2": 0.3, "face3": 0.4}
 SOURCES = list(TRUE)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# DeepProbLog builds its parameter tensors with the default dtype: run in float64.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def network_outputs(noisy: bool) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from problog.engine import DefaultEngine
 from problog.evaluator import Semiring
 from problog.formula import LogicDAG, LogicFormula
-from problog.logic import Constant, Term, Var
+from problog.logic import Term, Var
 from problog.sdd_formula import SDD
 
 from logic.program import Program, ProgramError

@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from neural.files import atomic_write_bytes
 from neural.vocabulary import EMOTIONS, FACE_SLOTS, MAX_FACES, SOURCES
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE, context_key, relative_face_size
 from pipelines.datasets.base import Dataset, DatasetError, Sample, register_dataset
@@ -270,22 +270,10 @@ def render_image(latent: dict[str, Any], index: int, split: str, cfg: SyntheticC
 # --------------------------------------------------------------------------- on disk
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _render_chunk(args: tuple[SyntheticConfig, Path, list[tuple[int, dict[str, Any], str]]]) -> None:
     cfg, images, jobs = args
     for index, latent, split in jobs:
-        _atomic_write(images / f"{latent['sample_id']}.png", render_image(latent, index, split, cfg))
+        atomic_write_bytes(images / f"{latent['sample_id']}.png", render_image(latent, index, split, cfg))
 
 
 def generate_synthetic(root: str | Path, cfg: SyntheticConfig | None = None, workers: int | None = None) -> Path:
@@ -324,9 +312,9 @@ def generate_synthetic(root: str | Path, cfg: SyntheticConfig | None = None, wor
             **{k: v for k, v in lat.items() if k not in ("sample_id", "label")},
         }
         lines.append(json.dumps(record))
-    _atomic_write(root / "annotations.jsonl", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(root / "annotations.jsonl", ("\n".join(lines) + "\n").encode())
     meta = {"generator_version": GENERATOR_VERSION, "config": cfg.to_dict()}
-    _atomic_write(root / "config.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(root / "config.json", json.dumps(meta, indent=2).encode())
     return root
 
 
