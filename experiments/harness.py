@@ -50,6 +50,8 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+#: bumped when stage-0 training changes, so older reusable stage-0 networks are not reused
+STAGE0_VERSION = 2
 STAGE0_KEYS = ("stage0_epochs", "head_epochs", "stage0_lr", "face_weights", "fer_weights", "unfreeze_layer4", "layer4_lr")
 
 
@@ -76,7 +78,8 @@ def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path)
     if pred is not None:
         _log(f"[seed {seed}] stage 0 loaded from {directory}")
         return pred
-    key = {k: getattr(cfg, k) for k in STAGE0_KEYS} | {"seed": seed, "va": needs_va, "dataset": data.dataset.source}
+    key = {k: getattr(cfg, k) for k in STAGE0_KEYS} | {"seed": seed, "va": needs_va, "dataset": data.dataset.source,
+                                                      "version": STAGE0_VERSION}
     shared = data.cache_dir / "stage0" / config_fingerprint(key)[:16]
     pred = _load_stage0(shared)
     if pred is not None:

@@ -162,9 +162,7 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
         face_net, face_source = pretrained_face_net(), "fer2013"
     else:
         torch.manual_seed(seed)
-        face_net = get_network("face_emotion")
-        for m in _batchnorms(face_net):  # trained from scratch here: torch's usual momentum, not Keras'
-            m.momentum = 0.1
+        face_net = get_network("face_emotion", bn_momentum=0.1)  # from scratch: torch's usual momentum
         crops, labels = train_faces
         _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
                         augment=_flip)

@@ -40,6 +40,9 @@ _BN_MOMENTUM = 0.01  # torch convention for Keras momentum=0.99
 @dataclass
 class FaceEmotionConfig:
     n_classes: int = N_EMOTIONS
+    #: BatchNorm running-average momentum (torch convention). Keras' 0.99 (= 0.01 here)
+    #: for the FER2013 port; nets trained from scratch in short runs settle better at 0.1.
+    bn_momentum: float = _BN_MOMENTUM
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -121,6 +124,9 @@ class FaceEmotionNet(nn.Module):
             [XceptionBlock(8, 16), XceptionBlock(16, 32), XceptionBlock(32, 64), XceptionBlock(64, 128)]
         )
         self.classifier = nn.Conv2d(128, config.n_classes, 3, padding=1, bias=True)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = config.bn_momentum
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, 1, 64, 64]

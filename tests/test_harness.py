@@ -88,12 +88,16 @@ def test_same_seed_gives_identical_results(finished, tmp_path):
     run_dir, tmp = finished
     # a fresh cache too: stage 0 is retrained, not reused
     again = run(tiny(tmp, runs_dir=str(tmp_path / "runs"), cache=str(tmp_path / "cache")), argv=[])
+    # and the first run's cache: stage 0 is reused from it (it must behave as if retrained)
+    reused = run(tiny(tmp, runs_dir=str(tmp_path / "runs2")), argv=[])
     a = json.loads((run_dir / "results.json").read_text())["regimes"]
-    b = json.loads((again / "results.json").read_text())["regimes"]
-    for regime in REGIMES:
-        sa, sb = a[regime]["per_seed"]["0"], b[regime]["per_seed"]["0"]
-        assert sa["metrics"] == sb["metrics"], regime
-        assert sa.get("source_probs") == sb.get("source_probs"), regime
+    for other in (again, reused):
+        b = json.loads((other / "results.json").read_text())["regimes"]
+        for regime in REGIMES:
+            sa, sb = a[regime]["per_seed"]["0"], b[regime]["per_seed"]["0"]
+            assert sa["metrics"] == sb["metrics"], (regime, other)
+            assert sa.get("source_probs") == sb.get("source_probs"), (regime, other)
+            assert [h["val_nll"] for h in sa["history"]] == [h["val_nll"] for h in sb["history"]], (regime, other)
 
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
