@@ -313,3 +313,26 @@ def test_train_face_cli_runs_and_reports_user_errors_in_one_line(crops_dir, tmp_
     rc = main(["train-face", "--data", str(root), "--out", str(tmp_path / "x"), "--lr", "1", "--head-lr", "0.1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "lr_backbone <= lr_head" in err
+
+
+def test_trained_face_predicate_plugs_into_the_harness_and_query(face_data, tmp_path, capsys):
+    """`--face-weights DIR` binds the program's face predicate to a train-face model."""
+    from experiments.cli import main
+    from experiments.config import HarnessConfig
+    from experiments.harness import run
+
+    train_face(FaceTrainConfig(epochs=1, use_mixup=False, augment=False, **FAST), face_data, tmp_path / "face",
+               log=quiet)
+    run_dir = run(HarnessConfig(n_images=40, seeds=[0], epochs=1, stage0_epochs=1, head_epochs=1,
+                                regimes=["frozen", "joint"], face_weights=str(tmp_path / "face"), progress=False,
+                                runs_dir=str(tmp_path / "runs"), cache=str(tmp_path / "cache"),
+                                data_root=str(tmp_path / "data")), argv=[])
+    stage0 = json.loads((run_dir / "checkpoints" / "stage0-seed0" / "stage0.json").read_text())
+    assert stage0["face_source"] == str(tmp_path / "face")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["regimes"]["joint"]["per_seed"]["0"]["drift"]["total"]["l2"] > 0
+    image = sorted((tmp_path / "data").rglob("*.png"))[0]
+    capsys.readouterr()
+    assert main(["query", str(image), "--run", str(run_dir), "--face-source", "annotations", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(sum(record["probs"].values()) - 1) < 1e-5
