@@ -96,16 +96,21 @@ def save_network(module: nn.Module, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def build_from_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """The network a checkpoint's ``config.json`` describes (weights not loaded), and that metadata."""
+    meta_path = Path(directory) / "config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a network checkpoint (no config.json)")
+    meta = json.loads(meta_path.read_text())
+    return get_network(meta["network"], **meta["config"]), meta
+
+
 def load_network(directory: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild a network saved with :func:`save_network`."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    meta_path = directory / "config.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{directory}: not a network checkpoint (no config.json)")
-    meta = json.loads(meta_path.read_text())
-    module = get_network(meta["network"], **meta["config"])
+    module, _ = build_from_checkpoint(directory)
     state = load_file(str(directory / "weights.safetensors"), device=map_location)
     module.load_state_dict(state)
     return module

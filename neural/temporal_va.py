@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from neural.errors import UserError
 from neural.files import atomic_write_bytes
-from neural.registry import get_network, register
+from neural.registry import build_from_checkpoint, register
 from neural.va import _load_clip, va_predicate_input
 
 #: transformers.image_utils.OPENAI_CLIP_MEAN / _STD (what CLIPImageProcessor uses)
@@ -317,11 +317,10 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str = "cpu",
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    meta_path = directory / "config.json"
-    if not meta_path.is_file():
-        raise UserError(f"{directory}: not a checkpoint (no config.json)")
-    meta = json.loads(meta_path.read_text())
-    model = get_network(meta["network"], **meta["config"])
+    try:
+        model, meta = build_from_checkpoint(directory)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
     if meta.get("base_weights") != model.base_weights_id:
         raise UserError(
             f"{directory} was trained on other frozen CLIP weights ({meta.get('base_weights')}) than "

