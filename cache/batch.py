@@ -1,9 +1,10 @@
-"""The batch the cache serves and every downstream stage reads.
+"""The batches the cache serves and every downstream stage reads.
 
-Face slots that do not exist are *absent*: their rows in the padded tensors are
-NaN (never zeros), and ``face_mask`` says which slots exist. Anything that reads
-an absent slot poisons its result with NaN, so a dummy face can never pass
-silently; the logic only evaluates face predicates on existing slots.
+:class:`Batch` (images): face slots that do not exist are *absent*: their rows
+in the padded tensors are NaN (never zeros), and ``face_mask`` says which slots
+exist. Anything that reads an absent slot poisons its result with NaN, so a
+dummy face can never pass silently; the logic only evaluates face predicates on
+existing slots. :class:`ClipBatch` (video clips) treats missing audio the same way.
 """
 from __future__ import annotations
 
@@ -73,3 +74,56 @@ class Batch:
             self.labels.to(device),
             self.meta,
         )
+
+
+@dataclass
+class ClipBatch:
+    """A batch of video clips with their audio and text (the ``clip`` cache kind).
+
+    Audio that does not exist is *absent*, as faces are in :class:`Batch`: its
+    rows are NaN (never silence), ``audio_present`` says which exist, and
+    :meth:`audio_or` makes any stand-in an explicit choice of the reader.
+    """
+
+    sample_ids: list[str]
+    video: torch.Tensor  # [B, T, 3, S, S] uint8 RGB frames, frames first (as stored)
+    audio: torch.Tensor  # [B, n_mels, L] float32 log-mel; NaN rows where audio_present is False
+    audio_present: torch.Tensor  # [B] bool
+    audio_frames: torch.Tensor  # [B] long: log-mel frames holding audio (the rest is padding)
+    input_ids: torch.Tensor  # [B, max_tokens] long, the text model's tokens
+    attention_mask: torch.Tensor  # [B, max_tokens] long
+    labels: torch.Tensor  # [B] long, index into EMOTIONS; -1 where unknown
+    sentiments: torch.Tensor  # [B] long, index into neural.vocabulary.SENTIMENTS; -1 where unknown
+    annotations: list[dict] = field(default_factory=list)  # per sample: utterance, speaker, ...
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def video_input(self) -> torch.Tensor:
+        """[B, 3, T, S, S] float in [0, 1]: torchvision's video layout (``MultimodalFusionNet``)."""
+        return self.video.permute(0, 2, 1, 3, 4).float().div(255.0)
+
+    def audio_or(self, fill: float) -> torch.Tensor:
+        """[B, n_mels, L] with absent audio replaced by ``fill`` (e.g. the log floor: silence)."""
+        return torch.where(self.audio_present[:, None, None], self.audio, torch.as_tensor(fill, dtype=self.audio.dtype))
+
+    def select(self, index) -> "ClipBatch":
+        """The sub-batch at ``index`` (a list/tensor of positions or a bool mask)."""
+        idx = torch.as_tensor(index)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        pos = idx.tolist()
+        return ClipBatch(
+            [self.sample_ids[i] for i in pos],
+            *(getattr(self, name)[idx] for name in _CLIP_TENSORS),
+            annotations=[self.annotations[i] for i in pos],
+        )
+
+    def to(self, device) -> "ClipBatch":
+        return ClipBatch(
+            self.sample_ids, *(getattr(self, name).to(device) for name in _CLIP_TENSORS), annotations=self.annotations
+        )
+
+
+#: The tensor fields of :class:`ClipBatch`, in constructor order.
+_CLIP_TENSORS = ("video", "audio", "audio_present", "audio_frames", "input_ids", "attention_mask", "labels", "sentiments")

@@ -1,7 +1,13 @@
 """Build (and resume) the tensor cache of a data set.
 
     report = build_cache(get_dataset("synthetic", root=...), "cache/", PipelineConfig())
+    report = build_cache(get_dataset("meld", root=...), "cache/meld", ClipPipelineConfig())
     print(report.summary())
+
+Images and clips share this code; what differs (the pipeline, the shard
+layout, the per-sample manifest fields) comes from their :mod:`cache.kinds`
+entry, chosen by the config's class (or the data set's ``modality`` when no
+config is given). The manifest records the kind.
 
 Resuming: a sample is finished when the manifest lists it in a shard, and the
 manifest only lists a shard after the shard file is completely written. A
@@ -16,11 +22,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
-import torch
-
+from cache.kinds import CacheKind, kind_of_config, kind_of_dataset, kind_of_manifest
 from cache.store import (
     FORMAT_VERSION,
     MANIFEST,
@@ -35,14 +39,8 @@ from cache.store import (
     write_shard,
 )
 from neural.errors import UserError
-from pipelines.images import sha256_file
-from pipelines.pipeline import (
-    ImagePipeline,
-    PipelineConfig,
-    ProcessedSample,
-    Skip,
-    config_differences,
-)
+from neural.files import sha256_file
+from pipelines.pipeline import Skip, config_differences
 
 DEFAULT_SHARD_SIZE = 256
 
@@ -59,13 +57,17 @@ class SplitBuildReport:
     n_processed: int  # computed in this run (cached or skipped)
     n_cached: int  # in the cache after this run (of the samples asked for)
     skipped: list[Skip] = field(default_factory=list)  # of the samples asked for
-    n_changed: int = 0  # finished before, image changed since, recomputed
+    n_changed: int = 0  # finished before, source file changed since, recomputed
     shards_written: int = 0
     seconds: float = 0.0
+    unit: str = "img"  # what a sample is, for messages ("img" | "clip")
 
     @property
-    def images_per_second(self) -> float:
+    def per_second(self) -> float:
+        """Samples computed (cached or skipped) per second in this run."""
         return self.n_processed / self.seconds if self.seconds > 0 else float("nan")
+
+    images_per_second = per_second
 
 
 @dataclass
@@ -105,9 +107,9 @@ class BuildReport:
         for name, r in self.splits.items():
             lines.append(
                 f"{name}: {r.n_cached}/{r.n_samples} cached ({r.n_processed} computed now, "
-                f"{r.n_reused} reused, {r.n_changed} changed images recomputed), "
+                f"{r.n_reused} reused, {r.n_changed} changed {'images' if r.unit == 'img' else r.unit + 's'} recomputed), "
                 f"{len(r.skipped)} skipped, {r.shards_written} shard(s) written, {r.seconds:.1f}s"
-                + (f", {r.images_per_second:.1f} img/s" if r.n_processed else "")
+                + (f", {r.per_second:.1f} {r.unit}/s" if r.n_processed else "")
             )
         skipped = self.skipped
         lines.append(f"skipped: {len(skipped)}")
@@ -138,37 +140,21 @@ def group_by_split(dataset_or_samples, split: str | None) -> dict[str, list]:
     return groups
 
 
-def _shard_tensors(items: Sequence[ProcessedSample], crop_size: int) -> dict[str, torch.Tensor]:
-    counts = [p.n_faces for p in items]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    faces = [p.faces for p in items if p.n_faces]
-    tensors = {
-        name: torch.stack([p.features[name] for p in items]).float()
-        for name in items[0].features  # "scene" [k, 512], "va" [k, D], "scene_layer3" [k, 256, h, w]
-    }
-    tensors.update(
-        faces=torch.from_numpy(np.concatenate(faces) if faces else np.zeros((0, crop_size, crop_size), np.uint8)),
-        face_offsets=torch.from_numpy(offsets),
-        boxes=torch.from_numpy(np.concatenate([p.boxes for p in items]).astype(np.float32).reshape(-1, 4)),
-        probs=torch.from_numpy(np.concatenate([p.probs for p in items]).astype(np.float32).reshape(-1)),
-        image_size=torch.tensor([list(p.image_size) for p in items], dtype=torch.int64).reshape(-1, 2),
-        labels=torch.tensor([-1 if p.label is None else p.label for p in items], dtype=torch.int64),
-    )
-    return tensors
-
-
 class _SplitWriter:
     """The manifest of one split directory and the shards appended to it."""
 
-    def __init__(self, directory: Path, split: str, cfg: PipelineConfig, identity: dict):
+    def __init__(self, directory: Path, split: str, cfg, identity: dict):
         self.directory = directory
         self.split = split
+        self.kind: CacheKind = kind_of_config(cfg)
+        self.cfg = cfg
         if (directory / MANIFEST).is_file():
             self.manifest = read_manifest(directory)
             check_config(self.manifest, cfg, identity, directory)
         else:
             self.manifest = {
                 "format": FORMAT_VERSION,
+                "kind": self.kind.name,
                 "split": split,
                 "config": cfg.to_dict(),
                 "identity": identity,
@@ -185,24 +171,23 @@ class _SplitWriter:
             stale.unlink()
 
     def finished(self, sample) -> tuple[bool, bool]:
-        """``(finished, changed)``: cached with the current content of its image file."""
+        """``(finished, changed)``: cached with the current content of its source file."""
         entry = self.entries.get(str(sample.sample_id))
         if entry is None:
             return False, False
-        path = Path(sample.image_path)
-        if not path.is_file():  # the image is gone; its cached tensors stay valid
+        path = self.kind.source_path(sample)
+        if not path.is_file():  # the file is gone; its cached tensors stay valid
             return True, False
         same = sha256_file(path) == entry["sha256"]
         return same, not same
 
-    def commit(self, items: list[ProcessedSample], skips: list[Skip]) -> str | None:
-        """Write ``items`` as a new shard, then the manifest that lists it."""
+    def commit(self, items: list, skips: list[Skip]) -> str | None:
+        """Write ``items`` (processed samples) as a new shard, then the manifest that lists it."""
         name = None
         if items:
             name = shard_name(len(self.manifest["shards"]))
             ids = [p.sample_id for p in items]
-            crop_size = int(self.manifest["config"]["crop_size"])
-            digest = write_shard(self.directory / name, _shard_tensors(items, crop_size), ids)
+            digest = write_shard(self.directory / name, self.kind.shard_tensors(items, self.cfg), ids)
             self.manifest["shards"].append(
                 {"name": name, "sha256": digest, "n_samples": len(items), "bytes": (self.directory / name).stat().st_size}
             )
@@ -210,9 +195,7 @@ class _SplitWriter:
                 self.entries[p.sample_id] = {
                     "id": p.sample_id,
                     "sha256": p.sha256,
-                    "image_path": p.image_path,
-                    "image_size": list(p.image_size),
-                    "n_faces": p.n_faces,
+                    **self.kind.manifest_entry(p),
                     "label": p.label,
                     "annotations": to_json_value(p.annotations),
                     "shard": name,
@@ -221,7 +204,7 @@ class _SplitWriter:
                 self.skips.pop(p.sample_id, None)
         for s in skips:
             self.skips[s.sample_id] = s.reason
-            self.entries.pop(s.sample_id, None)  # its image changed and is now unusable
+            self.entries.pop(s.sample_id, None)  # its file changed and is now unusable
         self.write_manifest()
         return name
 
@@ -234,10 +217,19 @@ class _SplitWriter:
         write_json(self.directory / MANIFEST, self.manifest)
 
 
-def check_config(manifest: dict, cfg: PipelineConfig | dict, identity: dict | None, where) -> None:
-    """Raise :class:`CacheConfigMismatch` when ``manifest`` was built otherwise."""
-    wanted = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig.from_dict(cfg)
-    built = PipelineConfig.from_dict(manifest["config"])
+def check_config(manifest: dict, cfg, identity: dict | None, where) -> None:
+    """Raise :class:`CacheConfigMismatch` when ``manifest`` was built otherwise.
+
+    ``cfg`` is a pipeline config of any kind, or a dict read as the manifest's kind.
+    """
+    kind = kind_of_manifest(manifest)
+    wanted = kind.config_cls.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    if not isinstance(wanted, kind.config_cls):
+        raise CacheConfigMismatch(
+            f"{where}: this is a {kind.name} cache ({kind.config_cls.__name__}); "
+            f"requested a {kind_of_config(wanted).name} pipeline ({type(wanted).__name__}); use another cache directory"
+        )
+    built = kind.config_cls.from_dict(manifest["config"])
     diffs = config_differences(built.semantic_dict(), wanted.semantic_dict())
     if identity is not None:  # only the keys given are compared
         built_identity = manifest.get("identity", {})
@@ -252,32 +244,42 @@ def check_config(manifest: dict, cfg: PipelineConfig | dict, identity: dict | No
 def build_cache(
     dataset_or_samples,
     cache_dir,
-    cfg: PipelineConfig | None = None,
+    cfg=None,
     split: str | None = None,
     progress: bool = True,
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_shard: ShardHook | None = None,
-    pipeline: ImagePipeline | None = None,
+    pipeline=None,
 ) -> BuildReport:
     """Cache the tensors of a data set (or a list of samples) under ``cache_dir/<split>/``.
 
-    See :func:`group_by_split` for which samples go where. Returns per-split
-    counts of reused, computed and skipped samples.
+    ``cfg`` is a :class:`PipelineConfig` (images) or a
+    :class:`~pipelines.clips.ClipPipelineConfig` (clips); default: the pipeline's,
+    else the default config of the data set's modality. See
+    :func:`group_by_split` for which samples go where. Returns per-split counts
+    of reused, computed and skipped samples.
     """
-    cfg = cfg or (pipeline.cfg if pipeline is not None else PipelineConfig())
+    cfg = cfg or (pipeline.cfg if pipeline is not None else kind_of_dataset(dataset_or_samples).config_cls())
     if pipeline is not None and pipeline.cfg != cfg:
         raise ValueError("build_cache: pipeline.cfg differs from cfg")
     if shard_size < 1:
         raise UserError(f"shard_size must be positive, got {shard_size}")
+    kind = kind_of_config(cfg)
+    modality = getattr(dataset_or_samples, "modality", kind.name)
+    if modality != kind.name:
+        raise UserError(
+            f"data set {getattr(dataset_or_samples, 'name', '')!r} holds {modality} samples; "
+            f"a {type(cfg).__name__} ({kind.name} pipeline) cannot cache them"
+        )
     groups = group_by_split(dataset_or_samples, split)
-    pipeline = pipeline or ImagePipeline(cfg)
+    pipeline = pipeline or kind.make_pipeline(cfg)
     reports = {}
     for name, samples in groups.items():
         reports[name] = _build_split(samples, Path(cache_dir), name, pipeline, progress, shard_size, on_shard)
     return BuildReport(reports)
 
 
-def _build_split(samples, cache_dir: Path, split: str, pipeline: ImagePipeline, progress: bool, shard_size: int, on_shard) -> SplitBuildReport:
+def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool, shard_size: int, on_shard) -> SplitBuildReport:
     start = time.perf_counter()
     ids = [str(s.sample_id) for s in samples]
     if len(set(ids)) != len(ids):
@@ -295,8 +297,9 @@ def _build_split(samples, cache_dir: Path, split: str, pipeline: ImagePipeline, 
         if not done:
             todo.append(s)
 
-    report = SplitBuildReport(split, directory, len(samples), n_reused, 0, 0, n_changed=n_changed)
-    pending: list[ProcessedSample] = []
+    report = SplitBuildReport(split, directory, len(samples), n_reused, 0, 0, n_changed=n_changed,
+                              unit="img" if writer.kind.name == "image" else writer.kind.name)
+    pending: list = []  # processed samples (ProcessedSample | ProcessedClip) not yet in a shard
     pending_skips: list[Skip] = []
 
     def flush() -> None:

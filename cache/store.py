@@ -6,7 +6,10 @@ One directory per split::
     CACHE/<split>/shard-00000.safetensors
     ...
 
-A shard holds ``k`` samples (row ``i`` = ``sample_ids[i]`` in its metadata):
+A shard holds ``k`` samples (row ``i`` = ``sample_ids[i]`` in its metadata).
+Its tensors depend on the cache's kind (``"kind"`` in the manifest, see
+:mod:`cache.kinds`; ``cache.clip_kind`` documents the clip layout). An image
+shard holds:
 
     scene          [k, 512]        float32
     va             [k, D]          float32   only when va_backbone != "scene"
@@ -134,7 +137,7 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("torch", "torchvision", "facenet-pytorch", "safetensors", "pillow", "numpy", "emologic"):
+    for name in ("torch", "torchvision", "facenet-pytorch", "safetensors", "pillow", "numpy", "av", "transformers", "emologic"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -143,7 +146,8 @@ def package_versions() -> dict[str, str]:
 
 
 def cache_info(cache_dir: str | os.PathLike) -> list[dict]:
-    """Per split: counts, faces per image, bytes on disk and per image, config, identity."""
+    """Per split: kind, counts, faces per image (images) or clips without audio (clips),
+    bytes on disk and per sample, config, identity."""
     root = Path(cache_dir)
     dirs = [root] if (root / MANIFEST).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
     if not dirs:
@@ -156,15 +160,19 @@ def cache_info(cache_dir: str | os.PathLike) -> list[dict]:
         total = shard_bytes + (d / MANIFEST).stat().st_size
         faces: dict[int, int] = {}
         for e in m["samples"]:
-            faces[e["n_faces"]] = faces.get(e["n_faces"], 0) + 1
+            if "n_faces" in e:
+                faces[e["n_faces"]] = faces.get(e["n_faces"], 0) + 1
+        kind = m.get("kind", "image")
         out.append({
             "split": d.name,
+            "kind": kind,
             "directory": str(d),
             "samples": n,
             "skipped": len(m["skipped"]),
             "complete": m.get("complete", False),
             "shards": len(m["shards"]),
             "faces_per_image": dict(sorted(faces.items())),
+            **({"without_audio": sum(not e.get("audio_present", True) for e in m["samples"])} if kind == "clip" else {}),
             "bytes": total,
             "bytes_per_image": total / n if n else None,
             "config": m["config"],

@@ -15,7 +15,6 @@ engine keeps DeepProbLog's probabilities trained with its ``SGD(param_lr)``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch import nn
 from logic.engines.compiled import compile_program
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, ProgramError, load_program
+from logic.rules import RuleLogits, RulesMixin
 from neural.errors import UserError
 from neural.vocabulary import EMOTIONS, emotion_index
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE
@@ -67,35 +67,17 @@ class CompiledEngine(nn.Module):
         self.domains = {n.network: n.domain for n in program.neural}
         self.compiled = _compiled_program(program, tuple(contexts), self.emotions, self.domains)
         self.context_index = {c: i for i, c in enumerate(self.compiled.contexts)}
-        self.logits = nn.Parameter(torch.zeros(program.n_params, dtype=torch.float64))
-        # parameter index -> (group, position) for the per-group softmax
-        groups = [g.params for g in program.groups if len(g.params) > 1]
-        width = max((len(g) for g in groups), default=1)
-        self._group_idx = torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in groups] or [[0]])
-        self._group_mask = torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in groups] or [[False]])
-        self._facts = torch.tensor([g.params[0] for g in program.groups if len(g.params) == 1], dtype=torch.long)
-        self.set_rule_probs(program.initial_probabilities())
+        self.rules = RuleLogits(program)
 
     # -- parameters ---------------------------------------------------------
     def rule_probs_tensor(self) -> torch.Tensor:
-        """[n_params] probabilities: softmax of the logits within each group
-        (a single-choice group is a probabilistic fact: sigmoid)."""
-        x = self.logits[self._group_idx].masked_fill(~self._group_mask, float("-inf"))  # [G, W]
-        p = torch.softmax(x, dim=1)
-        probs = torch.zeros_like(self.logits).index_put((self._group_idx[self._group_mask],), p[self._group_mask])
-        if len(self._facts):
-            probs = probs.index_put((self._facts,), torch.sigmoid(self.logits[self._facts]))
-        return probs
+        return self.rules.probs()
 
     def rule_probs(self) -> list[float]:
-        return self.rule_probs_tensor().tolist()
+        return self.rules.probs().tolist()
 
     def set_rule_probs(self, probs) -> None:
-        p = torch.as_tensor(probs, dtype=torch.float64).clamp(1e-12, 1.0)
-        with torch.no_grad():
-            for g in self.program.groups:
-                idx = list(g.params)
-                self.logits[idx] = torch.logit(p[idx]) if len(idx) == 1 else p[idx].log()
+        self.rules.set(probs)
 
     # -- evaluation ---------------------------------------------------------
     def _leaf_blocks(self, batch, ctx: torch.Tensor, blocks) -> dict:
@@ -106,7 +88,7 @@ class CompiledEngine(nn.Module):
         sample never reads (and its own roots do not depend on them), so the
         fill keeps the one-circuit evaluation finite without changing any answer.
         A sample whose context needs a source it does not have is an error."""
-        all_blocks = self.compiled.main.nn_blocks
+        all_blocks = self.compiled.queries.nn_blocks
         needs = self.compiled.needs[ctx][:, [all_blocks.index(b) for b in blocks]]  # [B, n_blocks]
         out = {}
         by_net: dict[str, list[int]] = {}
@@ -134,36 +116,50 @@ class CompiledEngine(nn.Module):
                 start += n
         return out
 
-    def query(self, batch, contexts, sources, explain: bool, rule_probs=None):
-        cp = self.compiled
-        rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs
+    def _context_index(self, contexts) -> torch.Tensor:
         try:
-            ctx = torch.tensor([self.context_index[c] for c in contexts], dtype=torch.long)
+            return torch.tensor([self.context_index[c] for c in contexts], dtype=torch.long)
         except KeyError as exc:
-            raise UserError(f"context {exc.args[0]!r} is not one of {', '.join(cp.contexts)}") from None
-        leaves = self._leaf_blocks(batch, ctx, sorted(set(cp.main.nn_blocks) | set(cp.explain.nn_blocks)
-                                                      if explain else cp.main.nn_blocks))
-        r = cp.main.evaluate(leaves, rule_probs, len(batch))  # [B, n_roots]
-        emotion = r.gather(1, cp.emotion_cols[ctx])  # [B, E]
-        valid = r.gather(1, cp.valid_cols[ctx][:, None])[:, 0]  # [B]
+            raise UserError(f"context {exc.args[0]!r} is not one of {', '.join(self.compiled.contexts)}") from None
+
+    def _encode(self, batch, ctx: torch.Tensor, rule_probs) -> torch.Tensor:
+        """KLay's input encoding of the batch, [B, 2 + 2 * n_vars]."""
+        cq = self.compiled.queries
+        rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs
+        return cq.encode(self._leaf_blocks(batch, ctx, cq.nn_blocks), rule_probs, len(batch))
+
+    def query(self, batch, contexts, sources, explain: bool, rule_probs=None):
+        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
+        cp = self.compiled
+        ctx = self._context_index(contexts)
+        x0 = self._encode(batch, ctx, rule_probs)
+        r = cp.queries.evaluate_keys(x0, ctx, cp.main_cone())  # [B, E + 1]
+        emotion, valid = r[:, :-1], r[:, -1]
         via = None
         if explain:
-            order = [cp.sources.index(s) for s in sources]
-            cols = cp.via_cols[ctx][:, order]  # [B, S, E]
-            rv = cp.explain.evaluate(leaves, rule_probs, len(batch))
-            via = rv.gather(1, cols.flatten(1)).view(cols.shape)
+            order = torch.tensor([cp.sources.index(s) for s in sources])
+            rv = cp.queries.evaluate_keys(x0, ctx, cp.explain_cone())  # [B, S_all * E]
+            via = rv.view(len(batch), len(cp.sources), -1)[:, order]
         return emotion, valid, via
+
+    def label_query(self, batch, contexts, rule_probs=None):
+        """P(emotion(img, ctx, label)) and P(valid(img, ctx)) per sample: [B], [B]."""
+        cp = self.compiled
+        ctx = self._context_index(contexts)
+        x0 = self._encode(batch, ctx, rule_probs)
+        r = cp.queries.evaluate_keys(x0, ctx * len(self.emotions) + batch.labels, cp.label_cone())  # [B, 2]
+        return r[:, 0], r[:, 1]
 
     def selection(self, context: str, sources) -> dict[str, float]:
         cp = self.compiled
         i = self.context_index[context]
+        terms = [cp.selected_terms[i][cp.sources.index(s)] for s in sources] + [cp.valid_terms[i]]
         with torch.no_grad():
-            r = cp.selection.evaluate({}, self.rule_probs_tensor(), 1)[0]
-        z = float(r[cp.selection_valid_cols[i]])
-        return {s: float(r[cp.selected_cols[i, cp.sources.index(s)]]) / z for s in sources}
+            r = cp.selection.evaluate({}, self.rule_probs_tensor(), 1, terms)[0]
+        return {s: float(v) / float(r[-1]) for s, v in zip(sources, r[:-1])}
 
 
-class LogicModel(nn.Module):
+class LogicModel(RulesMixin, nn.Module):
     """A program bound to networks, evaluated by one of the two engines."""
 
     def __init__(
@@ -215,12 +211,8 @@ class LogicModel(nn.Module):
 
     def label_log_probs(self, batch, eps: float = 1e-12) -> torch.Tensor:
         """log P(label | image) per sample, [B] (the training query)."""
-        contexts = batch.contexts(self.face_size_threshold)
-        if hasattr(self.engine, "label_query"):  # DeepProbLog: ground label queries only
-            p_label, valid = self.engine.label_query(batch, contexts)
-            return (p_label / valid).clamp_min(eps).log()
-        out = self(batch)
-        return out.log_probs(eps)[torch.arange(len(batch)), batch.labels]
+        p_label, valid = self.engine.label_query(batch, batch.contexts(self.face_size_threshold))
+        return (p_label / valid).clamp_min(eps).log()
 
     def emotion_probability(self, batch, emotion: str) -> torch.Tensor:
         """P(emotion | image) per sample, [B]; ``emotion`` must be in the vocabulary."""
@@ -236,30 +228,7 @@ class LogicModel(nn.Module):
         w = class_weights.to(logp.dtype)[batch.labels]
         return -(w * logp).sum() / w.sum()
 
-    # -- rule parameters ----------------------------------------------------
-    def rule_probabilities(self) -> list[float]:
-        return self.engine.rule_probs()
-
-    def set_rule_probabilities(self, probs) -> None:
-        self.engine.set_rule_probs(list(probs))
-
-    def reset_rules(self, kind: str = "program") -> None:
-        """``program``: the file's initial values; ``uniform``: uniform per group."""
-        if kind == "program":
-            self.set_rule_probabilities(self.program.initial_probabilities())
-        elif kind == "uniform":
-            probs = [0.0] * self.program.n_params
-            for g in self.program.groups:
-                for i in g.params:
-                    probs[i] = 1.0 / len(g.params) if len(g.params) > 1 else 0.5
-            self.set_rule_probabilities(probs)
-        else:
-            raise ValueError(f"unknown rule initialisation {kind!r}")
-
-    def rule_table(self) -> dict[str, dict[str, float]]:
-        probs = self.rule_probabilities()
-        return {g.key: {o: probs[i] for o, i in zip(g.options, g.params)} for g in self.program.groups}
-
+    # -- what was learned ---------------------------------------------------
     def source_probabilities_for(self, context: str) -> dict[str, float]:
         """P(source selected | chosen source exists) in ``context``."""
         return self.engine.selection(context, self.program.sources_in(context))
@@ -268,35 +237,5 @@ class LogicModel(nn.Module):
         """P(source selected | context) for every context: what the program learned about trust."""
         return {c: self.source_probabilities_for(c) for c in self.contexts}
 
-    def rule_optimizer(self, lr: float, kind: str = "adam"):
-        """An optimizer over the rule parameters with ``zero_grad()``/``step()``."""
-        if self.engine_name == "deepproblog":
-            self.engine.set_lr(lr)
-            return self.engine  # DeepProbLog's own SGD(param_lr)
-        if kind == "adam":
-            return torch.optim.Adam([self.engine.logits], lr=lr)
-        if kind == "sgd":
-            return torch.optim.SGD([self.engine.logits], lr=lr)
-        raise ValueError(f"unknown optimizer {kind!r}")
-
-    # -- persistence --------------------------------------------------------
     def rules_state(self) -> dict:
-        return {
-            "program": self.program.name,
-            "program_path": str(self.program.path),
-            "engine": self.engine_name,
-            "face_size_threshold": self.face_size_threshold,
-            "probabilities": self.rule_probabilities(),
-            "groups": self.rule_table(),
-        }
-
-    def save_rules(self, path: str | Path) -> None:
-        from neural.files import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), json.dumps(self.rules_state(), indent=2).encode())
-
-    def load_rules(self, path: str | Path) -> None:
-        state = json.loads(Path(path).read_text())
-        if state.get("program") != self.program.name:
-            raise UserError(f"{path}: rules of program {state.get('program')!r}, not {self.program.name!r}")
-        self.set_rule_probabilities(state["probabilities"])
+        return super().rules_state() | {"face_size_threshold": self.face_size_threshold}

@@ -4,7 +4,9 @@ A program is a DeepProbLog file: ``nn(Net, [X], Y, Domain) :: pred(X, Y).``
 declares a neural predicate bound by name to a network of ``neural.registry``,
 and ``t(P)::a; t(Q)::b.`` declares a learnable annotated disjunction (a *rule
 group*). Every image program answers the same four queries (see
-``source_selection.pl``): ``emotion/3``, ``via/4``, ``selected/3``, ``valid/2``.
+``source_selection.pl``): ``emotion/3``, ``via/4``, ``selected/3``, ``valid/2``;
+every clip program ``emotion/2``, ``sentiment/2``, ``sentiment_via/3``,
+``label/3`` (see ``clip_sentiment.pl``).
 
 This module only reads programs; the engines (``logic/engines``) evaluate them.
 """
@@ -22,8 +24,14 @@ from neural.errors import UserError
 
 PROGRAM_DIR = Path(__file__).resolve().parent / "programs"
 
-#: The queries every image program must answer (functor, arity).
-QUERY_INTERFACE = (("emotion", 3), ("via", 4), ("selected", 3), ("valid", 2))
+#: The queries each kind of program answers (functor, arity): an image program
+#: chooses a source per context (see source_selection.pl), a clip program ties a
+#: clip's emotion to its sentiment (see clip_sentiment.pl).
+INTERFACES = {
+    "image": (("emotion", 3), ("via", 4), ("selected", 3), ("valid", 2)),
+    "clip": (("emotion", 2), ("sentiment", 2), ("sentiment_via", 3), ("label", 3)),
+}
+QUERY_INTERFACE = INTERFACES["image"]
 
 
 class ProgramError(UserError):
@@ -54,8 +62,10 @@ class RuleGroup:
     params: tuple[int, ...]
 
 
-def available_programs() -> list[str]:
-    return sorted(p.stem for p in PROGRAM_DIR.glob("*.pl"))
+def available_programs(kind: str | None = None) -> list[str]:
+    """Names of the shipped programs; ``kind`` (``image``/``clip``) keeps only that kind."""
+    names = sorted(p.stem for p in PROGRAM_DIR.glob("*.pl"))
+    return names if kind is None else [n for n in names if Program(n).kind == kind]
 
 
 def resolve_program_path(name_or_path: str | Path) -> Path:
@@ -190,16 +200,18 @@ class Program:
         return AnnotatedDisjunction(heads, stmt.body) if isinstance(stmt, Clause) else Or.from_list(heads)
 
     def _check_interface(self):
+        """Which interface of :data:`INTERFACES` the program answers (``self.kind``)."""
         defined = set()
         for stmt in self.translated:
             for h in _heads(stmt):
                 defined.add((h.functor, h.arity))
-        missing = [f"{f}/{a}" for f, a in QUERY_INTERFACE if (f, a) not in defined]
-        if missing:
-            raise ProgramError(
-                f"{self.path.name}: does not define {', '.join(missing)} "
-                "(every image program answers emotion/3, via/4, selected/3 and valid/2)"
-            )
+        missing = {kind: [f"{f}/{a}" for f, a in queries if (f, a) not in defined] for kind, queries in INTERFACES.items()}
+        self.kind = next((kind for kind, miss in missing.items() if not miss), None)
+        if self.kind is None:
+            wanted = "; or ".join(f"a {kind} program answers {', '.join(f'{f}/{a}' for f, a in q)}"
+                                  for kind, q in INTERFACES.items())
+            closest = min(missing, key=lambda k: len(missing[k]))
+            raise ProgramError(f"{self.path.name}: does not define {', '.join(missing[closest])} ({wanted})")
 
     # -- binding ------------------------------------------------------------
     @cached_property

@@ -11,6 +11,20 @@ Shapes (B = batch):
 | emotion head   | [B, 256]                                | [B, 7]     |
 | sentiment head | [B, 256]                                | [B, 3]     |
 
+The forward is split in two so that training never reruns the frozen encoders:
+
+* :meth:`MultimodalFusionNet.frozen_features` -- the frozen parts only, under
+  ``no_grad`` and in eval mode: ``[B, F]`` with ``F = hidden + 512 + 128``, laid
+  out as ``[text pooled (hidden) | R3D-18 trunk pooled (512) | audio conv (128)]``
+  (:meth:`~MultimodalFusionNet.feature_slices` gives the three slices). With the
+  packaged MiniLM (hidden 384) ``F = 1024``; with bert-base-uncased ``F = 1408``.
+  Compute it once per clip and cache it.
+* :meth:`MultimodalFusionNet.forward_features` -- everything trainable: text
+  projection, video ``fc``, audio projection, fusion and both heads.
+
+``forward(ids, mask, video, audio)`` *is* ``forward_features(frozen_features(...))``.
+:class:`FusionHead` exposes one head on cached features as a neural predicate.
+
 The source feeds frames-first video ``[B, T, 3, H, W]`` and transposes inside;
 here the caller passes torchvision's layout ``[B, 3, T, H, W]`` (use
 :func:`frames_first_to_channels_first` on the source's layout).
@@ -33,11 +47,11 @@ from torch import nn
 
 from neural.errors import UserError
 from neural.registry import register
-from neural.vocabulary import N_EMOTIONS
+from neural.vocabulary import N_EMOTIONS, SENTIMENTS
 
 log = logging.getLogger(__name__)
 
-SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+HEADS: tuple[str, ...] = ("emotion", "sentiment")
 PROJ_DIM = 128
 FUSION_DIM = 256
 MIN_AUDIO_FRAMES = 8  # conv3 -> pool2 -> conv3 needs at least 8 frames
@@ -96,16 +110,26 @@ class TextEncoder(nn.Module):
         _freeze(self.bert)
         self.projection = nn.Linear(self.bert.config.hidden_size, PROJ_DIM)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # [B, seq_len] x2 -> pooled [B, hidden] -> [B, 128]
+    @property
+    def feature_dim(self) -> int:
+        return self.bert.config.hidden_size
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Frozen part: [B, seq_len] x2 -> pooled [CLS] output [B, hidden]."""
         pooled = self.bert(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         if pooled is None:
             raise UserError(f"text model {type(self.bert).__name__} has no pooler; use a BERT-family model")
-        return self.projection(pooled)
+        return pooled
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # [B, seq_len] x2 -> pooled [B, hidden] -> [B, 128]
+        return self.projection(self.features(input_ids, attention_mask))
 
 
 class VideoEncoder(nn.Module):
     """Frozen R3D-18 trunk with a trainable fc: [B, 3, T, H, W] -> [B, 128]."""
+
+    feature_dim = 512  # the R3D-18 trunk's pooled output (``fc.in_features``)
 
     def __init__(self, weights: str | None):
         super().__init__()
@@ -134,15 +158,23 @@ class VideoEncoder(nn.Module):
     def frozen_modules(self) -> list[nn.Module]:
         return [m for name, m in self.backbone.named_children() if name != "fc"]
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        # [B, 3, T, H, W] -> [B, 128]
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """Frozen trunk: [B, 3, T, H, W] -> pooled [B, 512] (torchvision's VideoResNet.forward up to ``fc``)."""
         if video.dim() != 5 or video.shape[1] != 3:
             raise ValueError(f"video must be [B, 3, T, H, W], got {tuple(video.shape)}")
-        return self.backbone(video)
+        b = self.backbone
+        x = b.layer4(b.layer3(b.layer2(b.layer1(b.stem(video)))))
+        return b.avgpool(x).flatten(1)  # [B, 512, 1, 1, 1] -> [B, 512]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        # [B, 3, T, H, W] -> [B, 512] -> fc -> [B, 128]
+        return self.backbone.fc(self.features(video))
 
 
 class AudioEncoder(nn.Module):
     """Frozen Conv1d stack on log-mel [B, 64, L] -> [B, 128, 1] -> projection [B, 128]."""
+
+    feature_dim = 128  # channels of the last conv, average-pooled over time
 
     def __init__(self, n_mels: int):
         super().__init__()
@@ -156,7 +188,8 @@ class AudioEncoder(nn.Module):
         _freeze(self.conv_layers)
         self.projection = nn.Sequential(nn.Linear(128, PROJ_DIM), nn.ReLU(), nn.Dropout(0.2))
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """Frozen conv stack: log-mel [B, 64, L] (or [B, 1, 64, L]) -> [B, 128]."""
         # [B, 1, 64, L] -> [B, 64, L] (the source's layout) ; [B, 64, L] as is
         if audio.dim() == 4 and audio.shape[1] == 1:
             audio = audio.squeeze(1)
@@ -164,8 +197,11 @@ class AudioEncoder(nn.Module):
             raise ValueError(
                 f"audio must be log-mel [B, {self.n_mels}, L>={MIN_AUDIO_FRAMES}], got {tuple(audio.shape)}"
             )
-        feats = self.conv_layers(audio).squeeze(-1)  # [B, 128, 1] -> [B, 128]
-        return self.projection(feats)
+        return self.conv_layers(audio).squeeze(-1)  # [B, 128, 1] -> [B, 128]
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # [B, 64, L] -> [B, 128] -> projection -> [B, 128]
+        return self.projection(self.features(audio))
 
 
 def _head(n_out: int) -> nn.Sequential:
@@ -175,7 +211,12 @@ def _head(n_out: int) -> nn.Sequential:
 
 @register("multimodal_fusion", MultimodalFusionConfig)
 class MultimodalFusionNet(nn.Module):
-    """(text, video, audio) -> dict(emotion [B, 7], sentiment [B, 3]) probabilities (+ logits)."""
+    """(text, video, audio) -> dict(emotion [B, 7], sentiment [B, 3]) probabilities (+ logits).
+
+    ``forward = forward_features(frozen_features(...))``: cache
+    :meth:`frozen_features` ([B, F]) once per clip and train on
+    :meth:`forward_features` (``neural.multimodal_recipe.train_fusion``).
+    """
 
     def __init__(self, config: MultimodalFusionConfig):
         super().__init__()
@@ -205,18 +246,72 @@ class MultimodalFusionNet(nn.Module):
 
         return AutoTokenizer.from_pretrained(self.config.text_model)
 
-    def forward(
+    # ------------------------------------------------------------------ #
+    # frozen part: run once per clip, cache the result
+    # ------------------------------------------------------------------ #
+    @property
+    def feature_dim(self) -> int:
+        """F, the width of :meth:`frozen_features`: text hidden + 512 + 128 (1024 for MiniLM)."""
+        return sum(stop - start for start, stop in self.feature_slices().values())
+
+    def feature_slices(self) -> dict[str, tuple[int, int]]:
+        """Where each modality lies in the frozen-feature vector: ``{name: (start, stop)}``."""
+        widths = {"text": self.text_encoder.feature_dim, "video": self.video_encoder.feature_dim,
+                  "audio": self.audio_encoder.feature_dim}
+        out, start = {}, 0
+        for name, width in widths.items():
+            out[name] = (start, start + width)
+            start += width
+        return out
+
+    @torch.no_grad()
+    def frozen_features(
         self,
         input_ids: torch.Tensor,  # [B, seq_len]
         attention_mask: torch.Tensor,  # [B, seq_len]
         video: torch.Tensor,  # [B, 3, T, H, W]
-        audio: torch.Tensor,  # [B, 64, L]
-    ) -> dict[str, torch.Tensor]:
+        audio: torch.Tensor,  # [B, 64, L] or [B, 1, 64, L]
+    ) -> torch.Tensor:
+        """The outputs of the frozen encoders, concatenated: [B, F] = [text hidden | 512 | 128].
+
+        Runs under ``no_grad`` with the frozen modules in eval mode (they always
+        are: :meth:`train` keeps them there), so the result depends only on the
+        clip and can be cached; :meth:`forward_features` does the rest.
+        """
+        for m in self.frozen_modules():
+            m.train(False)
+        return torch.cat(
+            [self.text_encoder.features(input_ids, attention_mask),  # [B, hidden]
+             self.video_encoder.features(video),  # [B, 512]
+             self.audio_encoder.features(audio)],  # [B, 128]
+            dim=1,
+        )  # [B, F]
+
+    # ------------------------------------------------------------------ #
+    # trainable part: projections, fusion, heads
+    # ------------------------------------------------------------------ #
+    def fuse(self, feats: torch.Tensor) -> torch.Tensor:
+        """Cached frozen features [B, F] -> projections [B, 3*128] -> fused [B, 256]."""
+        if feats.dim() != 2 or feats.shape[1] != self.feature_dim:
+            raise ValueError(f"frozen features must be [B, {self.feature_dim}], got {tuple(feats.shape)}")
+        sl = self.feature_slices()
         combined = torch.cat(
-            [self.text_encoder(input_ids, attention_mask), self.video_encoder(video), self.audio_encoder(audio)],
+            [self.text_encoder.projection(feats[:, slice(*sl["text"])]),  # [B, hidden] -> [B, 128]
+             self.video_encoder.backbone.fc(feats[:, slice(*sl["video"])]),  # [B, 512] -> [B, 128]
+             self.audio_encoder.projection(feats[:, slice(*sl["audio"])])],  # [B, 128] -> [B, 128]
             dim=1,
         )  # [B, 384]
-        fused = self.fusion_layer(combined)  # [B, 256]
+        return self.fusion_layer(combined)  # [B, 256]
+
+    def head(self, name: str) -> nn.Module:
+        """The classifier of head ``name`` (``"emotion"`` or ``"sentiment"``): [B, 256] -> logits."""
+        if name not in HEADS:
+            raise ValueError(f"unknown head {name!r}; known heads: {', '.join(HEADS)}")
+        return self.emotion_classifier if name == "emotion" else self.sentiment_classifier
+
+    def forward_features(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cached frozen features [B, F] -> the same dict as :meth:`forward`."""
+        fused = self.fuse(feats)  # [B, 256]
         emotion_logits = self.emotion_classifier(fused)  # [B, 7]
         sentiment_logits = self.sentiment_classifier(fused)  # [B, 3]
         return {
@@ -226,6 +321,82 @@ class MultimodalFusionNet(nn.Module):
             "sentiment_logits": sentiment_logits,
         }
 
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, seq_len]
+        attention_mask: torch.Tensor,  # [B, seq_len]
+        video: torch.Tensor,  # [B, 3, T, H, W]
+        audio: torch.Tensor,  # [B, 64, L]
+    ) -> dict[str, torch.Tensor]:
+        """Raw clip -> dict(emotion [B, 7], sentiment [B, 3] probabilities, ``*_logits``)."""
+        return self.forward_features(self.frozen_features(input_ids, attention_mask, video, audio))
+
     def param_groups(self, lr: float) -> list[dict]:
-        """Every trainable parameter at ``lr`` (frozen encoders are excluded)."""
+        """Every trainable parameter at ``lr`` (frozen encoders are excluded).
+
+        The source's differential rates per encoder / fusion / heads are
+        ``neural.multimodal_recipe.param_groups(net, RecipeConfig())``.
+        """
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+
+class FusionHead(nn.Module):
+    """One head of a :class:`MultimodalFusionNet` as a neural predicate on cached features.
+
+    ``FusionHead(net, "emotion")(feats [B, F]) -> [B, 7]`` probabilities
+    (``"sentiment"``: ``[B, 3]``). Two heads built on the same ``net`` share its
+    parameters (projections and fusion are trained by both). The logic engines
+    run the shared part once per batch for both heads through ``trunk_owner``
+    (identity of the shared trunk), ``trunk(feats)`` and ``from_trunk(fused)``.
+    Collect parameters for an optimizer from the ``net``
+    (``neural.multimodal_recipe.make_optimizer``), not from the heads, or the
+    shared ones appear twice.
+    """
+
+    def __init__(self, net: MultimodalFusionNet, head: str):
+        super().__init__()
+        net.head(head)  # unknown names raise with the known ones
+        self.net = net
+        self.head_name = head
+
+    @property
+    def n_classes(self) -> int:
+        return self.net.head(self.head_name)[-1].out_features
+
+    @property
+    def trunk_owner(self) -> nn.Module:
+        return self.net
+
+    def trunk(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net.fuse(feats)  # [B, F] -> [B, 256]
+
+    def from_trunk(self, fused: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net.head(self.head_name)(fused), dim=-1)  # [B, 256] -> [B, n_classes]
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        # [B, F] -> [B, 256] -> [B, n_classes] probabilities
+        return self.from_trunk(self.trunk(feats))
+
+
+@dataclass
+class FusionHeadConfig(MultimodalFusionConfig):
+    """A fusion net of its own, for a head built alone (``get_network("multimodal_emotion")``);
+    the harness builds both heads on one shared net instead."""
+
+
+@register("multimodal_emotion", FusionHeadConfig)
+class MultimodalEmotionHead(FusionHead):
+    """The fusion net's emotion head: the ``multimodal_emotion`` neural predicate."""
+
+    def __init__(self, config: FusionHeadConfig):
+        super().__init__(MultimodalFusionNet(config), "emotion")
+        self.config = config
+
+
+@register("multimodal_sentiment", FusionHeadConfig)
+class MultimodalSentimentHead(FusionHead):
+    """The fusion net's sentiment head: the ``multimodal_sentiment`` neural predicate."""
+
+    def __init__(self, config: FusionHeadConfig):
+        super().__init__(MultimodalFusionNet(config), "sentiment")
+        self.config = config

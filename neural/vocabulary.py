@@ -18,6 +18,9 @@ MAX_FACES = len(FACE_SLOTS)
 #: The sources an image's emotion can come from (the seed program's four).
 SOURCES: tuple[str, ...] = ("scene",) + FACE_SLOTS
 
+#: Sentiment polarity of a clip (MELD's three classes), the fusion net's order.
+SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+
 _INDEX = {name: i for i, name in enumerate(EMOTIONS)}
 
 
@@ -38,3 +41,10 @@ def emotion_index(name: str) -> int:
 def check_emotions(names) -> list[int]:
     """Indices of every name in ``names``; the first unknown one raises."""
     return [emotion_index(n) for n in names]
+
+
+def sentiment_index(name: str) -> int:
+    """Index of ``name`` in :data:`SENTIMENTS`; raises with the sentiments listed."""
+    if name not in SENTIMENTS:
+        raise VocabularyError(f"unknown sentiment {name!r}; the sentiments are: {', '.join(SENTIMENTS)}")
+    return SENTIMENTS.index(name)

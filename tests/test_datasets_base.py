@@ -62,7 +62,7 @@ def test_describe_counts_per_split_and_class_and_reports_skips(tmp_path):
 
 def test_registry_lists_builtins_and_rejects_unknown_names_and_options():
     assert {"synthetic", "findingemo", "csv"} <= set(list_datasets())
-    with pytest.raises(UserError, match="unknown data set 'emoset'; known data sets: afewva, csv, findingemo, synthetic"):
+    with pytest.raises(UserError, match="unknown data set 'emoset'; known data sets: afewva, csv, findingemo, meld, "):
         get_dataset("emoset")
     with pytest.raises(UserError, match="unknown option\\(s\\) csv_path for data set 'csv'; known options: path"):
         get_dataset("csv", csv_path="x.csv")

@@ -13,7 +13,7 @@ from logic.program import available_programs, load_program
 from neural.vocabulary import EMOTIONS
 from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch, random_outputs, random_rule_probs
 
-PROGRAMS = available_programs()
+PROGRAMS = available_programs("image")
 
 
 # DeepProbLog builds its parameter tensors with the default dtype: run in float64.

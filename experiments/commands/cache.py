@@ -1,4 +1,9 @@
-"""``emologic cache build|verify|info``: the verified tensor cache from the command line."""
+"""``emologic cache build|verify|info``: the verified tensor cache from the command line.
+
+Images and video clips (``--dataset meld``) share the commands; the pipeline
+options of both kinds are listed, and an option of the other kind than the data
+set's is refused (never silently ignored).
+"""
 from __future__ import annotations
 
 import argparse
@@ -26,31 +31,63 @@ _PIPELINE_HELP = {
     "va_backbone": "valence/arousal features: scene (reuse scene features) or clip",
     "clip_model": "va_backbone=clip: hub name or local directory of a CLIP model",
     "max_pixels": "refuse images with more pixels than this (decompression bombs)",
-    "batch_size": "images per backbone/detector batch",
+    "batch_size": "samples per batch (images per backbone/detector batch; clips per tokenizer batch)",
 }
+#: The cache kinds whose pipeline options ``cache build`` offers, in help order.
+_KINDS = ("image", "clip")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _pipeline_fields() -> dict[str, list[dataclasses.Field]]:
+    from cache.kinds import get_cache_kind
+
+    return {kind: list(dataclasses.fields(get_cache_kind(kind).config_cls)) for kind in _KINDS}
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
-    from pipelines.pipeline import PipelineConfig
+    kinds_fields = _pipeline_fields()
+    defaults: dict[str, dict[str, object]] = {}  # field -> {kind: default}
+    for kind, fields in kinds_fields.items():
+        for f in fields:
+            defaults.setdefault(f.name, {})[kind] = f.default
+    added: set[str] = set()
+    for kind, fields in kinds_fields.items():
+        g = p.add_argument_group(f"{kind} pipeline" + (" (--dataset meld)" if kind == "clip" else ""))
+        for f in fields:
+            if f.name in added:  # shared by both kinds (batch_size)
+                continue
+            added.add(f.name)
+            default = f.default
+            shown = (", ".join(f"{v} for {k}s" for k, v in defaults[f.name].items())
+                     if len(defaults[f.name]) > 1 else default)
+            helptext = f"{_PIPELINE_HELP.get(f.name) or f.metadata.get('help', '')} (default: {shown})"
+            if isinstance(default, bool):
+                g.add_argument(_flag(f.name), action="store_true", dest=f.name, help=helptext)
+            elif isinstance(default, tuple):
+                g.add_argument(_flag(f.name), type=float, nargs=len(default), dest=f.name, metavar="T", help=helptext)
+            else:
+                kind_type = f.metadata.get("type") or (type(default) if default is not None else str)
+                g.add_argument(_flag(f.name), type=kind_type, dest=f.name, help=helptext)
 
-    g = p.add_argument_group("pipeline")
-    for f in dataclasses.fields(PipelineConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        helptext = f"{_PIPELINE_HELP[f.name]} (default: {default})"
-        if isinstance(default, bool):
-            g.add_argument(flag, action="store_true", dest=f.name, help=helptext)
-        elif isinstance(default, tuple):
-            g.add_argument(flag, type=float, nargs=len(default), dest=f.name, metavar="T", help=helptext)
-        else:
-            g.add_argument(flag, type=type(default) if default is not None else str, dest=f.name, help=helptext)
 
+def pipeline_config_from_args(args: argparse.Namespace, kind: str = "image"):
+    """The ``kind`` pipeline config from the options given; options of another kind raise."""
+    from cache.kinds import get_cache_kind
 
-def pipeline_config_from_args(args: argparse.Namespace):
-    from pipelines.pipeline import PipelineConfig
-
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)}
-    return PipelineConfig(**{k: v for k, v in given.items() if v is not None and v is not False})
+    every = {f.name for fields in _pipeline_fields().values() for f in fields}
+    given = {name: getattr(args, name) for name in every if getattr(args, name, None) not in (None, False)}
+    config_cls = get_cache_kind(kind).config_cls
+    own = {f.name for f in dataclasses.fields(config_cls)}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise UserError(
+            f"option(s) {', '.join(map(_flag, foreign))} do not apply to {kind} data sets "
+            f"({config_cls.__name__}); its options: {', '.join(_flag(n) for n in sorted(own))}"
+        )
+    return config_cls(**given)
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -110,10 +147,11 @@ def _dataset(args):
 
 def _build(args) -> int:
     from cache.build import build_cache, group_by_split
+    from cache.kinds import kind_of_dataset
     from cache.store import split_dir
 
-    cfg = pipeline_config_from_args(args)
     dataset = _dataset(args)
+    cfg = pipeline_config_from_args(args, kind_of_dataset(dataset).name)
     splits = args.split or [None]
     if args.force:
         for split in splits:
@@ -134,15 +172,16 @@ def _build(args) -> int:
 
 def _verify(args) -> int:
     from cache.verify import verify_cache
-    from pipelines.pipeline import PipelineConfig
 
-    expected = None
+    expected = None  # a dict: read as the config of the cache's own kind (image or clip)
     if args.config:
         path = Path(args.config)
         try:
-            expected = PipelineConfig.from_dict(json.loads(path.read_text()))
+            expected = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not a pipeline config JSON file ({exc})") from None
+        if not isinstance(expected, dict):
+            raise UserError(f"{path}: not a pipeline config JSON file (expected an object, got {type(expected).__name__})")
     report = verify_cache(args.cache_dir, expected_cfg=expected, split=args.split, check_images=not args.no_images)
     print(report.summary())
     return 0 if report.ok else 1
@@ -156,11 +195,13 @@ def _info(args) -> int:
         print(json.dumps(info, indent=1))
         return 0
     for s in info:
-        faces = ", ".join(f"{k} faces: {v}" for k, v in s["faces_per_image"].items())
         per_image = f"{s['bytes_per_image']:,.0f}" if s["bytes_per_image"] else "-"
-        print(f"{s['split']}: {s['samples']} samples, {s['skipped']} skipped, {s['shards']} shards, "
-              f"{s['bytes']:,} bytes ({per_image} per image)" + ("" if s["complete"] else ", INCOMPLETE build"))
-        print(f"  {faces}")
+        print(f"{s['split']}: {s['samples']} {s['kind']} samples, {s['skipped']} skipped, {s['shards']} shards, "
+              f"{s['bytes']:,} bytes ({per_image} per {s['kind']})" + ("" if s["complete"] else ", INCOMPLETE build"))
+        if s["faces_per_image"]:
+            print("  " + ", ".join(f"{k} faces: {v}" for k, v in s["faces_per_image"].items()))
+        if "without_audio" in s:
+            print(f"  without audio: {s['without_audio']}")
     first = info[0]
     print("config: " + ", ".join(f"{k}={v}" for k, v in first["config"].items()))
     print("identity: " + ", ".join(f"{k}={v}" for k, v in first["identity"].items()))
@@ -175,6 +216,7 @@ _ACTIONS = {"build": _build, "verify": _verify, "info": _info}
     "cache",
     help="Build, verify or describe the tensor cache",
     example="emologic cache build --dataset synthetic --root data/synth --cache cache/synth\n"
+            "  emologic cache build --dataset meld --root ~/MELD.Raw --cache cache/meld --frames 16\n"
             "  emologic cache verify cache/synth\n  emologic cache info cache/synth",
     configure=_configure,
 )

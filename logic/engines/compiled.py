@@ -30,6 +30,7 @@ from problog.formula import LogicDAG, LogicFormula
 from problog.logic import Term, Var
 from problog.sdd_formula import SDD
 
+from logic.engines.cone import ConeCircuit
 from logic.program import Program, ProgramError
 
 PLACEHOLDER = Term("img")
@@ -95,37 +96,92 @@ def leaf_key(term: Term):
 
 @dataclass
 class CompiledQueries:
-    """A circuit over some ground queries of one context, with its literal weights.
+    """A circuit over some ground queries, with its literal weights.
 
-    ``roots`` maps each ground query term to its output column (the query
-    conjoined with the constraints); the last column is the constraint itself,
-    so ``P(q) = out[:, roots[q]] / out[:, -1]``.
+    ``roots[q] = (numerator, normaliser)``: output columns of the query
+    conjoined with the constraints it touches, and of those constraints alone,
+    so ``P(q) = out[:, numerator] / out[:, normaliser]`` (see
+    :func:`compile_queries`).
     """
 
-    roots: dict  # Term -> column
-    circuit: torch.nn.Module
-    weight_matrix_pos: torch.Tensor  # [1 + n_leaves, n_vars] float64
-    weight_matrix_neg: torch.Tensor
+    roots: dict  # Term -> (column, normaliser column)
+    circuit: torch.nn.Module  # KLay's module: every root for every sample
+    weight_matrix: torch.Tensor  # [1 + n_leaves, 2 + 2 * n_vars] float64: leaves -> KLay's input encoding
     nn_blocks: tuple[tuple[str, str], ...]  # (network, tensor source) column blocks
     rule_params: list[int]  # parameter index of each rule-probability column
+    n_nn: int  # 1 + number of network-output columns (the constant leaf first)
 
-    def evaluate(self, nn_outputs: dict, rule_probs: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Probabilities of every root: ``[b, n_roots]``.
+    def __post_init__(self):
+        self._cones: dict = {}
+
+    def encode(self, nn_outputs: dict, rule_probs: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """KLay's input encoding ``[b, 2 + 2 * n_vars]``: ``[0, 1, pos_1, neg_1, ...]``.
 
         nn_outputs: (network, source) -> [b, K] distributions
         rule_probs: [n_params] probabilities of all the program's parameters
+        Every literal weight is linear in the leaves ``[1, network outputs, rule
+        probabilities]``, so the encoding is one matrix product.
         """
         # compute in the networks' precision (float32 in training, float64 in the equivalence tests)
         dtype = nn_outputs[self.nn_blocks[0]].dtype if self.nn_blocks else rule_probs.dtype
-        parts = [torch.ones(batch_size, 1, dtype=dtype, device=rule_probs.device)]
-        parts += [nn_outputs[block] for block in self.nn_blocks]
-        if self.rule_params:
-            parts.append(rule_probs[self.rule_params].to(dtype).unsqueeze(0).expand(batch_size, -1))
-        leaves = torch.cat(parts, dim=1)  # [b, 1 + n_leaves]
-        pos = leaves @ self.weight_matrix_pos.to(dtype)  # [b, n_vars]
-        neg = leaves @ self.weight_matrix_neg.to(dtype)
-        out = self.circuit(pos, neg)  # [b, n_roots + 1]
-        return out[:, :-1] / out[:, -1:]
+        m, n_nn = self.weight_matrix.to(dtype), self.n_nn
+        const = m[0]
+        if self.rule_params:  # the same for every sample
+            const = const + rule_probs[self.rule_params].to(dtype) @ m[n_nn:]
+        if not self.nn_blocks:
+            return const.expand(batch_size, -1)
+        leaves = torch.cat([nn_outputs[block] for block in self.nn_blocks], dim=1)  # [b, n_nn - 1]
+        return torch.addmm(const, leaves, m[1:n_nn])
+
+    def evaluate(self, nn_outputs: dict, rule_probs: torch.Tensor, batch_size: int, terms) -> torch.Tensor:
+        """``[b, len(terms)]``: P(term) for every sample, all roots by KLay's module."""
+        x0 = self.encode(nn_outputs, rule_probs, batch_size)
+        pos, neg = x0[:, 2::2], x0[:, 3::2]
+        out = self.circuit(pos, neg)  # [b, n_roots]
+        num, den = zip(*(self.roots[t] for t in terms))
+        return out[:, list(num)] / out[:, list(den)]
+
+    def cone(self, name: str, key_terms: list[list[Term]]) -> ConeCircuit:
+        """A :class:`ConeCircuit` answering ``key_terms[k]`` for samples with key ``k`` (built once per name)."""
+        if name not in self._cones:
+            lists = []
+            for terms in key_terms:
+                num, den = zip(*(self.roots[t] for t in terms))
+                lists.append(list(num) + list(den))
+            self._cones[name] = ConeCircuit(self.circuit, lists)
+        return self._cones[name]
+
+    @staticmethod
+    def evaluate_keys(x0: torch.Tensor, keys: torch.Tensor, cone: ConeCircuit) -> torch.Tensor:
+        """``[b, R]``: P of the R terms each sample's key asks for (see :meth:`cone`);
+        ``x0`` from :meth:`encode`."""
+        out = cone(x0, keys)  # [b, 2R]: numerators, then normalisers
+        r = out.shape[1] // 2
+        return out[:, :r] / out[:, r:]
+
+
+def _constraint_nodes(sdd, mgr) -> list[tuple[set, object]]:
+    """Each annotated disjunction's constraint on its own: (its atoms, SDD node).
+    ProbLog conjoins them all into one constraint (``build_constraint_dd``)."""
+    out = []
+    for c in sdd.constraints():
+        node = mgr.true()
+        for clause in c.as_clauses():
+            node = mgr.conjoin(node, mgr.disjoin(*[sdd.get_inode(r) for r in clause]))
+        out.append(({abs(n) for n in c.get_nodes()}, node))
+    return out
+
+
+def _support(sdd, node: int, memo: dict) -> frozenset:
+    """The atoms (formula node ids) a formula node depends on structurally."""
+    node = abs(node)
+    if not node:  # 0 is ProbLog's deterministic ``true``
+        return frozenset()
+    if node not in memo:
+        n = sdd.get_node(node)
+        kids = getattr(n, "children", None)
+        memo[node] = frozenset([node]) if kids is None else frozenset().union(*(_support(sdd, c, memo) for c in kids))
+    return memo[node]
 
 
 def compile_queries(program: Program, queries: list[Term], network_domains: dict, neural: bool = True) -> CompiledQueries:
@@ -138,8 +194,7 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
     engine = DefaultEngine()
     db = engine.prepare(program.translated)
     formula = LogicFormula(keep_all=True)
-    contexts = list(dict.fromkeys(q.args[1] for q in queries))
-    for term in _disjunction_heads(program, engine, db, contexts, neural):
+    for term in _disjunction_heads(program, engine, db, queries, neural):
         # labelled, so that the DAG (built by traversal from the names) keeps this order
         formula = engine.ground(db, term, target=formula, label=LogicFormula.LABEL_QUERY)
     for q in queries:
@@ -147,7 +202,6 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
     dag = LogicDAG.create_from(formula, keep_named=True)
     sdd = SDD.create_from(dag)
     mgr = sdd.get_manager()
-    constraint = sdd.get_constraint_inode()
 
     # Symbolic literal weights, exactly as ProbLog assigns them.
     weights = sdd.extract_weights(_LinearSemiring())
@@ -167,32 +221,54 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
             col[("nn", net, src, j)] = 1 + len(col)
     for i in rule_params:
         col[("t", i)] = 1 + len(col)
-    mpos = torch.zeros(1 + len(col), n_vars, dtype=torch.float64)
-    mneg = torch.zeros_like(mpos)
+    # leaves [1, nn outputs, rule probabilities] -> KLay's input [0, 1, pos_1, neg_1, ...]
+    matrix = torch.zeros(1 + len(col), 2 + 2 * n_vars, dtype=torch.float64)
+    matrix[0, 1] = 1.0
     for var in range(1, n_vars + 1):
         pair = forms.get(var, ({_ONE: 1.0}, {_ONE: 1.0}))  # unweighted: 1 both ways
-        for m, form in zip((mpos, mneg), pair):
+        for sign, form in enumerate(pair):
             for k, c in form.items():
-                m[0 if k == _ONE else col[leaves[k]], var - 1] += c
+                matrix[0 if k == _ONE else col[leaves[k]], 2 * var + sign] += c
+
+    # P(q) = WMC(q & C) / WMC(C), with C the conjunction of the annotated
+    # disjunctions' constraints (ProbLog's semantics). The constraints have
+    # disjoint atoms, so those of disjunctions q does not touch factor out of
+    # both counts and cancel: P(q) = WMC(q & C_q) / WMC(C_q) with C_q the
+    # constraints of the disjunctions sharing an atom with q. Exact, and each
+    # root's circuit then holds its own context's disjunctions only.
+    constraints = _constraint_nodes(sdd, mgr)
+    touched: dict[frozenset, object] = {}
+    support_memo: dict = {}
     circuit = klay.Circuit()
     roots = {}
+
+    def add_root(node) -> int:
+        circuit.add_sdd(node)
+        return circuit.nb_root_nodes() - 1
+
+    def normaliser(support: frozenset) -> int:
+        key = frozenset(i for i, (atoms, _) in enumerate(constraints) if atoms & support)
+        if key not in touched:
+            node = mgr.true()
+            for i in sorted(key):
+                node = mgr.conjoin(node, constraints[i][1])
+            touched[key] = (node, add_root(node))
+        return touched[key]
+
     wanted = {q for q in queries if q.is_ground()}
     open_queries = [q for q in queries if not q.is_ground()]
     for term, node in sdd.queries():
         if term not in wanted and not any(_matches(q, term) for q in open_queries):
             continue  # an ordering helper, not a query
         if node is None:  # no proof: probability 0
-            sdd_node = mgr.false()
-        else:
-            sdd_node = mgr.conjoin(sdd.get_inode(node), constraint)
-        circuit.add_sdd(sdd_node)
-        roots[term] = len(roots)
-    circuit.add_sdd(mgr.false())
-    roots[FALSE] = len(roots)  # a root that is always 0 (sources absent in a context)
-    circuit.add_sdd(constraint)
+            roots[term] = (add_root(mgr.false()), normaliser(frozenset())[1])
+            continue
+        c_node, c_col = normaliser(_support(sdd, node, support_memo))
+        roots[term] = (add_root(mgr.conjoin(sdd.get_inode(node), c_node)), c_col)
+    roots[FALSE] = (add_root(mgr.false()), normaliser(frozenset())[1])  # always 0 (sources absent in a context)
     module = circuit.to_torch_module(semiring="real", compile=False)
-
-    return CompiledQueries(roots, module, mpos, mneg, nn_blocks, rule_params)
+    return CompiledQueries(roots, module, matrix, nn_blocks, rule_params, n_nn=1 + sum(
+        len(network_domains[net]) for net, _ in nn_blocks))
 
 
 def _matches(pattern: Term, term: Term) -> bool:
@@ -204,10 +280,11 @@ def _matches(pattern: Term, term: Term) -> bool:
     return all(_matches(p, t) for p, t in zip(pattern.args, term.args))
 
 
-def _disjunction_heads(program: Program, engine, db, contexts: list[Term], neural: bool) -> list[Term]:
-    """Open head patterns of every annotated disjunction the context can use, in
-    program order: ``trust(n1_large, S)``, ``circumplex(negative, low, E)``,
-    ``scene_emotion(tensor(scene(img)), E)``, ...
+def _disjunction_heads(program: Program, engine, db, queries: list[Term], neural: bool) -> list[Term]:
+    """Open head patterns of every annotated disjunction the queries can use:
+    the rule groups in program order (``trust(n1_large, S)``,
+    ``circumplex(negative, low, E)``, ...), then the neural predicates the
+    queries' proofs call (``scene_emotion(tensor(scene(img)), E)``, ...).
 
     Grounding these first (unlabelled) numbers the atoms, hence the SDD
     variables, one disjunction at a time. Grounding query by query would
@@ -219,9 +296,8 @@ def _disjunction_heads(program: Program, engine, db, contexts: list[Term], neura
     if not neural:
         return heads
     scratch = LogicFormula(keep_all=True)
-    for ctx in contexts:
-        scratch = engine.ground(db, Term("via", PLACEHOLDER, ctx, Var("S"), Var("E")), target=scratch,
-                                label=LogicFormula.LABEL_QUERY)
+    for q in queries:
+        scratch = engine.ground(db, q, target=scratch, label=LogicFormula.LABEL_QUERY)
     seen = set()
     for _, atom, kind in scratch:
         if kind != "atom":
@@ -239,26 +315,34 @@ def _disjunction_heads(program: Program, engine, db, contexts: list[Term], neura
 
 @dataclass
 class CompiledProgram:
-    """Every context of a program in one circuit, with index tables per context.
+    """Every context of a program in one circuit, with the query terms per context.
 
-    ``main`` answers emotion/3 and valid/2 for every context (all that training
-    needs), ``explain`` answers via/4 (the source posterior), ``selection``
-    answers selected/3 and valid/2 (no networks involved).
-    Index tables give, per context, the output column of each query; a source
-    that does not exist in a context points at the always-false root.
+    ``queries`` answers emotion/3, valid/2 and via/4 for every context;
+    ``selection`` answers selected/3 and valid/2 (no networks involved). A
+    batch evaluates, per sample, only its own context's roots (cones, see
+    ``engines/cone.py``): ``main`` (emotions + valid), ``label`` (one emotion +
+    valid, key ``context * E + label``) and ``explain`` (via/4 per source).
+    A source that does not exist in a context names the always-false root.
     """
 
     contexts: tuple[str, ...]
     sources: tuple[str, ...]  # every source of any context, in program order
-    main: CompiledQueries
-    explain: CompiledQueries
+    queries: CompiledQueries
     selection: CompiledQueries
-    emotion_cols: torch.Tensor  # [C, E]
-    via_cols: torch.Tensor  # [C, S, E] (in ``explain``)
-    valid_cols: torch.Tensor  # [C]
-    selected_cols: torch.Tensor  # [C, S] (in ``selection``)
-    selection_valid_cols: torch.Tensor  # [C]
+    emotion_terms: list  # [C][E]
+    valid_terms: list  # [C]
+    via_terms: list  # [C][S][E]
+    selected_terms: list  # [C][S]
     needs: torch.Tensor  # [C, n_blocks] bool: the context reads this (network, source) block
+
+    def main_cone(self) -> ConeCircuit:
+        return self.queries.cone("main", [e + [v] for e, v in zip(self.emotion_terms, self.valid_terms)])
+
+    def label_cone(self) -> ConeCircuit:
+        return self.queries.cone("label", [[t, v] for e, v in zip(self.emotion_terms, self.valid_terms) for t in e])
+
+    def explain_cone(self) -> ConeCircuit:
+        return self.queries.cone("explain", [[t for row in via for t in row] for via in self.via_terms])
 
 
 def compile_program(program: Program, contexts, emotions: tuple[str, ...], network_domains: dict) -> CompiledProgram:
@@ -269,13 +353,12 @@ def compile_program(program: Program, contexts, emotions: tuple[str, ...], netwo
         program, [q for c in ctxs for q in (Term("selected", img, c, Var("S")), Term("valid", img, c))],
         network_domains, neural=False,
     )
-    main_queries, via_queries = [], []
+    terms = []
     for c in ctxs:
-        main_queries += [Term("emotion", img, c, Term(e)) for e in emotions]
-        main_queries.append(Term("valid", img, c))
-        via_queries += [Term("via", img, c, Term(s), Term(e)) for s in program.sources_in(str(c)) for e in emotions]
-    main = compile_queries(program, main_queries, network_domains)
-    explain = compile_queries(program, via_queries, network_domains)
+        terms += [Term("emotion", img, c, Term(e)) for e in emotions]
+        terms.append(Term("valid", img, c))
+        terms += [Term("via", img, c, Term(s), Term(e)) for s in program.sources_in(str(c)) for e in emotions]
+    queries = compile_queries(program, terms, network_domains)
     outside = sorted(_derived_emotions(program, contexts) - set(emotions))
     if outside:
         raise ProgramError(
@@ -283,23 +366,21 @@ def compile_program(program: Program, contexts, emotions: tuple[str, ...], netwo
             f"the vocabulary is: {', '.join(emotions)}"
         )
 
-    def col(cq: CompiledQueries, term: Term) -> int:
-        return cq.roots.get(term, cq.roots[FALSE])
+    def known(cq: CompiledQueries, term: Term) -> Term:
+        return term if term in cq.roots else FALSE
 
-    emotion_cols = [[col(main, Term("emotion", img, c, Term(e))) for e in emotions] for c in ctxs]
-    via_cols = [[[col(explain, Term("via", img, c, Term(s), Term(e))) for e in emotions] for s in sources] for c in ctxs]
-    valid_cols = [col(main, Term("valid", img, c)) for c in ctxs]
-    selected_cols = [[col(selection, Term("selected", img, c, Term(s))) for s in sources] for c in ctxs]
-    selection_valid = [col(selection, Term("valid", img, c)) for c in ctxs]
-    needs = torch.zeros(len(ctxs), len(main.nn_blocks), dtype=torch.bool)
+    needs = torch.zeros(len(ctxs), len(queries.nn_blocks), dtype=torch.bool)
     for i, c in enumerate(contexts):
-        for j, block in enumerate(main.nn_blocks):
+        for j, block in enumerate(queries.nn_blocks):
             needs[i, j] = block in _blocks_read(program, c)
-    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return CompiledProgram(
-        contexts=tuple(contexts), sources=sources, main=main, explain=explain, selection=selection,
-        emotion_cols=as_long(emotion_cols), via_cols=as_long(via_cols), valid_cols=as_long(valid_cols),
-        selected_cols=as_long(selected_cols), selection_valid_cols=as_long(selection_valid), needs=needs,
+        contexts=tuple(contexts), sources=sources, queries=queries, selection=selection,
+        emotion_terms=[[known(queries, Term("emotion", img, c, Term(e))) for e in emotions] for c in ctxs],
+        valid_terms=[known(queries, Term("valid", img, c)) for c in ctxs],
+        via_terms=[[[known(queries, Term("via", img, c, Term(s), Term(e))) for e in emotions] for s in sources]
+                   for c in ctxs],
+        selected_terms=[[known(selection, Term("selected", img, c, Term(s))) for s in sources] for c in ctxs],
+        needs=needs,
     )
 
 

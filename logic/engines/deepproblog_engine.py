@@ -93,35 +93,37 @@ class DeepProbLogEngine:
         queries = [Query(t, substitution={PLACEHOLDER: Term(sid)}) for t, sid in terms_and_ids]
         return [r.result for r in self.model.solve(queries)]
 
-    def query(self, batch, contexts: list[str], sources: list[str], explain: bool):
-        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None.
+    def ground_values(self, batch, terms_per_sample: list[list[Term]]) -> torch.Tensor:
+        """Probabilities of ground queries about each sample: ``[B, n]`` for ``n``
+        terms per sample (written with the placeholder ``img``).
 
-        Every query is ground (``emotion(img, ctx, happy)``): DeepProbLog's exact
-        engine evaluates a ground query's circuit in milliseconds but a query with
-        an output variable in hundreds of milliseconds.
+        Queries are always ground (``emotion(img, ctx, happy)``): DeepProbLog's
+        exact engine evaluates a ground query's circuit in milliseconds but a
+        query with an output variable in hundreds of milliseconds.
         """
         self._bind(batch)
-        emotions, ids = self.emotions, batch.sample_ids
+        width = len(terms_per_sample[0])
+        values = self._values([(t, sid) for terms, sid in zip(terms_per_sample, batch.sample_ids) for t in terms])
+        return torch.stack(values).view(len(batch), width)
+
+    def query(self, batch, contexts: list[str], sources: list[str], explain: bool):
+        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
+        emotions = self.emotions
         per_sample = [[Term("valid", PLACEHOLDER, Term(c))] + [Term("emotion", PLACEHOLDER, Term(c), Term(e)) for e in emotions]
                       + ([Term("via", PLACEHOLDER, Term(c), Term(s), Term(e)) for s in sources for e in emotions] if explain else [])
                       for c in contexts]
-        values = self._values([(t, sid) for terms, sid in zip(per_sample, ids) for t in terms])
-        width = len(per_sample[0])
-        rows = [torch.stack(values[i * width:(i + 1) * width]) for i in range(len(ids))]
-        table = torch.stack(rows)  # [B, 1 + E (+ S*E)]
+        table = self.ground_values(batch, per_sample)  # [B, 1 + E (+ S*E)]
         valid, emotion = table[:, 0], table[:, 1:1 + len(emotions)]
-        via = table[:, 1 + len(emotions):].reshape(len(ids), len(sources), len(emotions)) if explain else None
+        via = table[:, 1 + len(emotions):].reshape(len(batch), len(sources), len(emotions)) if explain else None
         return emotion, valid, via
 
     def label_query(self, batch, contexts: list[str]):
         """P(emotion(img, ctx, label)) and P(valid(img, ctx)) per sample: [B], [B]."""
-        self._bind(batch)
-        terms = []
-        for c, sid, y in zip(contexts, batch.sample_ids, batch.labels.tolist()):
-            terms.append((Term("emotion", PLACEHOLDER, Term(c), Term(self.emotions[y])), sid))
-            terms.append((Term("valid", PLACEHOLDER, Term(c)), sid))
-        values = torch.stack(self._values(terms))
-        return values[0::2], values[1::2]
+        table = self.ground_values(batch, [
+            [Term("emotion", PLACEHOLDER, Term(c), Term(self.emotions[y])), Term("valid", PLACEHOLDER, Term(c))]
+            for c, y in zip(contexts, batch.labels.tolist())
+        ])
+        return table[:, 0], table[:, 1]
 
     def _values(self, terms_and_ids) -> list[torch.Tensor]:
         """The probability of each ground query (0 for a query with no proof)."""

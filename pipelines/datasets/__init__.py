@@ -4,6 +4,7 @@
     ds = get_dataset("synthetic", root="data/synth", n_images=2400)
     ds = get_dataset("findingemo", images="~/FindingEmo")
     ds = get_dataset("csv", path="my_set/labels.csv", mapping="emoset_to_basic")
+    ds = get_dataset("meld", root="~/MELD.Raw")          # video clips (modality "clip")
     print(ds.describe())
 """
 from pipelines.datasets.base import (
@@ -20,6 +21,7 @@ from pipelines.datasets.afewva import load_afewva  # noqa: F401  (registers "afe
 from pipelines.datasets.csv_dataset import csv_dataset
 from pipelines.datasets.findingemo import download_command as findingemo_download_command
 from pipelines.datasets.findingemo import findingemo_dataset
+from pipelines.datasets.meld import MeldDataset, meld_dataset
 from pipelines.datasets.synthetic import (
     DEFAULT_SOURCE_TABLE,
     SyntheticConfig,
@@ -44,5 +46,7 @@ __all__ = [
     "list_datasets",
     "load_mapping",
     "load_synthetic_dir",
+    "meld_dataset",
+    "MeldDataset",
     "register_dataset",
 ]

@@ -31,10 +31,12 @@ class DatasetError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a data set.
+    """One image (or, in a clip data set, one video clip) of a data set.
 
     ``label`` is an index into :data:`EMOTIONS` (``None``: unlabelled);
     ``annotations`` holds everything else the data set knows, JSON-serialisable.
+    ``image_path`` is the sample's source file; :attr:`path` names it without
+    implying an image (clip data sets such as ``meld`` store the clip there).
     """
 
     sample_id: str
@@ -47,11 +49,19 @@ class Sample:
     def label_name(self) -> str | None:
         return None if self.label is None else EMOTIONS[self.label]
 
+    @property
+    def path(self) -> Path:
+        """The source file: an image, or the video clip of a clip data set."""
+        return self.image_path
+
 
 class Dataset:
     """An ordered collection of samples with unique ids, plus what was skipped."""
 
     label_names: tuple[str, ...] = EMOTIONS
+    #: What a sample's file is, and so which pipeline and cache kind it takes:
+    #: "image" (``pipelines.pipeline``) or "clip" (``pipelines.clips``).
+    modality: str = "image"
 
     def __init__(
         self,

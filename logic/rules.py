@@ -1,0 +1,116 @@
+"""Learnable rule parameters, shared by every kind of program.
+
+:class:`RuleLogits` is how the ``compiled`` engine holds a program's ``t(_)``
+parameters: unconstrained logits, a softmax per annotated disjunction (a sigmoid
+for a single probabilistic fact), so any torch optimizer can train them.
+:class:`RulesMixin` gives a model over either engine the same parameter API:
+named tables, resets, an optimizer, save/load.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from logic.program import Program
+from neural.errors import UserError
+
+
+class RuleLogits(nn.Module):
+    """A program's rule parameters as logits; ``probs()`` -> [n_params] probabilities."""
+
+    def __init__(self, program: Program):
+        super().__init__()
+        self.program = program
+        self.logits = nn.Parameter(torch.zeros(program.n_params, dtype=torch.float64))
+        # parameter index -> (group, position) for the per-group softmax
+        groups = [g.params for g in program.groups if len(g.params) > 1]
+        width = max((len(g) for g in groups), default=1)
+        self.register_buffer("_group_idx", torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in groups] or [[0]]),
+                             persistent=False)
+        self.register_buffer("_group_mask", torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in groups]
+                                                         or [[False]]), persistent=False)
+        self.register_buffer("_facts", torch.tensor([g.params[0] for g in program.groups if len(g.params) == 1],
+                                                    dtype=torch.long), persistent=False)
+        self.set(program.initial_probabilities())
+
+    def probs(self) -> torch.Tensor:
+        """[n_params] probabilities: softmax of the logits within each group
+        (a single-choice group is a probabilistic fact: sigmoid)."""
+        x = self.logits[self._group_idx].masked_fill(~self._group_mask, float("-inf"))  # [G, W]
+        p = torch.softmax(x, dim=1)
+        probs = torch.zeros_like(self.logits).index_put((self._group_idx[self._group_mask],), p[self._group_mask])
+        if len(self._facts):
+            probs = probs.index_put((self._facts,), torch.sigmoid(self.logits[self._facts]))
+        return probs
+
+    def set(self, probs) -> None:
+        p = torch.as_tensor(probs, dtype=torch.float64).clamp(1e-12, 1.0)
+        with torch.no_grad():
+            for g in self.program.groups:
+                idx = list(g.params)
+                self.logits[idx] = torch.logit(p[idx]) if len(idx) == 1 else p[idx].log()
+
+
+class RulesMixin:
+    """The rule-parameter API of a model with ``program``, ``engine`` (which has
+    ``rule_probs()``/``set_rule_probs()``; the compiled one also ``rules``, a
+    :class:`RuleLogits`) and ``engine_name``."""
+
+    program: Program
+    engine_name: str
+
+    def rule_probabilities(self) -> list[float]:
+        return self.engine.rule_probs()
+
+    def set_rule_probabilities(self, probs) -> None:
+        self.engine.set_rule_probs(list(probs))
+
+    def reset_rules(self, kind: str = "program") -> None:
+        """``program``: the file's initial values; ``uniform``: uniform per group."""
+        if kind == "program":
+            self.set_rule_probabilities(self.program.initial_probabilities())
+        elif kind == "uniform":
+            probs = [0.0] * self.program.n_params
+            for g in self.program.groups:
+                for i in g.params:
+                    probs[i] = 1.0 / len(g.params) if len(g.params) > 1 else 0.5
+            self.set_rule_probabilities(probs)
+        else:
+            raise ValueError(f"unknown rule initialisation {kind!r}")
+
+    def rule_table(self) -> dict[str, dict[str, float]]:
+        probs = self.rule_probabilities()
+        return {g.key: {o: probs[i] for o, i in zip(g.options, g.params)} for g in self.program.groups}
+
+    def rule_optimizer(self, lr: float, kind: str = "adam"):
+        """An optimizer over the rule parameters with ``zero_grad()``/``step()``."""
+        if self.engine_name == "deepproblog":
+            self.engine.set_lr(lr)
+            return self.engine  # DeepProbLog's own SGD(param_lr)
+        optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+        if kind not in optimizers:
+            raise ValueError(f"unknown optimizer {kind!r}; known: {', '.join(optimizers)}")
+        return optimizers[kind]([self.engine.rules.logits], lr=lr)
+
+    def rules_state(self) -> dict:
+        return {
+            "program": self.program.name,
+            "program_path": str(self.program.path),
+            "engine": self.engine_name,
+            "probabilities": self.rule_probabilities(),
+            "groups": self.rule_table(),
+        }
+
+    def save_rules(self, path: str | Path) -> None:
+        from neural.files import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), json.dumps(self.rules_state(), indent=2).encode())
+
+    def load_rules(self, path: str | Path) -> None:
+        state = json.loads(Path(path).read_text())
+        if state.get("program") != self.program.name:
+            raise UserError(f"{path}: rules of program {state.get('program')!r}, not {self.program.name!r}")
+        self.set_rule_probabilities(state["probabilities"])
