@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from neural.vocabulary import FACE_SLOTS
-from pipelines.context import DEFAULT_LARGE_FACE, batch_context_keys
+from pipelines.context import DEFAULT_LARGE_FACE, batch_context_codes, batch_context_keys
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Batch:
 
     def contexts(self, threshold: float = DEFAULT_LARGE_FACE) -> list[str]:
         return batch_context_keys(self.face_boxes, self.face_mask, self.image_size, threshold)
+
+    def context_codes(self, threshold: float = DEFAULT_LARGE_FACE) -> torch.Tensor:
+        """[B] long: index of each image's context in ``pipelines.context.CONTEXTS``."""
+        return batch_context_codes(self.face_boxes, self.face_mask, self.image_size, threshold)
 
     def present(self, source: str) -> torch.Tensor:
         """[B] bool: whether ``source`` exists for each sample (the scene always does)."""

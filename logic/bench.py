@@ -28,6 +28,24 @@ def _timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _klay_module_step(model, batch):
+    """The training loss evaluated by KLay's ``CircuitModule`` on the whole circuit
+    (every root for every sample), for comparison with the cone evaluator."""
+    engine = model.engine
+    cp = engine.compiled
+    keyed = cp.label_cone()
+    roots = torch.tensor(keyed.circuit.roots)
+
+    def run():
+        ctx = engine._context_index(batch.contexts(model.face_size_threshold))
+        x0 = engine._encode(batch, ctx, None)
+        out = cp.queries.circuit(x0[:, 2::2], x0[:, 3::2])  # [B, all roots]
+        keys = ctx * len(engine.emotions) + batch.labels
+        p = out.gather(1, roots[keyed.num[keys]]) / out.gather(1, roots[keyed.den[keys]])  # [B, 2]
+        (-(p[:, 0] / p[:, 1]).log().mean()).backward()
+    return run
+
+
 def bench_engines(program: str = "context_selection", batch_size: int = 512, dpl_samples: int = 64,
                   repeats: int = 20, seed: int = 0) -> dict:
     prog = load_program(program, check_bindings=False)
@@ -56,6 +74,7 @@ def bench_engines(program: str = "context_selection", batch_size: int = 512, dpl
 
         t_compiled = _timed(step(models["compiled"], big), repeats)
         t_compiled32 = _timed(step(models["compiled"], big32), repeats)
+        t_module32 = _timed(_klay_module_step(models["compiled"], big32), repeats)
         t_dpl = _timed(step(models["deepproblog"], small), 1)
         with torch.no_grad():
             p_compiled = models["compiled"](small).probs
@@ -71,6 +90,8 @@ def bench_engines(program: str = "context_selection", batch_size: int = 512, dpl
         "cpu_threads": torch.get_num_threads(),
         "compiled_queries_per_s_float32": round(qps_compiled32, 1),
         "compiled_queries_per_s_float64": round(qps_compiled, 1),
+        # the same training query through KLay's own module (every root of every context)
+        "klay_module_queries_per_s_float32": round(batch_size / t_module32, 1),
         "deepproblog_queries_per_s": round(qps_dpl, 2),
         "deepproblog_samples_timed": dpl_samples,
         "speedup_float32": round(qps_compiled32 / qps_dpl, 1),

@@ -127,7 +127,7 @@ class CompiledClipEngine(nn.Module):
         """``rule_probs`` ([n_params]) replaces the learned probabilities (tests take gradients there)."""
         e, s, r = self.shape
         cone = self.cq.cone("all", [self.terms])
-        out = self.cq.evaluate_keys(self._encode(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long), cone)
+        out = cone(self._encode(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long))
         joint, rest = out[:, :e * s].view(-1, e, s), out[:, e * s:]  # [B, E, S], [B, E + S + R * S]
         emotion, sentiment, via = rest[:, :e], rest[:, e:e + s], rest[:, e + s:].view(-1, r, s)
         return joint, emotion, sentiment, (via if explain else None)
@@ -136,7 +136,7 @@ class CompiledClipEngine(nn.Module):
         """P(label(clip, emotion, sentiment)) at each clip's two labels: [B]."""
         cone = self.cq.cone("label", [[t] for row in self.labels for t in row])
         keys = batch.labels * self.shape[1] + batch.sentiments
-        return self.cq.evaluate_keys(self._encode(batch, None), keys, cone)[:, 0]
+        return cone(self._encode(batch, None), keys)[:, 0]
 
 
 class DeepProbLogClipEngine(DeepProbLogEngine):

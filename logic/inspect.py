@@ -50,3 +50,33 @@ def render_sources(source_probs: dict[str, dict[str, float]], truth: dict | None
         rows.append(cells)
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+
+
+def render_polarity(table: dict[str, dict[str, float]], references: dict[str, dict] | None = None,
+                    digits: int = 3) -> list[str]:
+    """A learned polarity table P(sentiment | emotion) as an emotion x sentiment table;
+    each of ``references`` (``{title: table}``, e.g. the generator's) adds one column of
+    ``negative / neutral / positive`` for comparison."""
+    references = {k: v for k, v in (references or {}).items() if v}
+    sentiments = list(dict.fromkeys(s for row in table.values() for s in row))
+    header = ["emotion"] + sentiments + list(references)
+    rows = []
+    for emotion, row in table.items():
+        cells = [emotion] + [f"{row[s]:.{digits}f}" if s in row else "-" for s in sentiments]
+        for ref in references.values():
+            r = ref.get(emotion)
+            cells.append(" / ".join(f"{r[s]:.2f}" for s in sentiments if s in r) if r else "-")
+        rows.append(cells)
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+    def line(r):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    return [line(r).rstrip() for r in [header] + rows]
+
+
+def render_row(probs: dict[str, float], digits: int = 3) -> list[str]:
+    """One distribution (e.g. the sentiment sources) as a two-line table: names, then probabilities."""
+    widths = [max(len(k), digits + 2) for k in probs]
+    return ["  ".join(k.rjust(w) for k, w in zip(probs, widths)),
+            "  ".join(f"{v:.{digits}f}".rjust(w) for v, w in zip(probs.values(), widths))]

@@ -67,6 +67,8 @@ class CompiledEngine(nn.Module):
         self.domains = {n.network: n.domain for n in program.neural}
         self.compiled = _compiled_program(program, tuple(contexts), self.emotions, self.domains)
         self.context_index = {c: i for i, c in enumerate(self.compiled.contexts)}
+        # CONTEXTS index -> engine index (-1: a context this engine was not compiled for)
+        self._from_codes = torch.tensor([self.context_index.get(c, -1) for c in CONTEXTS], dtype=torch.long)
         self.rules = RuleLogits(program)
 
     # -- parameters ---------------------------------------------------------
@@ -117,6 +119,10 @@ class CompiledEngine(nn.Module):
         return out
 
     def _context_index(self, contexts) -> torch.Tensor:
+        """Contexts (names, or a [B] tensor of indices into ``pipelines.context.CONTEXTS``)
+        -> [B] indices into this engine's contexts."""
+        if torch.is_tensor(contexts):
+            return self._from_codes[contexts]
         try:
             return torch.tensor([self.context_index[c] for c in contexts], dtype=torch.long)
         except KeyError as exc:
@@ -133,12 +139,12 @@ class CompiledEngine(nn.Module):
         cp = self.compiled
         ctx = self._context_index(contexts)
         x0 = self._encode(batch, ctx, rule_probs)
-        r = cp.queries.evaluate_keys(x0, ctx, cp.main_cone())  # [B, E + 1]
+        r = cp.main_cone()(x0, ctx)  # [B, E + 1]
         emotion, valid = r[:, :-1], r[:, -1]
         via = None
         if explain:
             order = torch.tensor([cp.sources.index(s) for s in sources])
-            rv = cp.queries.evaluate_keys(x0, ctx, cp.explain_cone())  # [B, S_all * E]
+            rv = cp.explain_cone()(x0, ctx)  # [B, S_all * E]
             via = rv.view(len(batch), len(cp.sources), -1)[:, order]
         return emotion, valid, via
 
@@ -147,7 +153,7 @@ class CompiledEngine(nn.Module):
         cp = self.compiled
         ctx = self._context_index(contexts)
         x0 = self._encode(batch, ctx, rule_probs)
-        r = cp.queries.evaluate_keys(x0, ctx * len(self.emotions) + batch.labels, cp.label_cone())  # [B, 2]
+        r = cp.label_cone()(x0, ctx * len(self.emotions) + batch.labels)  # [B, 2]
         return r[:, 0], r[:, 1]
 
     def selection(self, context: str, sources) -> dict[str, float]:
@@ -211,7 +217,11 @@ class LogicModel(RulesMixin, nn.Module):
 
     def label_log_probs(self, batch, eps: float = 1e-12) -> torch.Tensor:
         """log P(label | image) per sample, [B] (the training query)."""
-        p_label, valid = self.engine.label_query(batch, batch.contexts(self.face_size_threshold))
+        if self.engine_name == "compiled" and set(self.contexts) == set(CONTEXTS):
+            contexts = batch.context_codes(self.face_size_threshold)  # no strings on the training path
+        else:
+            contexts = batch.contexts(self.face_size_threshold)
+        p_label, valid = self.engine.label_query(batch, contexts)
         return (p_label / valid).clamp_min(eps).log()
 
     def emotion_probability(self, batch, emotion: str) -> torch.Tensor:

@@ -41,13 +41,13 @@ def context_key(n_faces: int, largest_size: float | None, threshold: float = DEF
     return f"n{n_faces}_{bucket}"
 
 
-def batch_context_keys(
+def batch_context_codes(
     face_boxes: torch.Tensor,
     face_mask: torch.Tensor,
     image_size: torch.Tensor,
     threshold: float = DEFAULT_LARGE_FACE,
-) -> list[str]:
-    """Context keys of a batch (vectorised :func:`context_key`).
+) -> torch.Tensor:
+    """Context of each image of a batch as an index into :data:`CONTEXTS`: [B] long.
 
     face_boxes: [B, 3, 4] (x1, y1, x2, y2) pixels, NaN where absent
     face_mask:  [B, 3] bool, slot exists
@@ -57,10 +57,18 @@ def batch_context_keys(
     wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0)  # [B, 3, 2]
     area = (wh[..., 0] * wh[..., 1]) / (image_size[:, 0] * image_size[:, 1]).double()[:, None]
     size = torch.where(face_mask, area.sqrt(), torch.full_like(area, -1.0))  # [B, 3]
-    largest = size.max(dim=1).values
+    large = (size.max(dim=1).values >= threshold).long()
     n = face_mask.sum(dim=1)
-    large = largest >= threshold
-    return [
-        "n0" if k == 0 else f"n{k}_{'large' if big else 'small'}"
-        for k, big in zip(n.tolist(), large.tolist())
-    ]
+    # CONTEXTS = n0, n1_small, n1_large, n2_small, ...
+    return torch.where(n == 0, 0, 1 + 2 * (n - 1) + large)
+
+
+def batch_context_keys(
+    face_boxes: torch.Tensor,
+    face_mask: torch.Tensor,
+    image_size: torch.Tensor,
+    threshold: float = DEFAULT_LARGE_FACE,
+) -> list[str]:
+    """Context keys of a batch (vectorised :func:`context_key`); arguments as
+    :func:`batch_context_codes`."""
+    return [CONTEXTS[i] for i in batch_context_codes(face_boxes, face_mask, image_size, threshold).tolist()]

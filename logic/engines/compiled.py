@@ -141,23 +141,31 @@ class CompiledQueries:
         num, den = zip(*(self.roots[t] for t in terms))
         return out[:, list(num)] / out[:, list(den)]
 
-    def cone(self, name: str, key_terms: list[list[Term]]) -> ConeCircuit:
-        """A :class:`ConeCircuit` answering ``key_terms[k]`` for samples with key ``k`` (built once per name)."""
+    def cone(self, name: str, key_terms: list[list[Term]]) -> "KeyedCone":
+        """Answers ``key_terms[k]`` for samples with key ``k``, evaluating only
+        the cone of those roots (built once per name)."""
         if name not in self._cones:
-            lists = []
-            for terms in key_terms:
-                num, den = zip(*(self.roots[t] for t in terms))
-                lists.append(list(num) + list(den))
-            self._cones[name] = ConeCircuit(self.circuit, lists)
+            pairs = [[self.roots[t] for t in terms] for terms in key_terms]
+            needed = list(dict.fromkeys(c for row in pairs for pair in row for c in pair))
+            pos = {c: i for i, c in enumerate(needed)}
+            num = torch.tensor([[pos[n] for n, _ in row] for row in pairs], dtype=torch.long)  # [K, R]
+            den = torch.tensor([[pos[d] for _, d in row] for row in pairs], dtype=torch.long)
+            self._cones[name] = KeyedCone(ConeCircuit(self.circuit, needed, self.weight_matrix.shape[1]), num, den)
         return self._cones[name]
 
-    @staticmethod
-    def evaluate_keys(x0: torch.Tensor, keys: torch.Tensor, cone: ConeCircuit) -> torch.Tensor:
-        """``[b, R]``: P of the R terms each sample's key asks for (see :meth:`cone`);
-        ``x0`` from :meth:`encode`."""
-        out = cone(x0, keys)  # [b, 2R]: numerators, then normalisers
-        r = out.shape[1] // 2
-        return out[:, :r] / out[:, r:]
+
+class KeyedCone(torch.nn.Module):
+    """``(x0 [B, D], keys [B]) -> [B, R]``: P of the R terms each sample's key asks for."""
+
+    def __init__(self, circuit: ConeCircuit, num: torch.Tensor, den: torch.Tensor):
+        super().__init__()
+        self.circuit = circuit
+        self.register_buffer("num", num, persistent=False)  # [K, R] numerator columns of each key's terms
+        self.register_buffer("den", den, persistent=False)  # [K, R] their normalisers' columns
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        out = self.circuit(x0)  # [B, n_needed]
+        return out.gather(1, self.num[keys]) / out.gather(1, self.den[keys])
 
 
 def _constraint_nodes(sdd, mgr) -> list[tuple[set, object]]:
@@ -335,13 +343,13 @@ class CompiledProgram:
     selected_terms: list  # [C][S]
     needs: torch.Tensor  # [C, n_blocks] bool: the context reads this (network, source) block
 
-    def main_cone(self) -> ConeCircuit:
+    def main_cone(self) -> KeyedCone:
         return self.queries.cone("main", [e + [v] for e, v in zip(self.emotion_terms, self.valid_terms)])
 
-    def label_cone(self) -> ConeCircuit:
+    def label_cone(self) -> KeyedCone:
         return self.queries.cone("label", [[t, v] for e, v in zip(self.emotion_terms, self.valid_terms) for t in e])
 
-    def explain_cone(self) -> ConeCircuit:
+    def explain_cone(self) -> KeyedCone:
         return self.queries.cone("explain", [[t for row in via for t in row] for via in self.via_terms])
 
 

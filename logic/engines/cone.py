@@ -1,25 +1,25 @@
-"""Evaluate a KLay circuit on a batch, each sample only on the roots it asks for.
+"""Evaluate the cone of some roots of a KLay circuit, fast, forward and backward.
 
 KLay compiles all queries of a program into one layered circuit (its
 ``CircuitModule``: alternating product and sum layers, each an index of child
-positions ``ix_in`` and segment ``offsets``) and evaluates *every* root for
-*every* sample. A training batch mixes contexts, and each sample needs only its
-own context's roots (2 of 57 for the label query of context_selection): on CPU
-most of KLay's time then goes to roots nobody reads, in generic
-``segment_reduce`` kernels.
+positions ``ix_in`` and segment ``offsets``) and evaluates every root with
+generic ``segment_reduce`` kernels, whose backward is a scatter. For the small
+fan-ins of SDD circuits (products of two children, sums of a few) both are
+slow on CPU: most of the time goes to the kernels, not the arithmetic.
 
-:class:`ConeCircuit` reads KLay's layers and, for each *key* (a context, a
-(context, label) pair, ...), keeps the cone of the roots that key asks for,
-renumbered into a short per-layer local vector. A batch then evaluates every
-layer as one ``gather`` over a ``[B, width]`` tensor with per-sample child
-indices and a product or sum over a small fan-in. Same circuit, same numbers
-(tested against KLay's module); no library evaluates per-sample sub-circuits,
-hence this file.
+:class:`ConeCircuit` reads KLay's layers, keeps only the cone of the roots a
+query family needs (the training query needs emotion/3 and valid/2, not the
+explanation roots), and evaluates it node-major (``[nodes, batch]``, so each
+gather copies whole contiguous rows) with the children padded to the layer's
+fan-in. Its backward is written out with gathers over precomputed reverse
+tables (which edges read each node) instead of autograd's scatters. Same
+circuit, same numbers (tested against KLay's module); written by hand because
+no library evaluates an SDD circuit's backward pass this way.
 
 Local layout of every layer: position 0 holds the constant 0 and position 1 the
 constant 1 (KLay's input encoding starts with them too, and each layer
-recomputes them: prod(1, 1) = 1, sum(0, 0) = 0, ...), so padding children point
-at the operation's neutral element and padded nodes stay finite.
+recomputes them: 0 * 1 = 0, 1 * 1 = 1, 0 + 0 = 0, 1 + 0 = 1), so padding
+children point at the operation's neutral element.
 """
 from __future__ import annotations
 
@@ -35,70 +35,130 @@ def _layer_children(layer) -> list[list[int]]:
 
 
 class ConeCircuit(nn.Module):
-    """``forward(x0 [B, 2 + 2 * n_vars], keys [B]) -> [B, R]``: the roots ``root_lists[key]``.
+    """``forward(x0 [B, input_width]) -> [B, len(roots)]``: the values of ``roots``.
 
-    x0: KLay's input encoding, ``[0, 1, pos_1, neg_1, pos_2, neg_2, ...]`` per sample
-    root_lists: one list of root indices per key, all of length R (pad by repeating)
+    x0: KLay's input encoding ``[0, 1, pos_1, neg_1, pos_2, neg_2, ...]`` per
+        sample (``input_width = 2 + 2 * n_vars``)
+    roots: indices of KLay roots (the order in which SDDs were added)
     """
 
-    def __init__(self, klay_module: nn.Module, root_lists: list[list[int]]):
+    def __init__(self, klay_module: nn.Module, roots: list[int], input_width: int):
         super().__init__()
         layers = list(klay_module.layers)
-        is_prod = [type(layer).__name__ == "ProdLayer" for layer in layers]
-        if not all(is_prod[i] == (i % 2 == 0) for i in range(len(layers))):
+        self.is_prod = [type(layer).__name__ == "ProdLayer" for layer in layers]
+        if not all(self.is_prod[i] == (i % 2 == 0) for i in range(len(layers))):
             raise ValueError("expected KLay's alternating product/sum layers of the real semiring")
         children = [_layer_children(layer) for layer in layers]
-        widths = {len(r) for r in root_lists}
-        if len(widths) != 1:
-            raise ValueError("every key must ask for the same number of roots")
-        self.n_roots = widths.pop()
-        # Walk each key's cone from its roots down: local node lists per layer.
-        per_key = []  # [key][layer] -> child rows (local ids in the layer below), constants first
-        for roots in root_lists:
-            wanted = list(roots)  # global ids in this layer's output
-            tables = []
-            for li in range(len(layers) - 1, -1, -1):
-                kids = [children[li][n] for n in wanted]
-                if li == 0:  # the input encoding is read by global position (0 and 1 are its constants)
-                    local = {c: c for ks in kids for c in ks}
-                else:
-                    below = sorted({c for ks in kids for c in ks})
-                    local = {c: 2 + i for i, c in enumerate(below)}
-                # local 0 and 1 recompute the constants: 0*1 = 0, 1*1 = 1; 0+0 = 0, 1+0 = 1
-                constants = [[ZERO, ONE], [ONE, ONE]] if is_prod[li] else [[ZERO, ZERO], [ONE, ZERO]]
-                tables.append(constants + [[local[c] for c in ks] for ks in kids])
-                wanted = below if li > 0 else []
-            per_key.append(tables[::-1])
-        self.is_prod = is_prod
-        self.widths = []
-        index_tables = []
-        for li in range(len(layers)):
-            width = max(len(t[li]) for t in per_key)
-            fan = max(len(ks) for t in per_key for ks in t[li])
-            pad = ONE if is_prod[li] else ZERO
-            table = torch.full((len(per_key), width, fan), pad, dtype=torch.long)
-            for k, t in enumerate(per_key):
-                for n, ks in enumerate(t[li]):
-                    table[k, n, :len(ks)] = torch.tensor(ks)
-                    table[k, n, len(ks):] = pad
-            self.widths.append((width, fan))
-            index_tables.append(table.flatten(1))  # [K, width * fan]
-        # one lookup per batch for all layers: [K, sum(width * fan)]
-        self.register_buffer("table", torch.cat(index_tables, 1), persistent=False)
-        self.edges_per_key = [sum(len(ks) for rows in t for ks in rows) for t in per_key]
-
-    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        idx = self.table[keys]  # [B, sum(width * fan)]
-        x, start = x0, 0
-        for prod, (width, fan) in zip(self.is_prod, self.widths):
-            g = x.gather(1, idx[:, start:start + width * fan]).view(-1, width, fan)  # [B, width, fan]
-            start += width * fan
-            if fan == 1:
-                x = g[..., 0]
-            elif prod:  # explicit products: prod()'s backward is slow and special-cases zeros
-                x = g[..., 0]
-                for j in range(1, fan):
-                    x = x * g[..., j]
+        # From the roots down: per layer, the children of the kept nodes as local ids of the layer below.
+        rows_per_layer = []
+        wanted = list(roots)  # global ids in this layer's output
+        for li in range(len(layers) - 1, -1, -1):
+            kids = [children[li][n] for n in wanted]
+            if li == 0:  # the input encoding is read by global position (0 and 1 are its constants)
+                local = {c: c for ks in kids for c in ks}
             else:
-                x = g.sum(-1)
-        return x[:, 2:2 + self.n_roots]  # [B, R]
+                below = sorted({c for ks in kids for c in ks})
+                local = {c: 2 + i for i, c in enumerate(below)}
+            constants = [[ZERO, ONE], [ONE, ONE]] if self.is_prod[li] else [[ZERO, ZERO], [ONE, ZERO]]
+            rows_per_layer.append(constants + [[local[c] for c in ks] for ks in kids])
+            wanted = below if li > 0 else []
+        rows_per_layer.reverse()
+        self.n_roots = len(roots)
+        self.roots = list(roots)
+        self.shapes = []  # (width, fan, input width, ((fan-out, nodes) per bucket)) per layer
+        for li, rows in enumerate(rows_per_layer):
+            width, fan = len(rows), max(len(r) for r in rows)
+            pad = ONE if self.is_prod[li] else ZERO
+            fwd = torch.full((fan, width), pad, dtype=torch.long)  # child f of node n
+            for n, ks in enumerate(rows):
+                fwd[:len(ks), n] = torch.tensor(ks)
+            # For the backward: the edges (f * width + n) that read each input node.
+            # Nodes are bucketed by fan-out (1, 2, 3-4, 5-8, ...) so that padding
+            # stays small: per bucket one gather [P, nodes] and a sum over P, then
+            # one gather puts the buckets back in node order. Padding points at
+            # edge 0 (a constant's, whose gradient is always 0). Constants get no
+            # gradient: no leaf reaches the output through them.
+            n_in = input_width if li == 0 else len(rows_per_layer[li - 1])
+            # A sum passes its gradient on unchanged, so there a reader is the node
+            # itself (read from the layer's gradient directly); a product's reader
+            # is the edge (its gradient times the other children).
+            edge_grads = self.is_prod[li] and fan > 1
+            readers = [[] for _ in range(n_in)]
+            for n, ks in enumerate(rows[2:], start=2):
+                for f, c in enumerate(ks):
+                    if c >= 2:
+                        readers[c].append(f * width + n if edge_grads else n)
+            buckets: dict[int, list[int]] = {}
+            for c, edges in enumerate(readers):
+                buckets.setdefault(1 << max(len(edges) - 1, 0).bit_length(), []).append(c)
+            order, bucket_shapes = [], []
+            for b, (size, nodes) in enumerate(sorted(buckets.items())):
+                rev = torch.zeros((size, len(nodes)), dtype=torch.long)
+                for j, c in enumerate(nodes):
+                    rev[:len(readers[c]), j] = torch.tensor(readers[c], dtype=torch.long)
+                self.register_buffer(f"rev{li}_{b}", rev.flatten(), persistent=False)
+                bucket_shapes.append((size, len(nodes)))
+                order += nodes
+            inverse = torch.empty(n_in, dtype=torch.long)
+            inverse[torch.tensor(order)] = torch.arange(n_in)
+            self.register_buffer(f"fwd{li}", fwd.flatten(), persistent=False)
+            self.register_buffer(f"inv{li}", inverse, persistent=False)
+            self.shapes.append((width, fan, n_in, tuple(bucket_shapes)))
+        self.n_edges = sum(sum(len(r) for r in rows) for rows in rows_per_layer)
+
+    def forward_table(self, li: int) -> torch.Tensor:
+        return getattr(self, f"fwd{li}")  # [F * W]
+
+    def input_grad(self, li: int, edges: torch.Tensor) -> torch.Tensor:
+        """Gradients of layer ``li``'s edges ``[F * W, B]`` (products) or nodes
+        ``[W, B]`` (sums) -> gradient of its input ``[W_in, B]``."""
+        parts = []
+        for b, (size, n) in enumerate(self.shapes[li][3]):
+            g = edges.index_select(0, getattr(self, f"rev{li}_{b}"))  # [size * n, B]
+            parts.append(g if size == 1 else g.view(size, n, -1).sum(0))
+        grad = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return grad.index_select(0, getattr(self, f"inv{li}"))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        out = _ConeFunction.apply(x0.t().contiguous(), self)  # [W_last, B]
+        return out[2:2 + self.n_roots].t()  # [B, R]
+
+
+class _ConeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cone):  # x: [input_width, B]
+        saved = []
+        for li, prod in enumerate(cone.is_prod):
+            width, fan, _, _ = cone.shapes[li]
+            g = x.index_select(0, cone.forward_table(li)).view(fan, width, -1)  # [F, W, B]
+            saved.append(g)
+            x = g[0]
+            for j in range(1, fan):
+                x = x * g[j] if prod else x + g[j]
+        ctx.cone, ctx.saved = cone, saved
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: [W_last, B]
+        cone, saved = ctx.cone, ctx.saved
+        gy = grad.contiguous()
+        for li in range(len(cone.shapes) - 1, -1, -1):
+            width, fan = cone.shapes[li][:2]
+            g = saved[li]
+            if cone.is_prod[li] and fan > 1:  # d(product)/d(child f) = product of the others
+                edges = torch.empty_like(g)
+                if fan == 2:
+                    torch.mul(gy, g[1], out=edges[0])
+                    torch.mul(gy, g[0], out=edges[1])
+                else:
+                    for f in range(fan):
+                        e = gy
+                        for j in range(fan):
+                            if j != f:
+                                e = e * g[j]
+                        edges[f] = e
+                gy = cone.input_grad(li, edges.view(fan * width, -1))  # [W_in, B]
+            else:  # a sum (or a single child) passes its gradient on: readers index gy itself
+                gy = cone.input_grad(li, gy)
+        ctx.saved = None
+        return gy, None
