@@ -53,7 +53,7 @@ import torch
 
 from neural.errors import UserError
 from neural.files import sha256_file
-from pipelines.pipeline import NON_SEMANTIC_KEYS, Skip, _check_label
+from pipelines.pipeline import NON_SEMANTIC_KEYS, Skip, _check_label, process_in_chunks
 
 #: What a clip without an audio stream becomes (see the module docstring).
 NO_AUDIO_POLICIES = ("keep", "skip")
@@ -443,21 +443,7 @@ class ClipPipeline:
 
     def iter_process(self, samples: Iterable, progress: bool = False, desc: str = "clips") -> Iterator[tuple[list[ProcessedClip], list[Skip]]]:
         """:meth:`process` over ``samples`` in chunks of ``cfg.batch_size``."""
-        samples = list(samples)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(samples), desc=desc, unit="clip", leave=False)
-        try:
-            for start in range(0, len(samples), self.cfg.batch_size):
-                chunk = samples[start : start + self.cfg.batch_size]
-                yield self.process(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+        return process_in_chunks(self.process, samples, self.cfg.batch_size, progress, desc, "clip")
 
 
 def _uniform_indices(n: int, t: int) -> np.ndarray:

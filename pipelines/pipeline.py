@@ -241,18 +241,23 @@ class ImagePipeline:
 
     def iter_process(self, samples: Iterable, progress: bool = False, desc: str = "images") -> Iterator[tuple[list[ProcessedSample], list[Skip]]]:
         """:meth:`process` over ``samples`` in chunks of ``cfg.batch_size``."""
-        samples = list(samples)
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        return process_in_chunks(self.process, samples, self.cfg.batch_size, progress, desc, "img")
 
-            bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
-        try:
-            for start in range(0, len(samples), self.cfg.batch_size):
-                chunk = samples[start : start + self.cfg.batch_size]
-                yield self.process(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
+
+def process_in_chunks(process, samples: Iterable, chunk_size: int, progress: bool, desc: str, unit: str) -> Iterator:
+    """``process(chunk)`` over ``samples`` in chunks, with an optional tqdm bar (shared by the pipelines)."""
+    samples = list(samples)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), desc=desc, unit=unit, leave=False)
+    try:
+        for start in range(0, len(samples), chunk_size):
+            chunk = samples[start:start + chunk_size]
+            yield process(chunk)
             if bar is not None:
-                bar.close()
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()

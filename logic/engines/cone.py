@@ -29,6 +29,11 @@ from torch import nn
 ZERO, ONE = 0, 1
 
 
+def _bucket(fan_out: int) -> int:
+    """Fan-out rounded up to a power of two (0 and 1 -> 1)."""
+    return 1 << max(fan_out - 1, 0).bit_length()
+
+
 def _layer_children(layer) -> list[list[int]]:
     ix_in, offsets = layer.ix_in.tolist(), layer.offsets.tolist()
     return [ix_in[offsets[o]:offsets[o + 1]] for o in range(len(offsets) - 1)]
@@ -57,7 +62,13 @@ class ConeCircuit(nn.Module):
             if li == 0:  # the input encoding is read by global position (0 and 1 are its constants)
                 local = {c: c for ks in kids for c in ks}
             else:
-                below = sorted({c for ks in kids for c in ks})
+                # ordered by fan-out bucket (see the backward tables below), so that
+                # every bucket's gradients land in one contiguous block of rows
+                count: dict[int, int] = {}
+                for ks in kids:
+                    for c in ks:
+                        count[c] = count.get(c, 0) + 1
+                below = sorted(count, key=lambda c: (_bucket(count[c]), c))
                 local = {c: 2 + i for i, c in enumerate(below)}
             constants = [[ZERO, ONE], [ONE, ONE]] if self.is_prod[li] else [[ZERO, ZERO], [ONE, ZERO]]
             rows_per_layer.append(constants + [[local[c] for c in ks] for ks in kids])
@@ -74,8 +85,9 @@ class ConeCircuit(nn.Module):
                 fwd[:len(ks), n] = torch.tensor(ks)
             # For the backward: the edges (f * width + n) that read each input node.
             # Nodes are bucketed by fan-out (1, 2, 3-4, 5-8, ...) so that padding
-            # stays small: per bucket one gather [P, nodes] and a sum over P, then
-            # one gather puts the buckets back in node order. Padding points at
+            # stays small: per bucket one gather [P, nodes] and a sum over P into
+            # the bucket's block of rows (the nodes are numbered bucket by bucket;
+            # only the input encoding needs a final reordering). Padding points at
             # edge 0 (a constant's, whose gradient is always 0). Constants get no
             # gradient: no leaf reaches the output through them.
             n_in = input_width if li == 0 else len(rows_per_layer[li - 1])
@@ -90,7 +102,7 @@ class ConeCircuit(nn.Module):
                         readers[c].append(f * width + n if edge_grads else n)
             buckets: dict[int, list[int]] = {}
             for c, edges in enumerate(readers):
-                buckets.setdefault(1 << max(len(edges) - 1, 0).bit_length(), []).append(c)
+                buckets.setdefault(_bucket(len(edges)), []).append(c)
             order, bucket_shapes = [], []
             for b, (size, nodes) in enumerate(sorted(buckets.items())):
                 rev = torch.zeros((size, len(nodes)), dtype=torch.long)
@@ -99,10 +111,11 @@ class ConeCircuit(nn.Module):
                 self.register_buffer(f"rev{li}_{b}", rev.flatten(), persistent=False)
                 bucket_shapes.append((size, len(nodes)))
                 order += nodes
-            inverse = torch.empty(n_in, dtype=torch.long)
-            inverse[torch.tensor(order)] = torch.arange(n_in)
             self.register_buffer(f"fwd{li}", fwd.flatten(), persistent=False)
-            self.register_buffer(f"inv{li}", inverse, persistent=False)
+            if order != list(range(n_in)):  # only the input encoding's order is not ours to choose
+                inverse = torch.empty(n_in, dtype=torch.long)
+                inverse[torch.tensor(order)] = torch.arange(n_in)
+                self.register_buffer(f"inv{li}", inverse, persistent=False)
             self.shapes.append((width, fan, n_in, tuple(bucket_shapes)))
         self.n_edges = sum(sum(len(r) for r in rows) for rows in rows_per_layer)
 
@@ -112,12 +125,17 @@ class ConeCircuit(nn.Module):
     def input_grad(self, li: int, edges: torch.Tensor) -> torch.Tensor:
         """Gradients of layer ``li``'s edges ``[F * W, B]`` (products) or nodes
         ``[W, B]`` (sums) -> gradient of its input ``[W_in, B]``."""
-        parts = []
+        grad = edges.new_empty((self.shapes[li][2], edges.shape[1]))
+        start = 0
         for b, (size, n) in enumerate(self.shapes[li][3]):
-            g = edges.index_select(0, getattr(self, f"rev{li}_{b}"))  # [size * n, B]
-            parts.append(g if size == 1 else g.view(size, n, -1).sum(0))
-        grad = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return grad.index_select(0, getattr(self, f"inv{li}"))
+            rev, block = getattr(self, f"rev{li}_{b}"), grad[start:start + n]  # a block of whole rows
+            if size == 1:
+                torch.index_select(edges, 0, rev, out=block)
+            else:
+                torch.sum(edges.index_select(0, rev).view(size, n, -1), 0, out=block)
+            start += n
+        inverse = getattr(self, f"inv{li}", None)
+        return grad if inverse is None else grad.index_select(0, inverse)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         out = _ConeFunction.apply(x0.t().contiguous(), self)  # [W_last, B]
