@@ -13,42 +13,71 @@ from dataclasses import dataclass, field
 from neural.errors import UserError
 
 REGIMES = ("frozen", "joint", "uniform_rules", "late_fusion")
-DATASETS = ("synthetic", "findingemo", "csv")
+#: The regimes of a clip data set (the fusion net's two heads under clip_sentiment.pl).
+CLIP_REGIMES = ("frozen", "joint")
+#: What each data set holds: images (the scene/face track) or video clips (the clip track).
+MODALITY = {"synthetic": "image", "findingemo": "image", "csv": "image", "synthetic_clips": "clip", "meld": "clip"}
+DATASETS = tuple(MODALITY)
+RULE_INITS = ("uniform", "program")
+
+#: Defaults of the fields left ``None``, per modality (``HarnessConfig.resolved``).
+MODALITY_DEFAULTS: dict[str, dict] = {
+    "image": {"program": "context_selection", "regimes": list(REGIMES), "epochs": 5, "stage0_epochs": 10,
+              "rule_init": "uniform", "class_weights": False},
+    # clips: training runs on cached frozen-encoder features and the logic's
+    # circuit is tiny, so an epoch costs milliseconds: more epochs, and the
+    # recipe's class weighting (MELD is about half neutral)
+    "clip": {"program": "clip_sentiment", "regimes": list(CLIP_REGIMES), "epochs": 40, "stage0_epochs": 30,
+             "rule_init": "program", "class_weights": True},
+}
+#: Clip pipeline defaults per clip data set: (frames, frame side, seconds decoded).
+CLIP_DEFAULTS = {"synthetic_clips": (8, 64, 2.0), "meld": (16, 112, 10.0)}
+
+
+def modality_of(dataset: str) -> str:
+    return MODALITY.get(dataset, "image")
 
 
 @dataclass
 class HarnessConfig:
     # -- data ---------------------------------------------------------------
     dataset: str = "synthetic"
-    data_root: str | None = None  # synthetic: where the benchmark lives (default data/synthetic-<digest>)
+    data_root: str | None = None  # synthetic(_clips): where the set lives (default data/...-<digest>); meld: MELD.Raw
     n_images: int = 2000  # synthetic
+    n_clips: int = 1000  # synthetic_clips
     image_size: int = 128  # synthetic
     data_seed: int = 0  # synthetic generator seed
     images: str | None = None  # findingemo: directory of downloaded images
     annotations: str | None = None  # findingemo: annotation CSV (default: the findingemo-light package's)
     csv: str | None = None  # csv: the image_path,label[,split] table
-    mapping: str | None = None  # findingemo/csv: label mapping file
+    mapping: str | None = None  # findingemo/csv/meld: label mapping file
     cache: str | None = None  # tensor cache directory (default .emologic/cache/<dataset>-<digest>)
     face_source: str | None = None  # annotations | mtcnn (default: annotations for synthetic, else mtcnn)
     scene_weights: str | None = None  # Places365 checkpoint (file or URL); none: seeded random init
+    clip_frames: int | None = None  # clips: video frames per clip (synthetic_clips 8, meld 16)
+    clip_size: int | None = None  # clips: frame side in pixels (synthetic_clips 64, meld 112)
+    clip_seconds: float | None = None  # clips: seconds decoded per clip (synthetic_clips 2, meld 10)
+    text_model: str | None = None  # clips: BERT-family text model (default: the packaged MiniLM)
+    video_weights: str | None = None  # clips: r3d_18 state dict (Kinetics-400); none: seeded random trunk
     # -- program ------------------------------------------------------------
-    program: str = "context_selection"
+    program: str | None = None  # default: context_selection (images), clip_sentiment (clips)
+    rule_init: str | None = None  # uniform | program (default: uniform for images, program for clips)
     engine: str = "compiled"
     face_size_threshold: float = 0.3
     # -- regimes ------------------------------------------------------------
-    regimes: list[str] = field(default_factory=lambda: list(REGIMES))
+    regimes: list[str] | None = None  # default: all four (images), frozen and joint (clips)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 5  # training epochs of every regime
+    epochs: int | None = None  # training epochs of every regime (default 5 images, 40 clips)
     batch_size: int = 64
     rule_lr: float = 0.05  # compiled: Adam on logits; deepproblog: SGD(param_lr)
     net_lr: float = 1e-3  # joint / uniform_rules: scene head and face net
     baseline_lr: float = 1e-2  # late_fusion: the small MLP on the networks' outputs
-    class_weights: bool = False  # weight the loss by inverse class frequency (train split)
+    class_weights: bool | None = None  # weight the loss by inverse class frequency (default: off images, on clips)
     unfreeze_layer4: bool = False  # joint: also train the scene backbone's last block
     layer4_lr: float = 1e-5
     # -- stage 0 -------------------------------------------------------------
     stage0_per_seed: bool = False  # retrain stage 0 for every seed (default: once, from the first seed)
-    stage0_epochs: int = 10  # the face net's epochs (the expensive one)
+    stage0_epochs: int | None = None  # the face net's epochs (default 10); clips: the fusion net's (default 30)
     head_epochs: int = 100  # the scene head's and VA regressor's epochs (cheap: cached features)
     stage0_lr: float = 2e-3
     face_weights: str | None = None  # a trained face predicate (emologic train-face) instead of stage 0
@@ -58,24 +87,61 @@ class HarnessConfig:
     name: str | None = None
     progress: bool = True
 
+    @property
+    def modality(self) -> str:
+        """``image`` or ``clip``: which track of the harness runs this data set."""
+        return modality_of(self.dataset)
+
+    def resolved(self) -> HarnessConfig:
+        """A copy with every field left ``None`` set to its modality's default
+        (:data:`MODALITY_DEFAULTS`, :data:`CLIP_DEFAULTS`); what a run records."""
+        values = {k: v for k, v in MODALITY_DEFAULTS[self.modality].items() if getattr(self, k) is None}
+        if self.modality == "clip":
+            frames, size, seconds = CLIP_DEFAULTS.get(self.dataset, CLIP_DEFAULTS["meld"])
+            for key, default in (("clip_frames", frames), ("clip_size", size), ("clip_seconds", seconds)):
+                if getattr(self, key) is None:
+                    values[key] = default
+        return dataclasses.replace(self, **values)
+
     def validate(self) -> None:
+        """Check the config as it will run (:meth:`resolved`); one line naming every problem."""
+        cfg = self.resolved()
         problems = []
-        if self.dataset not in DATASETS:
+        if cfg.dataset not in DATASETS:
             problems.append(f"--dataset must be one of {', '.join(DATASETS)}")
-        if self.dataset == "findingemo" and not self.images:
+        if cfg.dataset == "findingemo" and not cfg.images:
             problems.append("--dataset findingemo needs --images DIR (the downloaded FindingEmo images)")
-        if self.dataset == "csv" and not self.csv:
+        if cfg.dataset == "csv" and not cfg.csv:
             problems.append("--dataset csv needs --csv FILE")
-        unknown = [r for r in self.regimes if r not in REGIMES]
+        if cfg.dataset == "meld" and not cfg.data_root:
+            problems.append("--dataset meld needs --root DIR (MELD.Raw: the CSVs and the extracted clip folders)")
+        known = CLIP_REGIMES if cfg.modality == "clip" else REGIMES
+        unknown = [r for r in cfg.regimes if r not in known]
         if unknown:
-            problems.append(f"unknown regime(s) {', '.join(unknown)}; known: {', '.join(REGIMES)}")
-        if self.engine not in ("compiled", "deepproblog"):
+            problems.append(f"unknown regime(s) {', '.join(unknown)} for {cfg.modality} data sets; "
+                            f"known: {', '.join(known)}")
+        if cfg.engine not in ("compiled", "deepproblog"):
             problems.append("--engine must be compiled or deepproblog")
-        if not self.seeds:
+        if cfg.rule_init not in RULE_INITS:
+            problems.append(f"--rule-init must be one of {', '.join(RULE_INITS)}")
+        if not cfg.seeds:
             problems.append("--seeds needs at least one seed")
-        if self.epochs < 1 or self.stage0_epochs < 0 or self.head_epochs < 0 or self.batch_size < 1:
+        if cfg.epochs < 1 or cfg.stage0_epochs < 0 or cfg.head_epochs < 0 or cfg.batch_size < 1:
             problems.append("--epochs and --batch-size must be positive, --stage0-epochs and --head-epochs >= 0")
-        if self.face_weights and self.fer_weights:
+        if cfg.modality == "clip":
+            if cfg.stage0_epochs < 1:
+                problems.append("--stage0-epochs must be >= 1 for clips (the fusion net's stage 0)")
+            if cfg.batch_size < 2:
+                problems.append("--batch-size must be >= 2 for clips (the fusion layer has BatchNorm)")
+            if cfg.engine == "deepproblog" and "joint" in cfg.regimes:
+                problems.append("the joint regime on clips needs --engine compiled: DeepProbLog's engine runs the "
+                                "fusion net one clip at a time, and its BatchNorm cannot train on one clip "
+                                "(--engine deepproblog --regimes frozen works)")
+            if cfg.clip_frames < 1 or cfg.clip_seconds <= 0:
+                problems.append("--clip-frames and --clip-seconds must be positive")
+            if cfg.dataset == "synthetic_clips" and (cfg.clip_size < 32 or cfg.clip_size % 2 or cfg.n_clips < 1):
+                problems.append("synthetic_clips needs an even --clip-size >= 32 and a positive --n-clips")
+        if cfg.face_weights and cfg.fer_weights:
             problems.append("--face-weights and --fer-weights are exclusive")
         if problems:
             raise UserError("; ".join(problems))
@@ -85,33 +151,41 @@ class HarnessConfig:
 
 
 _HELP = {
-    "dataset": "synthetic (built-in benchmark), findingemo or csv",
-    "data_root": "synthetic: directory of the generated benchmark",
+    "dataset": "synthetic (built-in benchmark), findingemo, csv; clips: synthetic_clips (built-in) or meld",
+    "data_root": "synthetic / synthetic_clips: directory of the generated set; meld: the MELD.Raw directory",
     "n_images": "synthetic: number of images",
+    "n_clips": "synthetic_clips: number of clips",
     "image_size": "synthetic: image side in pixels",
     "data_seed": "synthetic: generator seed",
     "images": "findingemo: directory with the downloaded images",
     "annotations": "findingemo: annotation CSV (default: the findingemo-light package's)",
     "csv": "csv: table image_path,label[,split]",
-    "mapping": "findingemo/csv: label mapping file (label,emotion)",
+    "mapping": "findingemo/csv/meld: label mapping file (label,emotion)",
     "cache": "tensor cache directory",
     "face_source": "face boxes from 'annotations' or 'mtcnn'",
     "scene_weights": "Places365 ResNet-18 checkpoint (file or URL)",
-    "program": "program name in logic/programs or a .pl path",
+    "clip_frames": "clips: video frames per clip (default: synthetic_clips 8, meld 16)",
+    "clip_size": "clips: frame side in pixels (default: synthetic_clips 64, meld 112)",
+    "clip_seconds": "clips: seconds decoded per clip (default: synthetic_clips 2, meld 10)",
+    "text_model": "clips: BERT-family text model, hub name or local directory (default: the packaged MiniLM)",
+    "video_weights": "clips: r3d_18 state dict file (Kinetics-400) for the frozen video trunk",
+    "program": "program name in logic/programs or a .pl path (default: context_selection; clips: clip_sentiment)",
+    "rule_init": "where the rule parameters start: uniform or program (the file's values); "
+                 "default uniform for images, program for clips",
     "engine": "compiled (KLay, batched) or deepproblog (reference)",
     "face_size_threshold": "relative side of a 'large' face",
-    "regimes": "regimes to run",
+    "regimes": "regimes to run (default: all four; clips: frozen joint)",
     "seeds": "seeds (each: its own stage 0 and regime runs)",
-    "epochs": "training epochs per regime",
+    "epochs": "training epochs per regime (default: 5; clips: 40)",
     "batch_size": "batch size",
     "rule_lr": "learning rate of the rule parameters",
     "net_lr": "learning rate of the networks trained through the logic",
     "baseline_lr": "learning rate of the late-fusion baseline",
-    "class_weights": "weight the loss by inverse class frequency",
+    "class_weights": "weight the loss by inverse class frequency (default: off; clips: on)",
     "unfreeze_layer4": "joint: also train the scene backbone's last block",
     "layer4_lr": "learning rate of layer4 when unfrozen",
     "stage0_per_seed": "retrain stage 0 for every seed (default: once, shared by all seeds and regimes)",
-    "stage0_epochs": "epochs of stage-0 training of each network",
+    "stage0_epochs": "epochs of stage-0 training of each network (default: 10; clips: the fusion net's, 30)",
     "head_epochs": "stage-0 epochs of the scene head and VA regressor (cached features, cheap)",
     "stage0_lr": "stage-0 learning rate",
     "face_weights": "trained face predicate directory (emologic train-face)",
@@ -122,21 +196,37 @@ _HELP = {
 }
 
 
+#: Extra spellings of a flag.
+_ALIASES = {"data_root": ("--root",)}
+
+
+def _field_kind(f: dataclasses.Field, default) -> str:
+    """``bool``, ``int``, ``float``, ``str``, ``list[int]`` or ``list[str]``, from the default
+    or, for a default of ``None``, from the annotation (``"int | None"`` -> ``int``)."""
+    if default is not None:
+        if isinstance(default, list):
+            return "list[int]" if f.name == "seeds" else "list[str]"
+        return type(default).__name__
+    return str(f.type).split("|")[0].strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`HarnessConfig` field, defaults from the dataclass."""
+    """One flag per :class:`HarnessConfig` field, defaults from the dataclass
+    (``None``: the modality's default, see :meth:`HarnessConfig.resolved`)."""
     defaults = HarnessConfig()
+    kinds = {"int": int, "float": float, "str": str}
     for f in dataclasses.fields(HarnessConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ())]
         default = getattr(defaults, f.name)
-        help_text = f"{_HELP.get(f.name, '')} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif isinstance(default, list):
-            kind = int if f.name == "seeds" else str
-            parser.add_argument(flag, nargs="+", type=kind, default=default, help=help_text)
+        help_text = _HELP.get(f.name, "") + ("" if default is None else f" (default: {default})")
+        kind = _field_kind(f, default)
+        if kind == "bool":
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif kind.startswith("list["):
+            parser.add_argument(*flags, nargs="+", type=int if kind == "list[int]" else str, default=default,
+                                help=help_text)
         else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default, help=help_text)
+            parser.add_argument(*flags, type=kinds.get(kind, str), default=default, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> HarnessConfig:

@@ -35,6 +35,17 @@ class ExperimentData:
 
 
 def dataset_options(cfg: HarnessConfig) -> dict:
+    """The ``get_dataset`` options of the (resolved) config's data set."""
+    if cfg.dataset == "synthetic_clips":
+        opts = {"n_clips": cfg.n_clips, "seed": cfg.data_seed, "frames": cfg.clip_frames, "frame_size": cfg.clip_size}
+        if cfg.data_root:
+            opts["root"] = cfg.data_root
+        return opts
+    if cfg.dataset == "meld":
+        opts = {"root": cfg.data_root, "seed": cfg.data_seed}
+        if cfg.mapping:
+            opts["mapping"] = cfg.mapping
+        return opts
     if cfg.dataset == "synthetic":
         opts = {"n_images": cfg.n_images, "image_size": cfg.image_size, "seed": cfg.data_seed,
                 "large_face_threshold": cfg.face_size_threshold}
@@ -60,7 +71,7 @@ def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
     )
 
 
-def default_cache_dir(dataset: Dataset, pipeline: PipelineConfig) -> Path:
+def default_cache_dir(dataset: Dataset, pipeline) -> Path:
     """``.emologic/cache/<dataset>-<digest of the data set's location and the pipeline>``."""
     key = json.dumps([dataset.name, dataset.source, pipeline.semantic_dict()], sort_keys=True, default=str)
     return Path(".emologic") / "cache" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

@@ -1,6 +1,8 @@
 """The joint-vs-frozen comparison: data, stage 0, regimes x seeds, results, report.
 
-``run(cfg, argv)`` is what ``python experiments/joint_vs_frozen.py`` does. A run
+``run(cfg, argv)`` is what ``python experiments/joint_vs_frozen.py`` does; a clip
+data set (``synthetic_clips``, ``meld``) runs the clip track instead
+(:mod:`experiments.clip_harness`), into the same kind of run directory. A run
 directory holds:
 
     config.json            the resolved config and the exact command
@@ -40,7 +42,8 @@ from experiments.runs import (
     write_resolved_config,
 )
 from experiments.stage0 import Predicates, load_predicates, save_predicates, train_stage0
-from logic.program import load_program
+from logic.program import available_programs, load_program
+from neural.errors import UserError
 from neural.registry import save_network
 from neural.vocabulary import EMOTIONS
 
@@ -110,8 +113,8 @@ def save_regime(result: RegimeResult, pred: Predicates, cfg: HarnessConfig, data
     })
 
 
-def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
-    cfg.validate()
+def open_run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> tuple[Path, RunState, str]:
+    """A new run directory (or the one to resume, refusing another config): ``(run_dir, state, command)``."""
     command = format_command([sys.executable.rsplit("/", 1)[-1], "experiments/joint_vs_frozen.py", *argv])
     fingerprint = config_fingerprint(cfg.to_dict())
     if resume:
@@ -125,10 +128,35 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
         save_state(run_dir, state)
     write_resolved_config(run_dir, cfg.to_dict(), argv)
     _log(f"run directory: {run_dir}")
+    return run_dir, state, command
+
+
+def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, plots: dict) -> None:
+    """Write ``results.json`` and ``report.md`` and print the summary."""
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_text(run_dir / "report.md", render_report(results, command, cfg.to_dict(), plots=plots))
+    for line in summary_lines(results):
+        _log(line)
+    _log(f"\nrun directory: {run_dir}")
+    _log(f"report: {run_dir / 'report.md'}")
+
+
+def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
+    """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`)."""
+    cfg.validate()
+    cfg = cfg.resolved()
+    if cfg.modality == "clip":
+        from experiments.clip_harness import run_clips
+
+        return run_clips(cfg, argv, resume)
+    run_dir, state, command = open_run(cfg, argv, resume)
 
     timings: dict[str, float] = {}
     t = time.time()
     program = load_program(cfg.program)
+    if program.kind != "image":
+        raise UserError(f"--program {cfg.program} is a {program.kind} program; image data sets need an image "
+                        f"program ({', '.join(available_programs('image'))})")
     data = load_data(cfg)
     timings["data_and_cache"] = time.time() - t
     _log(data.build_summary)
@@ -167,12 +195,7 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     plots = write_plots(results, run_dir)
     timings["report"] = time.time() - t
     results["timings"] = timings
-    atomic_write_json(run_dir / "results.json", results)
-    atomic_write_text(run_dir / "report.md", render_report(results, command, cfg.to_dict(), plots=plots))
-    for line in summary_lines(results):
-        _log(line)
-    _log(f"\nrun directory: {run_dir}")
-    _log(f"report: {run_dir / 'report.md'}")
+    finish_run(run_dir, results, command, cfg, plots)
     return run_dir
 
 

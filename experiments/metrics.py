@@ -8,7 +8,8 @@ Python numbers out, so results serialise straight into ``results.json``.
 - :func:`confusion` — the confusion matrix (rows = true class, columns =
   predicted class);
 - :func:`source_table_error` — how far learned source-selection probabilities are
-  from the synthetic generator's table;
+  from the synthetic generator's table; :func:`table_error` the same (max and
+  mean absolute error) for any conditional table, e.g. a learned polarity table;
 - :func:`posterior_agreement` / :func:`dec_factor_agreement` — whether the source
   the program trusted is the true source (synthetic) or the one FindingEmo's
   annotators said they based their decision on;
@@ -176,6 +177,24 @@ def source_table_error(
     if not all_errors:
         raise ValueError("the truth table has no (context, source) entries")
     return {"mae": float(np.mean(all_errors)), "per_context": per_context}
+
+
+def table_error(
+    learned: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """How far a learned conditional table (e.g. the polarity table P(sentiment | emotion))
+    is from a reference one: ``{"max_abs", "mean_abs"}`` over every cell of the reference.
+
+    A row of ``reference`` missing from ``learned`` raises ``ValueError`` (a naming
+    mismatch); a cell missing from a learned row counts as probability 0.
+    """
+    missing = [r for r in reference if r not in learned]
+    if missing:
+        raise ValueError(f"learned table lacks row(s) {missing}; it has {sorted(learned)}")
+    errors = [abs(float(learned[r].get(c, 0.0)) - float(p)) for r, row in reference.items() for c, p in row.items()]
+    if not errors:
+        raise ValueError("the reference table has no cells")
+    return {"max_abs": float(max(errors)), "mean_abs": float(np.mean(errors))}
 
 
 def posterior_agreement(posterior_argmax_sources: Sequence[str], true_sources: Sequence[str]) -> float:

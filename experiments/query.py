@@ -285,6 +285,11 @@ class TrainedProgram:
         run_dir = resolve_run(run, runs_root)
         config = _read_json(run_dir / "config.json")
         cfg = config.get("config", config)
+        from experiments.config import modality_of
+
+        if modality_of(cfg.get("dataset", "synthetic")) == "clip":
+            raise UserError(f"{run_dir} is a video-clip run ({cfg.get('dataset')}); emologic query answers image "
+                            "runs (see its learned rules with: emologic rules " + str(run_dir) + ")")
         seeds = _seeds_with_checkpoints(run_dir)
         if seed is None:
             listed = [s for s in cfg.get("seeds", []) if s in seeds]

@@ -233,7 +233,7 @@ def train_logic(
         binding = FrozenBinding(binding, {s: data.split(s) for s in ("train", "val", "test")})
     model = LogicModel(program, binding.networks, engine=cfg.engine, face_size_threshold=cfg.face_size_threshold,
                        param_lr=cfg.rule_lr)
-    model.reset_rules("uniform")  # every regime starts from uniform trust
+    model.reset_rules(cfg.rule_init or "uniform")  # every regime starts from the same rules (default uniform trust)
     trainable = pred.trainable()
     before = snapshot(trainable)
     rule_opt = model.rule_optimizer(cfg.rule_lr) if train_rules else None

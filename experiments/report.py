@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from experiments.metrics import mean_std
-from neural.vocabulary import SOURCES
+from neural.vocabulary import EMOTIONS, SENTIMENTS, SOURCES
 
 #: The regimes in the order they are reported; others follow alphabetically.
 REGIMES: tuple[str, ...] = ("frozen", "joint", "uniform_rules", "late_fusion")
@@ -122,6 +122,16 @@ def mean_table(regime: Mapping, key: str) -> dict[str, dict[str, tuple[float, fl
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     cells.setdefault(str(outer), {}).setdefault(inner, []).append(float(v))
     return {o: {i: (*mean_std(vs), len(vs)) for i, vs in row.items()} for o, row in cells.items()}
+
+
+def mean_row(regime: Mapping, key: str) -> dict[str, tuple[float, float, int]]:
+    """Per-seed ``{name: number}`` rows (e.g. sentiment sources) -> mean/std per entry."""
+    cells: dict[str, list[float]] = {}
+    for res in _per_seed(regime).values():
+        for name, v in (res.get(key) or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                cells.setdefault(name, []).append(float(v))
+    return {name: (*mean_std(vs), len(vs)) for name, vs in cells.items()}
 
 
 def context_sort_key(ctx: str):
@@ -234,6 +244,9 @@ def _section_main(results: Mapping) -> list[str]:
     if not rows:
         return lines + ["No regime has results.", ""]
     lines += markdown_table(header, rows) + [""]
+    if _is_clip(results):
+        lines += [("These are the program's emotion query P(emotion | clip); sentiment and the joint "
+                   "(emotion, sentiment) NLL follow below."), ""]
     diffs = _joint_vs_frozen(results)
     if diffs:
         lines += ["Paired difference joint − frozen (same seeds):", ""]
@@ -345,6 +358,145 @@ def _section_drift(results: Mapping) -> list[str]:
     return lines + markdown_table(header, rows, ["l", "l", "r", "r", "r", "r"]) + [""]
 
 
+# --------------------------------------------------------------------------- #
+# Clip runs (the fusion net under clip_sentiment.pl)
+# --------------------------------------------------------------------------- #
+#: Clip-run columns: (path in a seed's result, title).
+CLIP_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("metrics", "accuracy"), "emotion acc"),
+    (("metrics", "weighted_precision"), "emotion w-precision"),
+    (("sentiment_metrics", "accuracy"), "sentiment acc"),
+    (("sentiment_metrics", "weighted_precision"), "sentiment w-precision"),
+    (("sentiment_metrics", "nll"), "sentiment NLL"),
+    (("joint_nll",), "joint NLL"),
+)
+#: Polarity-table error columns: (reference key, measure, title).
+POLARITY_ERRORS: tuple[tuple[str, str, str], ...] = (
+    ("generator", "max_abs", "max |Δ| vs generator"),
+    ("generator", "mean_abs", "mean |Δ| vs generator"),
+    ("empirical_train", "max_abs", "max |Δ| vs train clips"),
+    ("empirical_train", "mean_abs", "mean |Δ| vs train clips"),
+)
+
+
+def _is_clip(results: Mapping) -> bool:
+    return results.get("modality") == "clip"
+
+
+def _one(value: Any) -> tuple[float, float, int] | None:
+    return (float(value), 0.0, 1) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _section_clip_heads(results: Mapping) -> list[str]:
+    if not _is_clip(results):
+        return []
+    rows = []
+    ref = results.get("stage0_test")
+    if ref:
+        rows.append(["stage-0 net alone (no logic)"] + [fmt_stat(_one(_dig(ref, path))) for path, _ in CLIP_COLUMNS])
+    for name in ordered_regimes(results):
+        reg = results["regimes"][name]
+        rows.append([name] + [fmt_stat(stat(reg, path)) for path, _ in CLIP_COLUMNS])
+    lines = [
+        "## Emotion and sentiment (test)",
+        "",
+        ("Joint NLL = mean −log P(emotion = label, sentiment = label | clip), the loss both regimes train; "
+         "w-precision is the support-weighted precision. The stage-0 net's two heads are independent: "
+         "P(E, S) = P(E) P(S)."),
+        "",
+    ]
+    lines += markdown_table(["", *(t for _, t in CLIP_COLUMNS)], rows) + [""]
+    diffs = [(t, paired_difference(results, "joint", "frozen", path)) for path, t in CLIP_COLUMNS[2:]]
+    diffs = [(t, d) for t, d in diffs if d is not None]
+    if diffs:
+        lines += ["Paired difference joint − frozen (same seeds): "
+                  + ", ".join(f"{t} {fmt_stat(d, signed=True)}" for t, d in diffs), ""]
+    return lines
+
+
+def _polarity_cell(row: Mapping | None, digits: int = 2) -> str:
+    if not row:
+        return DASH
+    values = []
+    for s in SENTIMENTS:
+        v = row.get(s)
+        if isinstance(v, tuple):  # (mean, std, n) from mean_table
+            v = v[0]
+        values.append(fmt_number(float(v), digits) if v is not None else DASH)
+    return " / ".join(values)
+
+
+def _section_polarity(results: Mapping) -> list[str]:
+    if not _is_clip(results):
+        return []
+    start = results.get("rule_init") or {}
+    columns: list[tuple[str, Mapping]] = []
+    if results.get("truth_polarity_table"):
+        columns.append(("generator", results["truth_polarity_table"]))
+    train_table = (results.get("empirical_polarity_table") or {}).get("train")
+    if train_table:
+        columns.append(("train clips (observed)", train_table))
+    if start.get("polarity_table"):
+        columns.append((f"start ({start.get('kind', '?')})", start["polarity_table"]))
+    for name in ordered_regimes(results):
+        t = mean_table(results["regimes"][name], "polarity_table")
+        if t:
+            columns.append((name + (" (mean over seeds)" if _n_seeds(results) > 1 else ""), t))
+    if not columns:
+        return []
+    rows = [[e] + [_polarity_cell(table.get(e)) for _, table in columns] for e in EMOTIONS]
+    lines = [
+        "## Learned polarity table P(sentiment | emotion)",
+        "",
+        (f"Each cell is {' / '.join(SENTIMENTS)}. `train clips` is the table observed in the clips the "
+         "rules were trained on: with the sentiment source fixed to the emotion, it is the maximum-likelihood "
+         "table; a learned P(head source) > 0 lets the sentiment head explain some clips and moves the table "
+         "away from it (usually sharper: the head takes the rarer sentiments)."),
+        "",
+    ]
+    lines += markdown_table(["emotion", *(c for c, _ in columns)], rows, ["l"] + ["r"] * len(columns)) + [""]
+
+    err_cols = [(ref, m, t) for ref, m, t in POLARITY_ERRORS
+                if _dig(start, ("polarity_error", ref, m)) is not None
+                or any(stat(results["regimes"][r], ("polarity_error", ref, m)) for r in ordered_regimes(results))]
+    if err_cols:
+        rows = [[f"start ({start.get('kind', '?')})"] + [fmt_stat(_one(_dig(start, ("polarity_error", ref, m))))
+                                                         for ref, m, _ in err_cols]] if start else []
+        for name in ordered_regimes(results):
+            reg = results["regimes"][name]
+            rows.append([name] + [fmt_stat(stat(reg, ("polarity_error", ref, m))) for ref, m, _ in err_cols])
+        lines += ["Polarity-table error (over every cell):", ""]
+        lines += markdown_table(["", *(t for *_, t in err_cols)], rows) + [""]
+
+    rows = []
+    if start.get("sentiment_sources"):
+        rows.append([f"start ({start.get('kind', '?')})"]
+                    + [fmt_number(float(start["sentiment_sources"].get(k, float("nan")))) for k in ("head", "emotion")])
+    for name in ordered_regimes(results):
+        t = mean_row(results["regimes"][name], "sentiment_sources")
+        if t:
+            rows.append([name] + [fmt_stat(t.get(k)) for k in ("head", "emotion")])
+    if rows:
+        lines += [("Sentiment sources: P(the sentiment head gives the sentiment), P(the emotion, through the "
+                   "polarity table, gives it):"), ""]
+        lines += markdown_table(["", "head", "emotion"], rows) + [""]
+    return lines
+
+
+def _section_skipped(results: Mapping) -> list[str]:
+    skipped = results.get("skipped") or {}
+    if not skipped.get("n"):
+        return []
+    rows = [[reason, str(n)] for reason, n in (skipped.get("by_reason") or {}).items()]
+    lines = [f"## Left out ({skipped['n']} clip{'s' if skipped['n'] != 1 else ''})", ""]
+    lines += markdown_table(["reason", "clips"], rows) + [""]
+    shown = (skipped.get("clips") or [])[:10]
+    lines += [f"- `{sid}`: {reason}" for sid, reason in shown]
+    if len(skipped.get("clips") or []) > len(shown):
+        lines.append(f"- ... and {len(skipped['clips']) - len(shown)} more (results.json lists all)")
+    return lines + [""]
+
+
 def _section_timings(results: Mapping) -> list[str]:
     timings = {k: float(v) for k, v in (results.get("timings") or {}).items() if v is not None}
     if not timings:
@@ -390,10 +542,13 @@ def render_report(
     ]
     for section in (
         _section_main,
+        _section_clip_heads,
         _section_stage0,
         _section_sources,
+        _section_polarity,
         _section_recovery,
         _section_drift,
+        _section_skipped,
         _section_timings,
     ):
         lines += section(results)
@@ -443,4 +598,34 @@ def summary_lines(results: Mapping) -> list[str]:
         s = stat(reg, ("source_table_mae",)) if reg else None
         if s is not None:
             lines.append(f"{name}: source-table MAE vs generator {fmt_stat(s)}")
+    if _is_clip(results):
+        lines += _clip_summary_lines(results)
+    return lines
+
+
+def _clip_summary_lines(results: Mapping) -> list[str]:
+    lines = []
+    ref = results.get("stage0_test")
+    header = ["", *(t for _, t in CLIP_COLUMNS[2:])]
+    rows = []
+    if ref:
+        rows.append(["stage-0 net"] + [fmt_stat(_one(_dig(ref, p))) for p, _ in CLIP_COLUMNS[2:]])
+    for name in ordered_regimes(results):
+        rows.append([name] + [fmt_stat(stat(results["regimes"][name], p)) for p, _ in CLIP_COLUMNS[2:]])
+    lines += text_table(header, rows)
+    start = results.get("rule_init") or {}
+    for name in [f"start ({start.get('kind', '?')})"] + ordered_regimes(results):
+        parts = []
+        for ref_key, title in (("generator", "generator"), ("empirical_train", "train clips")):
+            if name.startswith("start"):
+                mx = _one(_dig(start, ("polarity_error", ref_key, "max_abs")))
+                mn = _one(_dig(start, ("polarity_error", ref_key, "mean_abs")))
+            else:
+                reg = results["regimes"][name]
+                mx = stat(reg, ("polarity_error", ref_key, "max_abs"))
+                mn = stat(reg, ("polarity_error", ref_key, "mean_abs"))
+            if mx is not None:
+                parts.append(f"vs {title} max {fmt_stat(mx)} mean {fmt_stat(mn)}")
+        if parts:
+            lines.append(f"{name}: polarity-table |Δ| " + "; ".join(parts))
     return lines

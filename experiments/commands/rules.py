@@ -1,4 +1,10 @@
-"""``emologic rules RUN_DIR``: the learned rule parameters of a finished run."""
+"""``emologic rules RUN_DIR``: the learned rule parameters of a finished run.
+
+An image program's are shown per annotated disjunction with P(source selected |
+context); a clip program's (``clip_sentiment``) as its polarity table P(sentiment
+| emotion), an emotion x sentiment table beside the generator's and the observed
+one, and its sentiment sources as one row.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,17 +26,43 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 def load_rules(run_dir, regime: str, seed: int):
     from logic.given import Given
-    from logic.model import LogicModel
     from logic.program import load_program
 
     directory = run_dir / "checkpoints" / f"seed{seed}" / regime
     meta = json.loads((directory / "model.json").read_text())
     program = load_program(meta["program"], check_bindings=False)
     # the networks are not evaluated here: rules and source selection need none
-    model = LogicModel(program, {n: Given() for n in program.networks}, engine="compiled",
-                       face_size_threshold=meta["face_size_threshold"])
+    networks = {n: Given() for n in program.networks}
+    if program.kind == "clip":
+        from logic.clip_model import ClipLogicModel
+
+        model = ClipLogicModel(program, networks, engine="compiled")
+    else:
+        from logic.model import LogicModel
+
+        model = LogicModel(program, networks, engine="compiled", face_size_threshold=meta["face_size_threshold"])
     model.load_rules(directory / "rules.json")
     return program, model
+
+
+def _learned(program, model) -> dict:
+    """What a run learned, for --json: clip programs say it as a polarity table and sources."""
+    if program.kind == "clip":
+        return {"polarity_table": model.polarity_table(), "sentiment_sources": model.sentiment_sources()}
+    return {"source_probabilities": model.source_probabilities()}
+
+
+def _print_clip(program, model, results: dict) -> None:
+    from logic.inspect import render_polarity, render_row
+
+    references = {"generator": results.get("truth_polarity_table"),
+                  "train clips": (results.get("empirical_polarity_table") or {}).get("train")}
+    print("polarity table P(sentiment | emotion)"
+          + (" (right: the generator's table and the one observed in the training clips)"
+             if any(references.values()) else "") + ":")
+    print("\n".join(render_polarity(model.polarity_table(), references)))
+    print("\nP(sentiment source):")
+    print("\n".join(render_row(model.sentiment_sources())))
 
 
 @command(
@@ -59,10 +91,9 @@ def run(args: argparse.Namespace) -> int:
     for r in regimes:
         if r not in available:
             raise UserError(f"{run_dir}: no rules for regime {r!r}; available: {', '.join(available)}")
-    truth = None
     results_path = run_dir / "results.json"
-    if results_path.is_file():
-        truth = json.loads(results_path.read_text()).get("truth_source_table")
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    truth = results.get("truth_source_table")
 
     loaded = {r: load_rules(run_dir, r, seed) for r in regimes}
     if args.pl:
@@ -71,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
         print(program.with_probabilities(model.rule_probabilities()), end="")
         return 0
     if args.json:
-        print(json.dumps({r: {"program": p.name, "seed": seed, "rules": m.rule_table(),
-                              "source_probabilities": m.source_probabilities()}
+        print(json.dumps({r: {"program": p.name, "seed": seed, "rules": m.rule_table(), **_learned(p, m)}
                           for r, (p, m) in loaded.items()}, indent=1))
         return 0
     print(f"run {run_dir} (seed {seed})")
     for r, (program, model) in loaded.items():
         print(f"\n== {r}: program {program.name}\n")
+        if program.kind == "clip":
+            _print_clip(program, model, results)
+            continue
         print("\n".join(render_tables(model.rule_table(), program)))
         print("P(source selected | context):")
         print("\n".join(render_sources(model.source_probabilities(), truth)))

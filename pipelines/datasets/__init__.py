@@ -5,6 +5,7 @@
     ds = get_dataset("findingemo", images="~/FindingEmo")
     ds = get_dataset("csv", path="my_set/labels.csv", mapping="emoset_to_basic")
     ds = get_dataset("meld", root="~/MELD.Raw")          # video clips (modality "clip")
+    ds = get_dataset("synthetic_clips", n_clips=600)     # generated clips in MELD's layout
     print(ds.describe())
 """
 from pipelines.datasets.base import (
@@ -22,6 +23,7 @@ from pipelines.datasets.csv_dataset import csv_dataset
 from pipelines.datasets.findingemo import download_command as findingemo_download_command
 from pipelines.datasets.findingemo import findingemo_dataset
 from pipelines.datasets.meld import MeldDataset, meld_dataset
+from pipelines.datasets.synthetic_clips import synthetic_clips_dataset
 from pipelines.datasets.synthetic import (
     DEFAULT_SOURCE_TABLE,
     SyntheticConfig,
@@ -47,6 +49,7 @@ __all__ = [
     "load_mapping",
     "load_synthetic_dir",
     "meld_dataset",
+    "synthetic_clips_dataset",
     "MeldDataset",
     "register_dataset",
 ]

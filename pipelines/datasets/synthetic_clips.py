@@ -45,15 +45,21 @@ file. ``truth.json`` is written first (config, polarity table, every clip's
 labels and cues), the clips next, the CSVs last; generation resumes where it
 stopped and a complete set is left untouched. Same config -> byte-identical
 CSVs and truth; decoded clips are identical for the same encoder build.
+
+As a data set (``get_dataset("synthetic_clips", root=..., n_clips=...)``) the
+set is generated when missing and read back with the ``meld`` reader, so it
+goes through exactly the code real MELD goes through.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,7 +71,7 @@ import numpy as np
 from neural.files import atomic_write_bytes
 from neural.vocabulary import SENTIMENTS
 from neural.vocabulary import EMOTIONS
-from pipelines.datasets.base import DatasetError
+from pipelines.datasets.base import DatasetError, register_dataset
 from pipelines.datasets.synthetic_clips_draw import (
     TONES,
     encode_clip,
@@ -252,6 +258,11 @@ class SyntheticClipsConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON values (what ``truth.json`` stores)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def digest(self) -> str:
+        """Short hash of the config and generator version (names default roots)."""
+        blob = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SyntheticClipsConfig:
@@ -592,3 +603,35 @@ def generate_clips(root: str | Path, config: SyntheticClipsConfig | None = None)
         if not path.is_file() or path.read_bytes() != data:
             atomic_write_bytes(path, data)
     return root
+
+
+# --------------------------------------------------------------------------- as a data set
+
+
+def default_root(cfg: SyntheticClipsConfig) -> Path:
+    """``$EMOLOGIC_DATA/synthetic-clips-<config digest>`` (``EMOLOGIC_DATA`` defaults to ``./data``)."""
+    return Path(os.environ.get("EMOLOGIC_DATA", "data")) / f"synthetic-clips-{cfg.digest()}"
+
+
+@register_dataset("synthetic_clips")
+def synthetic_clips_dataset(root: str | Path | None = None, pretrain_fraction: float = 0.5, **options: Any):
+    """The synthetic clips as a MELD data set (modality ``clip``), generated first if missing.
+
+    ``options`` are :class:`SyntheticClipsConfig` fields. With a ``root`` that
+    already holds a set, options not given are taken from its ``truth.json`` and
+    the given ones must match (:func:`generate_clips` refuses otherwise); without
+    a ``root`` each config gets its own directory (:func:`default_root`). The
+    set is read with the ``meld`` reader: MELD's train part is cut into
+    ``pretrain``/``train`` (``pretrain_fraction``, seeded by the config's seed),
+    dev is ``val``. The generator's polarity table is in ``truth.json``
+    (:func:`read_truth`).
+    """
+    from pipelines.datasets.meld import MeldDataset, meld_dataset
+
+    existing = read_truth(root) if root is not None else None
+    base = existing["config"] if existing is not None else {}
+    cfg = SyntheticClipsConfig.from_dict({**base, **options})
+    root = Path(root) if root is not None else default_root(cfg)
+    generate_clips(root, cfg)
+    ds = meld_dataset(root, pretrain_fraction=pretrain_fraction, seed=cfg.seed)
+    return MeldDataset("synthetic_clips", ds.samples, ds.skipped, ds.split_names, ds.source, ds.notes)
