@@ -10,6 +10,7 @@ from experiments import regimes as regimes_module
 from experiments.config import HarnessConfig
 from experiments.harness import run
 from experiments.runs import load_state
+from tests.run_helpers import numbers
 
 REGIMES = ("frozen", "joint", "uniform_rules", "late_fusion")
 
@@ -19,17 +20,6 @@ def tiny(tmp_path, **kw) -> HarnessConfig:
                 runs_dir=str(tmp_path / "runs"), cache=str(tmp_path / "cache"), data_root=str(tmp_path / "data"))
     base.update(kw)
     return HarnessConfig(**base)
-
-
-def numbers(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from numbers(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from numbers(v)
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        yield obj
 
 
 @pytest.fixture(scope="module")
