@@ -57,14 +57,13 @@ from experiments.clip_regimes import (
     train_clip_stage0,
 )
 from experiments.config import HarnessConfig
-from experiments.harness import _log, finish_run, open_run, write_plots
+from experiments.harness import _log, finish_run, open_run, run_units, write_plots
 from experiments.metrics import aggregate_seeds
 from experiments.runs import (
     RunState,
     TBLogger,
     atomic_write_json,
     config_fingerprint,
-    save_state,
 )
 from logic.clip_model import ClipLogicModel
 from logic.given import GivenSlice
@@ -198,31 +197,17 @@ def run_clips(cfg: HarnessConfig, argv: list[str], resume: str | None = None) ->
     feats = clip_features(data, progress=cfg.progress, log=_log)
     timings["features"] = time.time() - t
     tb = TBLogger(run_dir / "tb")
-    stage0s: dict[str, FusionStage0] = {}
+
+    def run_unit(regime: str, seed: int, stage0: FusionStage0, stage0_dir: Path, unit_dir: Path):
+        own = copy.copy(stage0)
+        own.net = copy.deepcopy(stage0.net)  # every regime starts from the same stage-0 net
+        result = get_clip_regime(regime)(cfg, data, feats, program, own, seed, log=_log, tb=tb)
+        save_clip_regime(result, cfg, data, unit_dir, regime, stage0_dir)
+        return result
+
     try:
-        stage0, stage0_dir = None, None
-        for seed in cfg.seeds:
-            if stage0 is None or cfg.stage0_per_seed:
-                t = time.time()
-                s0 = seed if cfg.stage0_per_seed else cfg.seeds[0]
-                stage0_dir = run_dir / "checkpoints" / f"stage0-seed{s0}"
-                stage0 = clip_stage0(cfg, data, feats, s0, stage0_dir, tb=tb)
-                stage0s[str(s0)] = stage0
-                timings["stage0"] = timings.get("stage0", 0.0) + time.time() - t
-            for regime in cfg.regimes:
-                if state.is_done(regime, seed):
-                    continue
-                t = time.time()
-                own = copy.copy(stage0)
-                own.net = copy.deepcopy(stage0.net)  # every regime starts from the same stage-0 net
-                result = get_clip_regime(regime)(cfg, data, feats, program, own, seed, log=_log, tb=tb)
-                save_clip_regime(result, cfg, data, run_dir / "checkpoints" / f"seed{seed}" / regime, regime, stage0_dir)
-                state.mark_done(regime, seed, result.to_json())
-                save_state(run_dir, state)
-                timings[regime] = timings.get(regime, 0.0) + time.time() - t
-    except KeyboardInterrupt:
-        _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
-        raise
+        stage0s = run_units(cfg, state, run_dir, timings,
+                            lambda s0, d: clip_stage0(cfg, data, feats, s0, d, tb=tb), run_unit)
     finally:
         tb.close()
 

@@ -141,6 +141,39 @@ def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, p
     _log(f"report: {run_dir / 'report.md'}")
 
 
+def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict, make_stage0, run_unit) -> dict:
+    """The seeds x regimes loop of both tracks: stage 0 once (or once per seed with
+    ``--stage0-per-seed``), then every unfinished (regime, seed) unit, each saved
+    and marked done as it finishes, so Ctrl-C keeps them for ``--resume``.
+
+    make_stage0(stage0_seed, directory) -> stage-0 networks
+    run_unit(regime, seed, stage0, stage0_directory, unit_directory) -> result with ``to_json()``
+    Returns the stage-0 networks by their seed (as a string).
+    """
+    stage0s: dict = {}
+    try:
+        current = current_dir = None
+        for seed in cfg.seeds:
+            if current is None or cfg.stage0_per_seed:
+                t = time.time()
+                s0 = seed if cfg.stage0_per_seed else cfg.seeds[0]
+                current_dir = run_dir / "checkpoints" / f"stage0-seed{s0}"
+                current = stage0s[str(s0)] = make_stage0(s0, current_dir)
+                timings["stage0"] = timings.get("stage0", 0.0) + time.time() - t
+            for regime in cfg.regimes:
+                if state.is_done(regime, seed):
+                    continue
+                t = time.time()
+                result = run_unit(regime, seed, current, current_dir, run_dir / "checkpoints" / f"seed{seed}" / regime)
+                state.mark_done(regime, seed, result.to_json())
+                save_state(run_dir, state)
+                timings[regime] = timings.get(regime, 0.0) + time.time() - t
+    except KeyboardInterrupt:
+        _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
+        raise
+    return stage0s
+
+
 def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`)."""
     cfg.validate()
@@ -163,32 +196,18 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     _log(data.dataset.describe())
     needs_va = "va_valence" in program.networks
     tb = TBLogger(run_dir / "tb")
-    stage0_metrics = {}
+
+    def run_unit(regime: str, seed: int, pred: Predicates, stage0_dir: Path, unit_dir: Path) -> RegimeResult:
+        own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
+        result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
+        save_regime(result, own, cfg, data, unit_dir, regime)
+        return result
+
     try:
-        pred = None
-        for seed in cfg.seeds:
-            ckpt = run_dir / "checkpoints" / f"seed{seed}"
-            if pred is None or cfg.stage0_per_seed:
-                t = time.time()
-                stage0_seed = seed if cfg.stage0_per_seed else cfg.seeds[0]
-                pred = stage0(cfg, data, stage0_seed, needs_va, run_dir / "checkpoints" / f"stage0-seed{stage0_seed}")
-                stage0_metrics[str(stage0_seed)] = pred.metrics
-                timings["stage0"] = timings.get("stage0", 0.0) + time.time() - t
-            for regime in cfg.regimes:
-                if state.is_done(regime, seed):
-                    continue
-                t = time.time()
-                own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
-                result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
-                save_regime(result, own, cfg, data, ckpt / regime, regime)
-                state.mark_done(regime, seed, result.to_json())
-                save_state(run_dir, state)
-                timings[regime] = timings.get(regime, 0.0) + time.time() - t
-    except KeyboardInterrupt:
-        _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
-        raise
+        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d: stage0(cfg, data, s0, needs_va, d), run_unit)
     finally:
         tb.close()
+    stage0_metrics = {s: pred.metrics for s, pred in stage0s.items()}
 
     t = time.time()
     results = collect_results(cfg, state, data, stage0_metrics, timings)

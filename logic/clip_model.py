@@ -32,7 +32,6 @@ from logic.rules import RuleLogits, RulesMixin
 from neural.errors import UserError
 from neural.vocabulary import EMOTIONS, SENTIMENTS
 
-ENGINES = ("compiled", "deepproblog")
 
 
 @dataclass
@@ -87,6 +86,24 @@ def run_networks(networks: dict, blocks, tensors: dict) -> dict:
     return out
 
 
+def clip_terms(emotions, sentiments, sources, explain: bool = True) -> list[Term]:
+    """Every query of the clip interface, in the order :func:`split_answers` reads:
+    label(E, S) for all pairs, emotion(E), sentiment(S), then sentiment_via(R, S)."""
+    img = PLACEHOLDER
+    return ([Term("label", img, Term(e), Term(s)) for e in emotions for s in sentiments]
+            + [Term("emotion", img, Term(e)) for e in emotions]
+            + [Term("sentiment", img, Term(s)) for s in sentiments]
+            + ([Term("sentiment_via", img, Term(r), Term(s)) for r in sources for s in sentiments] if explain else []))
+
+
+def split_answers(out: torch.Tensor, e: int, s: int, r: int, explain: bool):
+    """``[B, n_terms]`` in :func:`clip_terms` order -> joint [B, E, S], emotion [B, E],
+    sentiment [B, S], via [B, R, S] (or None)."""
+    joint, rest = out[:, :e * s].view(-1, e, s), out[:, e * s:]
+    via = rest[:, e + s:].view(-1, r, s) if explain else None
+    return joint, rest[:, :e], rest[:, e:e + s], via
+
+
 _COMPILED: dict = {}
 
 
@@ -99,19 +116,14 @@ class CompiledClipEngine(nn.Module):
         super().__init__()
         self.networks = networks
         self.rules = RuleLogits(program)
-        img = PLACEHOLDER
         key = (str(program.path), program.text, emotions, sentiments)
-        self.labels = [[Term("label", img, Term(e), Term(s)) for s in sentiments] for e in emotions]
-        self.terms = ([t for row in self.labels for t in row]
-                      + [Term("emotion", img, Term(e)) for e in emotions]
-                      + [Term("sentiment", img, Term(s)) for s in sentiments]
-                      + [Term("sentiment_via", img, Term(r), Term(s)) for r in sources for s in sentiments])
+        self.terms = clip_terms(emotions, sentiments, sources)
+        self.shape = (len(emotions), len(sentiments), len(sources))
         if key not in _COMPILED:  # about a second; once per program text in this process
             domains = {n.network: n.domain for n in program.neural}
             _COMPILED[key] = compile_queries(program, self.terms, domains)
         self.cq = _COMPILED[key]
         self.terms = [t if t in self.cq.roots else FALSE for t in self.terms]
-        self.shape = (len(emotions), len(sentiments), len(sources))
 
     def rule_probs(self) -> list[float]:
         return self.rules.probs().tolist()
@@ -125,16 +137,15 @@ class CompiledClipEngine(nn.Module):
 
     def query(self, batch, explain: bool, rule_probs: torch.Tensor | None = None):
         """``rule_probs`` ([n_params]) replaces the learned probabilities (tests take gradients there)."""
-        e, s, r = self.shape
         cone = self.cq.cone("all", [self.terms])
         out = cone(self._encode(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long))
-        joint, rest = out[:, :e * s].view(-1, e, s), out[:, e * s:]  # [B, E, S], [B, E + S + R * S]
-        emotion, sentiment, via = rest[:, :e], rest[:, e:e + s], rest[:, e + s:].view(-1, r, s)
+        joint, emotion, sentiment, via = split_answers(out, *self.shape, explain=True)
         return joint, emotion, sentiment, (via if explain else None)
 
     def label_query(self, batch) -> torch.Tensor:
         """P(label(clip, emotion, sentiment)) at each clip's two labels: [B]."""
-        cone = self.cq.cone("label", [[t] for row in self.labels for t in row])
+        e, s, _ = self.shape
+        cone = self.cq.cone("label", [[t] for t in self.terms[:e * s]])
         keys = batch.labels * self.shape[1] + batch.sentiments
         return cone(self._encode(batch, None), keys)[:, 0]
 
@@ -147,20 +158,18 @@ class DeepProbLogClipEngine(DeepProbLogEngine):
         self.sentiments, self.clip_sources = tuple(sentiments), tuple(sources)
 
     def query(self, batch, explain: bool):
-        img, ems, sts, srcs = PLACEHOLDER, self.emotions, self.sentiments, self.clip_sources
-        terms = ([Term("label", img, Term(e), Term(s)) for e in ems for s in sts]
-                 + [Term("emotion", img, Term(e)) for e in ems] + [Term("sentiment", img, Term(s)) for s in sts]
-                 + ([Term("sentiment_via", img, Term(r), Term(s)) for r in srcs for s in sts] if explain else []))
+        terms = clip_terms(self.emotions, self.sentiments, self.clip_sources, explain)
         out = self.ground_values(batch, [terms] * len(batch))
-        e, s = len(ems), len(sts)
-        joint, rest = out[:, :e * s].view(-1, e, s), out[:, e * s:]
-        via = rest[:, e + s:].view(-1, len(srcs), s) if explain else None
-        return joint, rest[:, :e], rest[:, e:e + s], via
+        return split_answers(out, len(self.emotions), len(self.sentiments), len(self.clip_sources), explain)
 
     def label_query(self, batch) -> torch.Tensor:
         terms = [[Term("label", PLACEHOLDER, Term(self.emotions[y]), Term(self.sentiments[z]))]
                  for y, z in zip(batch.labels.tolist(), batch.sentiments.tolist())]
         return self.ground_values(batch, terms)[:, 0]
+
+
+#: the engines a clip program runs on, by name
+ENGINES = {"compiled": CompiledClipEngine, "deepproblog": DeepProbLogClipEngine}
 
 
 class ClipLogicModel(RulesMixin, nn.Module):
@@ -173,21 +182,15 @@ class ClipLogicModel(RulesMixin, nn.Module):
         if self.program.kind != "clip":
             raise ProgramError(f"{self.program.path.name} is an {self.program.kind} program; a clip model needs "
                                "a clip program (emotion/2, sentiment/2, sentiment_via/3, label/3)")
-        networks = networks or {}
-        missing = [n for n in self.program.networks if n not in networks]
-        if missing:
-            raise ProgramError(f"{self.program.path.name}: no network bound to {', '.join(missing)}; "
-                               f"bound: {', '.join(sorted(networks)) or 'none'}")
-        self.networks = nn.ModuleDict({k: networks[k] for k in self.program.networks})
+        self.networks = self.program.bind(networks or {})
         self.emotions = EMOTIONS
         self.sentiments = SENTIMENTS
         self.sources = sentiment_sources_of(self.program)
         self.engine_name = engine
-        engines = {"compiled": CompiledClipEngine, "deepproblog": DeepProbLogClipEngine}
-        if engine not in engines:
+        if engine not in ENGINES:
             raise UserError(f"unknown engine {engine!r}; known engines: {', '.join(ENGINES)}")
         kw = {"param_lr": param_lr} if engine == "deepproblog" else {}
-        self.engine = engines[engine](self.program, dict(self.networks), self.emotions, self.sentiments,
+        self.engine = ENGINES[engine](self.program, dict(self.networks), self.emotions, self.sentiments,
                                       self.sources, **kw)
 
     def forward(self, batch, explain: bool = False, rule_probs: torch.Tensor | None = None) -> ClipOutput:

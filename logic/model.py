@@ -23,7 +23,7 @@ from torch import nn
 
 from logic.engines.compiled import compile_program
 from logic.engines.deepproblog_engine import DeepProbLogEngine
-from logic.program import Program, ProgramError, load_program
+from logic.program import Program, load_program
 from logic.rules import RuleLogits, RulesMixin
 from neural.errors import UserError
 from neural.vocabulary import EMOTIONS, emotion_index
@@ -179,13 +179,7 @@ class LogicModel(RulesMixin, nn.Module):
     ):
         super().__init__()
         self.program = program if isinstance(program, Program) else load_program(program, check_bindings=False)
-        missing = [n for n in self.program.networks if n not in networks]
-        if missing:
-            raise ProgramError(
-                f"{self.program.path.name}: no network bound to {', '.join(missing)}; "
-                f"bound: {', '.join(sorted(networks)) or 'none'}"
-            )
-        self.networks = nn.ModuleDict({k: networks[k] for k in self.program.networks})
+        self.networks = self.program.bind(networks)
         self.engine_name = engine
         self.face_size_threshold = face_size_threshold
         self.contexts = tuple(contexts)

@@ -231,6 +231,17 @@ class Program:
                     f"known networks: {', '.join(sorted(known))}"
                 )
 
+    def bind(self, networks: dict):
+        """The modules bound to the program's ``nn(Net, ...)`` names, as an
+        ``nn.ModuleDict``; a name with no module raises, listing the bound ones."""
+        from torch import nn
+
+        missing = [n for n in self.networks if n not in networks]
+        if missing:
+            raise ProgramError(f"{self.path.name}: no network bound to {', '.join(missing)}; "
+                               f"bound: {', '.join(sorted(networks)) or 'none'}")
+        return nn.ModuleDict({k: networks[k] for k in self.networks})
+
     def domain_of(self, network: str) -> tuple[str, ...]:
         for n in self.neural:
             if n.network == network:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neural.configs import strict_config
 from neural.errors import UserError
 from neural.multimodal import HEADS
 
@@ -118,13 +119,7 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RecipeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RecipeConfigError(
-                f"unknown multimodal recipe option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return strict_config(cls, values, RecipeConfigError, "multimodal recipe option(s)", "known")
 
 
 # --------------------------------------------------------------------------- #

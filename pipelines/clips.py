@@ -51,6 +51,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from neural.configs import strict_config
 from neural.errors import UserError
 from neural.files import sha256_file
 from pipelines.pipeline import NON_SEMANTIC_KEYS, Skip, _check_label, process_in_chunks
@@ -140,13 +141,7 @@ class ClipPipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClipPipelineConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ClipPipelineConfigError(
-                f"unknown clip pipeline config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
-        return cls(**d)
+        return strict_config(cls, d, ClipPipelineConfigError, "clip pipeline config key(s)", "known keys")
 
     def semantic_dict(self) -> dict[str, Any]:
         """The keys that determine the cached tensors (compared when loading a cache).

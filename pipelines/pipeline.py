@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from neural.configs import strict_config
 from neural.errors import UserError
 from neural.vocabulary import MAX_FACES, N_EMOTIONS
 from pipelines.faces import FaceError, Faces, crop_faces, detector_from_config, list_detectors
@@ -82,13 +83,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise PipelineConfigError(
-                f"unknown pipeline config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
-        return cls(**d)
+        return strict_config(cls, d, PipelineConfigError, "pipeline config key(s)", "known keys")
 
     def semantic_dict(self) -> dict[str, Any]:
         """The keys that determine the cached tensors (compared when loading a cache).

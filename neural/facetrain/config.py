@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from neural.configs import strict_config
 from neural.errors import UserError
 
 
@@ -136,10 +137,4 @@ class FaceTrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FaceTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FaceTrainConfigError(
-                f"unknown face training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return strict_config(cls, values, FaceTrainConfigError, "face training option(s)", "known")
