@@ -26,6 +26,7 @@ from problog.logic import Term, Var
 from torch import nn
 
 from logic.engines.compiled import FALSE, PLACEHOLDER, compile_queries
+from logic.engines.cone import PackedLeaves
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, ProgramError, load_program
 from logic.rules import RuleLogits, RulesMixin
@@ -131,14 +132,14 @@ class CompiledClipEngine(nn.Module):
     def set_rule_probs(self, probs) -> None:
         self.rules.set(probs)
 
-    def _encode(self, batch, rule_probs) -> torch.Tensor:
-        leaves = run_networks(self.networks, self.cq.nn_blocks, batch.tensors)
-        return self.cq.encode(leaves, self.rules.probs() if rule_probs is None else rule_probs, len(batch))
+    def _leaves(self, batch, rule_probs) -> PackedLeaves:
+        outputs = run_networks(self.networks, self.cq.nn_blocks, batch.tensors)  # every clip has every source
+        return self.cq.pack_all(outputs, self.rules.probs() if rule_probs is None else rule_probs, len(batch))
 
     def query(self, batch, explain: bool, rule_probs: torch.Tensor | None = None):
         """``rule_probs`` ([n_params]) replaces the learned probabilities (tests take gradients there)."""
         cone = self.cq.cone("all", [self.terms])
-        out = cone(self._encode(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long))
+        out = cone(self._leaves(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long))
         joint, emotion, sentiment, via = split_answers(out, *self.shape, explain=True)
         return joint, emotion, sentiment, (via if explain else None)
 
@@ -147,7 +148,7 @@ class CompiledClipEngine(nn.Module):
         e, s, _ = self.shape
         cone = self.cq.cone("label", [[t] for t in self.terms[:e * s]])
         keys = batch.labels * self.shape[1] + batch.sentiments
-        return cone(self._encode(batch, None), keys)[:, 0]
+        return cone(self._leaves(batch, None), keys)[:, 0]
 
 
 class DeepProbLogClipEngine(DeepProbLogEngine):

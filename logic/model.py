@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from logic.engines.compiled import compile_program
+from logic.engines.cone import PackedLeaves
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, load_program
 from logic.rules import RuleLogits, RulesMixin
@@ -82,41 +83,30 @@ class CompiledEngine(nn.Module):
         self.rules.set(probs)
 
     # -- evaluation ---------------------------------------------------------
-    def _leaf_blocks(self, batch, ctx: torch.Tensor, blocks) -> dict:
-        """Each (network, source) block evaluated once, on the samples where the
-        source exists, networks sharing inputs in one call. The rows of samples
-        whose context does not read a block are filled with a uniform
-        distribution: those leaves only enter roots of other contexts, which the
-        sample never reads (and its own roots do not depend on them), so the
-        fill keeps the one-circuit evaluation finite without changing any answer.
-        A sample whose context needs a source it does not have is an error."""
-        all_blocks = self.compiled.queries.nn_blocks
-        needs = self.compiled.needs[ctx][:, [all_blocks.index(b) for b in blocks]]  # [B, n_blocks]
-        out = {}
-        by_net: dict[str, list[int]] = {}
-        for j, (net, _) in enumerate(blocks):
-            by_net.setdefault(net, []).append(j)
-        for net, js in by_net.items():
-            xs, rows = [], []
-            for j in js:
-                src = blocks[j][1]
-                present = batch.present(src)
-                missing = needs[:, j] & ~present
-                if missing.any():
-                    bad = batch.sample_ids[int(missing.nonzero()[0])]
-                    raise UserError(f"sample {bad}: its context needs source {src!r}, which is absent")
-                use = needs[:, j]
-                xs.append(batch.tensors[src][use])
-                rows.append(use)
-            y = self.networks[net](torch.cat(xs) if len(xs) > 1 else xs[0])  # [n, K]
-            k = len(self.domains[net])
-            start = 0
-            for j, use in zip(js, rows):
-                n = int(use.sum())
-                full = torch.full((len(batch), k), 1.0 / k, dtype=y.dtype, device=y.device)
-                out[blocks[j]] = full.index_put((use.nonzero().flatten(),), y[start:start + n])
-                start += n
-        return out
+    def _leaves(self, batch, ctx: torch.Tensor, rule_probs=None) -> PackedLeaves:
+        """Each network evaluated once per batch, on the (sample, source) pairs
+        whose context reads them (a sample evaluates only its own context's
+        cone). A sample whose context needs a source it does not have is an error."""
+        cq = self.compiled.queries
+        needs = self.compiled.needs[ctx]  # [B, n_blocks]
+        outputs, masks = [], []
+        for net, js in cq.groups:
+            sources = [cq.nn_blocks[j][1] for j in js]
+            mask = needs[:, js]  # [B, J]
+            missing = mask & ~torch.stack([batch.present(src) for src in sources], 1)
+            if missing.any():
+                i, j = (int(v) for v in missing.nonzero()[0])
+                raise UserError(f"sample {batch.sample_ids[i]}: its context needs source {sources[j]!r}, which is absent")
+            if len(js) == 1:
+                x = batch.tensors[sources[0]]
+                mask = None if bool(mask.all()) else mask
+                x = x if mask is None else x[mask[:, 0]]
+            else:  # (sample, source) pairs, sample by sample
+                x = torch.stack([batch.tensors[src] for src in sources], 1)[mask]
+            outputs.append(self.networks[net](x))  # [n, K]
+            masks.append(mask)
+        rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs
+        return cq.pack(outputs, masks, rule_probs, len(batch))
 
     def _context_index(self, contexts) -> torch.Tensor:
         """Contexts (names, or a [B] tensor of indices into ``pipelines.context.CONTEXTS``)
@@ -128,23 +118,17 @@ class CompiledEngine(nn.Module):
         except KeyError as exc:
             raise UserError(f"context {exc.args[0]!r} is not one of {', '.join(self.compiled.contexts)}") from None
 
-    def _encode(self, batch, ctx: torch.Tensor, rule_probs) -> torch.Tensor:
-        """KLay's input encoding of the batch, [B, 2 + 2 * n_vars]."""
-        cq = self.compiled.queries
-        rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs
-        return cq.encode(self._leaf_blocks(batch, ctx, cq.nn_blocks), rule_probs, len(batch))
-
     def query(self, batch, contexts, sources, explain: bool, rule_probs=None):
         """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
         cp = self.compiled
         ctx = self._context_index(contexts)
-        x0 = self._encode(batch, ctx, rule_probs)
-        r = cp.main_cone()(x0, ctx)  # [B, E + 1]
+        leaves = self._leaves(batch, ctx, rule_probs)
+        r = cp.main_cone()(leaves, ctx)  # [B, E + 1]
         emotion, valid = r[:, :-1], r[:, -1]
         via = None
         if explain:
             order = torch.tensor([cp.sources.index(s) for s in sources])
-            rv = cp.explain_cone()(x0, ctx)  # [B, S_all * E]
+            rv = cp.explain_cone()(leaves, ctx)  # [B, S_all * E]
             via = rv.view(len(batch), len(cp.sources), -1)[:, order]
         return emotion, valid, via
 
@@ -152,8 +136,8 @@ class CompiledEngine(nn.Module):
         """P(emotion(img, ctx, label)) and P(valid(img, ctx)) per sample: [B], [B]."""
         cp = self.compiled
         ctx = self._context_index(contexts)
-        x0 = self._encode(batch, ctx, rule_probs)
-        r = cp.label_cone()(x0, ctx * len(self.emotions) + batch.labels)  # [B, 2]
+        leaves = self._leaves(batch, ctx, rule_probs)
+        r = cp.label_cone()(leaves, ctx * len(self.emotions) + batch.labels)  # [B, 2]
         return r[:, 0], r[:, 1]
 
     def selection(self, context: str, sources) -> dict[str, float]:
@@ -161,7 +145,8 @@ class CompiledEngine(nn.Module):
         i = self.context_index[context]
         terms = [cp.selected_terms[i][cp.sources.index(s)] for s in sources] + [cp.valid_terms[i]]
         with torch.no_grad():
-            r = cp.selection.evaluate({}, self.rule_probs_tensor(), 1, terms)[0]
+            leaves = cp.selection.pack_all({}, self.rule_probs_tensor(), 1)
+            r = cp.selection.evaluate(leaves, terms)[0]
         return {s: float(v) / float(r[-1]) for s, v in zip(sources, r[:-1])}
 
 

@@ -4,23 +4,27 @@ A program is grounded once with ProbLog for a placeholder image ``img`` and
 every context (the structure of a proof depends on the context, never on the
 image), compiled to one SDD with PySDD through ProbLog's own ``SDD`` formula (so
 annotated-disjunction constraints are exactly ProbLog's), and handed to KLay,
-which evaluates all query roots of all contexts on a whole batch of literal
-weights in torch; each sample then reads the roots of its own context.
+which turns it into a layered circuit over all query roots of all contexts.
+A batch is evaluated per sample on the cone of the roots that sample's
+context (and label) needs (``engines/cone.py``); KLay's own torch module,
+which evaluates every root for every sample, answers the network-free
+selection queries and is the reference the cones are tested against.
 
 Literal weights are *linear* in the leaves: every weight ProbLog assigns is a
 network output ``nn(Net, [tensor(Src(img))], J)``, a rule probability ``t(I)``,
 a constant, or a complement ``1 - sum(...)`` of an annotated disjunction. We
 obtain them by running ProbLog's ``extract_weights`` with a symbolic semiring
 (:class:`_LinearSemiring`) and store them as a matrix, so per batch the weights
-are one matrix product ``[1, leaves] @ M`` and the circuit is one KLay call.
-This is written by hand because no library maps ProbLog's weight semantics onto
-a batched circuit; KLay evaluates the circuit, ProbLog/PySDD build it.
+are one matrix product ``[1, leaves] @ M``. This is written by hand because
+no library maps ProbLog's weight semantics onto a batched circuit; ProbLog,
+PySDD and KLay build the circuit.
 
 Queries follow ProbLog's semantics exactly: ``P(q) = WMC(q & C) / WMC(C)`` with
 ``C`` the conjunction of the annotated-disjunction constraints.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +34,7 @@ from problog.formula import LogicDAG, LogicFormula
 from problog.logic import Term, Var
 from problog.sdd_formula import SDD
 
-from logic.engines.cone import ConeCircuit
+from logic.engines.cone import FlatCircuit, KeyedCone, LeafEncoding, PackedLeaves
 from logic.program import Program, ProgramError
 
 PLACEHOLDER = Term("img")
@@ -108,64 +112,73 @@ class CompiledQueries:
     circuit: torch.nn.Module  # KLay's module: every root for every sample
     weight_matrix: torch.Tensor  # [1 + n_leaves, 2 + 2 * n_vars] float64: leaves -> KLay's input encoding
     nn_blocks: tuple[tuple[str, str], ...]  # (network, tensor source) column blocks
+    block_sizes: tuple[int, ...]  # the number of columns (the network's domain) of each block
     rule_params: list[int]  # parameter index of each rule-probability column
-    n_nn: int  # 1 + number of network-output columns (the constant leaf first)
 
     def __post_init__(self):
         self._cones: dict = {}
+        self._flat: FlatCircuit | None = None
+        self._encoding: LeafEncoding | None = None
 
-    def encode(self, nn_outputs: dict, rule_probs: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """KLay's input encoding ``[b, 2 + 2 * n_vars]``: ``[0, 1, pos_1, neg_1, ...]``.
+    @functools.cached_property
+    def groups(self) -> list[tuple[str, list[int]]]:
+        """The blocks of each network, in block order: [(network, block indices)]
+        (the blocks are sorted by network, so each network's are consecutive)."""
+        out: dict[str, list[int]] = {}
+        for j, (net, _) in enumerate(self.nn_blocks):
+            out.setdefault(net, []).append(j)
+        return list(out.items())
 
-        nn_outputs: (network, source) -> [b, K] distributions
-        rule_probs: [n_params] probabilities of all the program's parameters
-        Every literal weight is linear in the leaves ``[1, network outputs, rule
-        probabilities]``, so the encoding is one matrix product.
-        """
-        # compute in the networks' precision (float32 in training, float64 in the equivalence tests)
-        dtype = nn_outputs[self.nn_blocks[0]].dtype if self.nn_blocks else rule_probs.dtype
-        m, n_nn = self.weight_matrix.to(dtype), self.n_nn
-        const = m[0]
-        if self.rule_params:  # the same for every sample
-            const = const + rule_probs[self.rule_params].to(dtype) @ m[n_nn:]
-        if not self.nn_blocks:
-            return const.expand(batch_size, -1)
-        leaves = torch.cat([nn_outputs[block] for block in self.nn_blocks], dim=1)  # [b, n_nn - 1]
-        return torch.addmm(const, leaves, m[1:n_nn])
+    def pack(self, outputs: list, masks: list, rule_probs: torch.Tensor, batch_size: int) -> PackedLeaves:
+        """The leaves of a batch: per network of :meth:`groups`, its outputs
+        and mask (see :meth:`PackedLeaves.pack`); ``rule_probs`` [n_params]
+        the probabilities of all the program's parameters."""
+        return PackedLeaves.pack(outputs, masks, rule_probs[self.rule_params], batch_size)
 
-    def evaluate(self, nn_outputs: dict, rule_probs: torch.Tensor, batch_size: int, terms) -> torch.Tensor:
+    def pack_all(self, outputs: dict, rule_probs: torch.Tensor, batch_size: int) -> PackedLeaves:
+        """:meth:`pack` for every block evaluated for every sample: ``outputs[block]`` [B, K]."""
+        ys, masks = [], []
+        for _, js in self.groups:
+            ys.append(torch.stack([outputs[self.nn_blocks[j]] for j in js], 1).flatten(0, 1))
+            masks.append(None if len(js) == 1 else torch.ones(batch_size, len(js), dtype=torch.bool))
+        return self.pack(ys, masks, rule_probs, batch_size)
+
+    def encode(self, leaves: PackedLeaves) -> torch.Tensor:
+        """KLay's input encoding ``[b, 2 + 2 * n_vars]``: ``[0, 1, pos_1, neg_1, ...]``,
+        as one dense matrix product (literal weights are linear in the leaves
+        ``[1, network outputs, rule probabilities]``). Rows of blocks not
+        evaluated for a sample are 0. For KLay's own module; the cones read the
+        leaves directly."""
+        m = self.weight_matrix.to(leaves.values.dtype)
+        n_nn = 1 + sum(self.block_sizes)
+        const = m[0] + leaves.rules @ m[n_nn:]  # the same for every sample
+        return torch.addmm(const, leaves.dense(self.block_sizes), m[1:n_nn])
+
+    def evaluate(self, leaves: PackedLeaves, terms) -> torch.Tensor:
         """``[b, len(terms)]``: P(term) for every sample, all roots by KLay's module."""
-        x0 = self.encode(nn_outputs, rule_probs, batch_size)
-        pos, neg = x0[:, 2::2], x0[:, 3::2]
-        out = self.circuit(pos, neg)  # [b, n_roots]
+        x0 = self.encode(leaves)
+        out = self.circuit(x0[:, 2::2], x0[:, 3::2])  # [b, n_roots]
         num, den = zip(*(self.roots[t] for t in terms))
         return out[:, list(num)] / out[:, list(den)]
 
-    def cone(self, name: str, key_terms: list[list[Term]]) -> "KeyedCone":
+    def cone(self, name: str, key_terms: list[list[Term]]) -> KeyedCone:
         """Answers ``key_terms[k]`` for samples with key ``k``, evaluating only
         the cone of those roots (built once per name)."""
         if name not in self._cones:
+            if self._flat is None:
+                self._flat = FlatCircuit(self.circuit, self.weight_matrix.shape[1], self.constant_inputs())
+                self._encoding = LeafEncoding(self.weight_matrix, list(self.block_sizes))
+            last = self._flat.layer_ids[-1]  # KLay's roots are the outputs of its last layer
             pairs = [[self.roots[t] for t in terms] for terms in key_terms]
-            needed = list(dict.fromkeys(c for row in pairs for pair in row for c in pair))
-            pos = {c: i for i, c in enumerate(needed)}
-            num = torch.tensor([[pos[n] for n, _ in row] for row in pairs], dtype=torch.long)  # [K, R]
-            den = torch.tensor([[pos[d] for _, d in row] for row in pairs], dtype=torch.long)
-            self._cones[name] = KeyedCone(ConeCircuit(self.circuit, needed, self.weight_matrix.shape[1]), num, den)
+            self._cones[name] = KeyedCone(self._flat, self._encoding, [[last[n] for n, _ in row] for row in pairs],
+                                          [[last[d] for _, d in row] for row in pairs])
         return self._cones[name]
 
-
-class KeyedCone(torch.nn.Module):
-    """``(x0 [B, D], keys [B]) -> [B, R]``: P of the R terms each sample's key asks for."""
-
-    def __init__(self, circuit: ConeCircuit, num: torch.Tensor, den: torch.Tensor):
-        super().__init__()
-        self.circuit = circuit
-        self.register_buffer("num", num, persistent=False)  # [K, R] numerator columns of each key's terms
-        self.register_buffer("den", den, persistent=False)  # [K, R] their normalisers' columns
-
-    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        out = self.circuit(x0)  # [B, n_needed]
-        return out.gather(1, self.num[keys]) / out.gather(1, self.den[keys])
+    def constant_inputs(self) -> dict[int, int]:
+        """Input positions whose weight is 0 or 1 whatever the leaves: position -> constant."""
+        m = self.weight_matrix
+        fixed = ~m[1:].any(0) & ((m[0] == 0) | (m[0] == 1))
+        return {int(p): int(m[0, p]) for p in fixed.nonzero().flatten()}
 
 
 def _constraint_nodes(sdd, mgr) -> list[tuple[set, object]]:
@@ -247,12 +260,13 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
     constraints = _constraint_nodes(sdd, mgr)
     touched: dict[frozenset, object] = {}
     support_memo: dict = {}
-    circuit = klay.Circuit()
+    nodes = []  # the roots, in KLay's root order
     roots = {}
 
     def add_root(node) -> int:
-        circuit.add_sdd(node)
-        return circuit.nb_root_nodes() - 1
+        node.ref()  # kept through the minimisation below
+        nodes.append(node)
+        return len(nodes) - 1
 
     def normaliser(support: frozenset) -> int:
         key = frozenset(i for i, (atoms, _) in enumerate(constraints) if atoms & support)
@@ -274,9 +288,32 @@ def compile_queries(program: Program, queries: list[Term], network_domains: dict
         c_node, c_col = normaliser(_support(sdd, node, support_memo))
         roots[term] = (add_root(mgr.conjoin(sdd.get_inode(node), c_node)), c_col)
     roots[FALSE] = (add_root(mgr.false()), normaliser(frozenset())[1])  # always 0 (sources absent in a context)
+    # Every other node of the manager is garbage from here on.
+    _minimize(mgr.get_manager())
+    circuit = klay.Circuit()
+    for node in nodes:
+        circuit.add_sdd(node)
     module = circuit.to_torch_module(semiring="real", compile=False)
-    return CompiledQueries(roots, module, matrix, nn_blocks, rule_params, n_nn=1 + sum(
-        len(network_domains[net]) for net, _ in nn_blocks))
+    return CompiledQueries(roots, module, matrix, nn_blocks, tuple(len(network_domains[net]) for net, _ in nn_blocks),
+                           rule_params)
+
+
+#: above this many live SDD nodes the vtree search is bounded in time
+FULL_MINIMIZE_NODES = 50_000
+MINIMIZE_SECONDS = 10.0
+
+
+def _minimize(manager) -> None:
+    """Search for the vtree that makes the referenced roots' SDDs smallest
+    (same functions, fewer nodes): context_selection's label queries go from
+    124 to 66 circuit edges each, in 0.3 s. Large managers get a search bounded
+    to :data:`MINIMIZE_SECONDS` (va_selection: 335,359 live nodes; its full
+    search would take about 30 s for 1/70 of the edges)."""
+    if manager.live_size() <= FULL_MINIMIZE_NODES:
+        manager.minimize()
+    else:
+        manager.set_vtree_search_time_limit(MINIMIZE_SECONDS)
+        manager.minimize_limited()
 
 
 def _matches(pattern: Term, term: Term) -> bool:

@@ -1,182 +1,325 @@
-"""Evaluate the cone of some roots of a KLay circuit, fast, forward and backward.
+"""Evaluate, for every sample, only the cone of the roots its own key asks for.
 
-KLay compiles all queries of a program into one layered circuit (its
-``CircuitModule``: alternating product and sum layers, each an index of child
-positions ``ix_in`` and segment ``offsets``) and evaluates every root with
-generic ``segment_reduce`` kernels, whose backward is a scatter. For the small
-fan-ins of SDD circuits (products of two children, sums of a few) both are
-slow on CPU: most of the time goes to the kernels, not the arithmetic.
+A sample of context ``n1_large`` labelled ``joy`` needs four roots of the
+program's circuit (its emotion, ``valid`` and their normalisers) and the nodes
+below them: on average 66 of the 906 edges of context_selection's circuit.
+Torch's batched kernels (KLay's ``CircuitModule``) evaluate every node for
+every sample and pay a kernel launch (and, backward, a scatter) per layer; on
+CPU that overhead, not the arithmetic, is the cost. Here one compiled loop
+walks each sample's own cone, forward and backward.
 
-:class:`ConeCircuit` reads KLay's layers, keeps only the cone of the roots a
-query family needs (the training query needs emotion/3 and valid/2, not the
-explanation roots), and evaluates it node-major (``[nodes, batch]``, so each
-gather copies whole contiguous rows) with the children padded to the layer's
-fan-in. Its backward is written out with gathers over precomputed reverse
-tables (which edges read each node) instead of autograd's scatters. Same
-circuit, same numbers (tested against KLay's module); written by hand because
-no library evaluates an SDD circuit's backward pass this way.
+The circuit is KLay's layered circuit flattened into a DAG (:class:`FlatCircuit`)
+and simplified exactly: a product with the constant 0 among its children is 0;
+the constant 1 in a product and 0 in a sum are dropped (``x * 1`` and ``x + 0``
+are exact in floating point); a node with one child is that child (KLay's layers
+carry a node up to the next layer through such nodes); identical nodes are one
+node. Input positions whose literal weight is 0 or 1 for every sample
+(unweighted variables) count as those constants.
 
-Local layout of every layer: position 0 holds the constant 0 and position 1 the
-constant 1 (KLay's input encoding starts with them too, and each layer
-recomputes them: 0 * 1 = 0, 1 * 1 = 1, 0 + 0 = 0, 1 + 0 = 1), so padding
-children point at the operation's neutral element.
+The same loop also computes the sample's literal weights from the leaves
+(network outputs and rule probabilities, :class:`PackedLeaves`) through the
+sparse linear map of :class:`LeafEncoding`, and only those its cone reads; its
+backward returns the gradients of the leaves. One call per query family, so a
+training step is a handful of torch operations around it.
+
+Written by hand (with numba) because no library evaluates a different
+sub-circuit per sample; KLay compiles and layers the circuit, this only walks it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
-from torch import nn
+from numba import njit
 
-ZERO, ONE = 0, 1
-
-
-def _bucket(fan_out: int) -> int:
-    """Fan-out rounded up to a power of two (0 and 1 -> 1)."""
-    return 1 << max(fan_out - 1, 0).bit_length()
+ZERO, ONE = 0, 1  # KLay's input encoding starts with the constants 0 and 1
+SUM, PROD = 0, 1
 
 
-def _layer_children(layer) -> list[list[int]]:
-    ix_in, offsets = layer.ix_in.tolist(), layer.offsets.tolist()
-    return [ix_in[offsets[o]:offsets[o + 1]] for o in range(len(offsets) - 1)]
+class FlatCircuit:
+    """KLay's layers as one DAG: ids ``0..n_in-1`` are the input encoding, the
+    rest internal nodes numbered children first.
 
-
-class ConeCircuit(nn.Module):
-    """``forward(x0 [B, input_width]) -> [B, len(roots)]``: the values of ``roots``.
-
-    x0: KLay's input encoding ``[0, 1, pos_1, neg_1, pos_2, neg_2, ...]`` per
-        sample (``input_width = 2 + 2 * n_vars``)
-    roots: indices of KLay roots (the order in which SDDs were added)
+    constants: input positions that always hold 0 or 1 -> that constant
+    layer_ids[li][o]: the flat id of output ``o`` of KLay layer ``li``
     """
 
-    def __init__(self, klay_module: nn.Module, roots: list[int], input_width: int):
-        super().__init__()
-        layers = list(klay_module.layers)
-        self.is_prod = [type(layer).__name__ == "ProdLayer" for layer in layers]
-        if not all(self.is_prod[i] == (i % 2 == 0) for i in range(len(layers))):
-            raise ValueError("expected KLay's alternating product/sum layers of the real semiring")
-        children = [_layer_children(layer) for layer in layers]
-        # From the roots down: per layer, the children of the kept nodes as local ids of the layer below.
-        rows_per_layer = []
-        wanted = list(roots)  # global ids in this layer's output
-        for li in range(len(layers) - 1, -1, -1):
-            kids = [children[li][n] for n in wanted]
-            if li == 0:  # the input encoding is read by global position (0 and 1 are its constants)
-                local = {c: c for ks in kids for c in ks}
+    def __init__(self, klay_module: torch.nn.Module, input_width: int, constants: dict[int, int] | None = None):
+        self.n_in = input_width
+        self.kind: list[int] = []
+        self.children: list[tuple[int, ...]] = []
+        known: dict[tuple, int] = {}
+        constants = constants or {}
+        below = [constants.get(i, i) for i in range(input_width)]  # flat ids of the layer below
+        self.layer_ids: list[list[int]] = []
+        for layer in klay_module.layers:
+            kind = {"ProdLayer": PROD, "SumLayer": SUM}.get(type(layer).__name__)
+            if kind is None:
+                raise ValueError(f"unexpected KLay layer {type(layer).__name__}")
+            ix_in, offsets = layer.ix_in.tolist(), layer.offsets.tolist()
+            below = [self._node(kind, [below[c] for c in ix_in[offsets[o]:offsets[o + 1]]], known)
+                     for o in range(len(offsets) - 1)]
+            self.layer_ids.append(below)
+
+    def _node(self, kind: int, kids: list[int], known: dict) -> int:
+        if kind == PROD and ZERO in kids:
+            return ZERO
+        neutral = ONE if kind == PROD else ZERO
+        kids = sorted(k for k in kids if k != neutral)
+        if len(kids) <= 1:
+            return kids[0] if kids else neutral
+        key = (kind, tuple(kids))
+        if key not in known:
+            known[key] = self.n_in + len(self.kind)
+            self.kind.append(kind)
+            self.children.append(key[1])
+        return known[key]
+
+    def cone(self, roots) -> list[int]:
+        """The internal nodes the ``roots`` (flat ids) depend on, children first."""
+        seen, stack = set(), [r for r in roots if r >= self.n_in]
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(c for c in self.children[n - self.n_in] if c >= self.n_in)
+        return sorted(seen)  # a node's id is larger than its children's
+
+
+@dataclass
+class PackedLeaves:
+    """A batch's leaves, as the cone kernels read them.
+
+    values: the networks' outputs, flattened (1-D; float32 or float64)
+    offsets: [B, n_blocks] long, where sample b's row of (network, source)
+        block j starts in ``values`` (-1: not evaluated for that sample)
+    rules: [n_rule_columns] the rule probabilities the circuit reads
+    """
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    rules: torch.Tensor
+
+    @classmethod
+    def pack(cls, outputs: list[torch.Tensor], masks: list[torch.Tensor | None], rules: torch.Tensor,
+             batch_size: int) -> "PackedLeaves":
+        """One group of consecutive blocks per network call: ``outputs[g]``
+        ``[n, K]`` holds the rows of the True entries of ``masks[g]`` (``[B,
+        J]`` bool: block j evaluated for sample b), sample by sample and block
+        by block within a sample; a mask of None: one block, every sample."""
+        dtype = outputs[0].dtype if outputs else rules.dtype
+        offsets, start = [], 0
+        for y, mask in zip(outputs, masks):
+            k = y.shape[1]
+            if mask is None:
+                offsets.append(torch.arange(start, start + y.numel(), k)[:, None])
             else:
-                # ordered by fan-out bucket (see the backward tables below), so that
-                # every bucket's gradients land in one contiguous block of rows
-                count: dict[int, int] = {}
-                for ks in kids:
-                    for c in ks:
-                        count[c] = count.get(c, 0) + 1
-                below = sorted(count, key=lambda c: (_bucket(count[c]), c))
-                local = {c: 2 + i for i, c in enumerate(below)}
-            constants = [[ZERO, ONE], [ONE, ONE]] if self.is_prod[li] else [[ZERO, ZERO], [ONE, ZERO]]
-            rows_per_layer.append(constants + [[local[c] for c in ks] for ks in kids])
-            wanted = below if li > 0 else []
-        rows_per_layer.reverse()
-        self.n_roots = len(roots)
-        self.roots = list(roots)
-        self.shapes = []  # (width, fan, input width, ((fan-out, nodes) per bucket)) per layer
-        for li, rows in enumerate(rows_per_layer):
-            width, fan = len(rows), max(len(r) for r in rows)
-            pad = ONE if self.is_prod[li] else ZERO
-            fwd = torch.full((fan, width), pad, dtype=torch.long)  # child f of node n
-            for n, ks in enumerate(rows):
-                fwd[:len(ks), n] = torch.tensor(ks)
-            # For the backward: the edges (f * width + n) that read each input node.
-            # Nodes are bucketed by fan-out (1, 2, 3-4, 5-8, ...) so that padding
-            # stays small: per bucket one gather [P, nodes] and a sum over P into
-            # the bucket's block of rows (the nodes are numbered bucket by bucket;
-            # only the input encoding needs a final reordering). Padding points at
-            # edge 0 (a constant's, whose gradient is always 0). Constants get no
-            # gradient: no leaf reaches the output through them.
-            n_in = input_width if li == 0 else len(rows_per_layer[li - 1])
-            # A sum passes its gradient on unchanged, so there a reader is the node
-            # itself (read from the layer's gradient directly); a product's reader
-            # is the edge (its gradient times the other children).
-            edge_grads = self.is_prod[li] and fan > 1
-            readers = [[] for _ in range(n_in)]
-            for n, ks in enumerate(rows[2:], start=2):
-                for f, c in enumerate(ks):
-                    if c >= 2:
-                        readers[c].append(f * width + n if edge_grads else n)
-            buckets: dict[int, list[int]] = {}
-            for c, edges in enumerate(readers):
-                buckets.setdefault(_bucket(len(edges)), []).append(c)
-            order, bucket_shapes = [], []
-            for b, (size, nodes) in enumerate(sorted(buckets.items())):
-                rev = torch.zeros((size, len(nodes)), dtype=torch.long)
-                for j, c in enumerate(nodes):
-                    rev[:len(readers[c]), j] = torch.tensor(readers[c], dtype=torch.long)
-                self.register_buffer(f"rev{li}_{b}", rev.flatten(), persistent=False)
-                bucket_shapes.append((size, len(nodes)))
-                order += nodes
-            self.register_buffer(f"fwd{li}", fwd.flatten(), persistent=False)
-            if order != list(range(n_in)):  # only the input encoding's order is not ours to choose
-                inverse = torch.empty(n_in, dtype=torch.long)
-                inverse[torch.tensor(order)] = torch.arange(n_in)
-                self.register_buffer(f"inv{li}", inverse, persistent=False)
-            self.shapes.append((width, fan, n_in, tuple(bucket_shapes)))
-        self.n_edges = sum(sum(len(r) for r in rows) for rows in rows_per_layer)
+                rank = mask.flatten().cumsum(0).view(mask.shape) - 1  # row of (b, j) in y
+                offsets.append(torch.where(mask, start + rank * k, -1))
+            start += y.numel()
+        if not outputs:
+            return cls(torch.zeros(0, dtype=dtype), torch.zeros((batch_size, 0), dtype=torch.long), rules.to(dtype))
+        values = torch.cat([y.reshape(-1) for y in outputs]) if len(outputs) > 1 else outputs[0].reshape(-1)
+        return cls(values, torch.cat(offsets, 1) if len(offsets) > 1 else offsets[0], rules.to(dtype))
 
-    def forward_table(self, li: int) -> torch.Tensor:
-        return getattr(self, f"fwd{li}")  # [F * W]
-
-    def input_grad(self, li: int, edges: torch.Tensor) -> torch.Tensor:
-        """Gradients of layer ``li``'s edges ``[F * W, B]`` (products) or nodes
-        ``[W, B]`` (sums) -> gradient of its input ``[W_in, B]``."""
-        grad = edges.new_empty((self.shapes[li][2], edges.shape[1]))
-        start = 0
-        for b, (size, n) in enumerate(self.shapes[li][3]):
-            rev, block = getattr(self, f"rev{li}_{b}"), grad[start:start + n]  # a block of whole rows
-            if size == 1:
-                torch.index_select(edges, 0, rev, out=block)
-            else:
-                torch.sum(edges.index_select(0, rev).view(size, n, -1), 0, out=block)
-            start += n
-        inverse = getattr(self, f"inv{li}", None)
-        return grad if inverse is None else grad.index_select(0, inverse)
-
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        out = _ConeFunction.apply(x0.t().contiguous(), self)  # [W_last, B]
-        return out[2:2 + self.n_roots].t()  # [B, R]
+    def dense(self, block_sizes) -> torch.Tensor:
+        """``[B, sum(block_sizes)]``: every block's row per sample, 0 where not evaluated."""
+        cols = []
+        for j, k in enumerate(block_sizes):
+            at = self.offsets[:, j]
+            rows = self.values[at.clamp_min(0)[:, None] + torch.arange(k)]
+            cols.append(torch.where((at >= 0)[:, None], rows, 0))
+        return torch.cat(cols, 1) if cols else self.values.new_zeros((len(self.offsets), 0))
 
 
-class _ConeFunction(torch.autograd.Function):
+class LeafEncoding:
+    """KLay's input encoding as a sparse linear map of the leaves:
+    ``x0[p] = const[p] + sum coef * leaf`` over position ``p``'s terms, a leaf
+    being entry ``index`` of block ``block``'s row (or, with ``block = -1``,
+    rule column ``index``). Read off the dense matrix ``[1 + leaves, n_in]``
+    whose leaf rows are the blocks' columns in order, then the rule columns."""
+
+    def __init__(self, weight_matrix: torch.Tensor, block_sizes: list[int]):
+        m = weight_matrix.double()
+        where = [(j, i) for j, k in enumerate(block_sizes) for i in range(k)]
+        where += [(-1, i) for i in range(m.shape[0] - 1 - len(where))]
+        term_start, block, index, coef = [0], [], [], []
+        for p in range(m.shape[1]):
+            for leaf in m[1:, p].nonzero().flatten().tolist():
+                block.append(where[leaf][0])
+                index.append(where[leaf][1])
+                coef.append(float(m[1 + leaf, p]))
+            term_start.append(len(block))
+        self.const = m[0].numpy().copy()
+        self.ints = (np.asarray(term_start, dtype=np.int64), np.asarray(block, dtype=np.int64),
+                     np.asarray(index, dtype=np.int64))
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self._typed: dict = {}
+
+    def arrays(self, dtype) -> tuple:
+        """What the kernels read, with the constants in the leaves' precision."""
+        if dtype not in self._typed:
+            self._typed[dtype] = (self.const.astype(dtype), *self.ints, self.coef.astype(dtype))
+        return self._typed[dtype]
+
+
+class KeyedCone:
+    """``(leaves, keys [B]) -> [B, R]``: for each sample with key ``k``,
+    ``value(num[k, r]) / value(den[k, r])``, computed from the cone of those
+    nodes only. Values and gradients are exact (same operations as the circuit).
+
+    num, den: [K, R] flat node ids per key (a query's root and its normaliser's)
+
+    Each key's cone is renumbered locally, so a sample stores only its inputs
+    and its own cone's values: a node's children are codes ``c < n_in`` (input
+    ``c``) or ``n_in + i`` (the key's ``i``-th node).
+    """
+
+    def __init__(self, flat: FlatCircuit, encoding: LeafEncoding, num: list[list[int]], den: list[list[int]]):
+        n_in = flat.n_in
+        self.n_in, self.n_keys, self.encoding = n_in, len(num), encoding
+        kinds, child_start, children, node_start, outputs = [], [0], [], [0], []
+        input_start, inputs = [0], []
+        self.edges_per_key = []
+        for n, d in zip(num, den):
+            nodes = flat.cone(n + d)
+            local = {g: n_in + i for i, g in enumerate(nodes)}
+            code = lambda g: g if g < n_in else local[g]  # noqa: E731
+            read = set()
+            for g in nodes:
+                kinds.append(flat.kind[g - n_in])
+                children += [code(c) for c in flat.children[g - n_in]]
+                read.update(c for c in flat.children[g - n_in] if c < n_in)
+                child_start.append(len(children))
+            read.update(g for g in n + d if g < n_in)
+            inputs += sorted(read - {ZERO, ONE})
+            input_start.append(len(inputs))
+            node_start.append(len(kinds))
+            outputs.append([code(g) for g in n + d])
+            self.edges_per_key.append(child_start[-1] - child_start[node_start[-2]])
+        self.width = max(1, max(b - a for a, b in zip(node_start, node_start[1:])))  # nodes of the largest cone
+        self.arrays = (  # what the kernels read, in their argument order
+            np.asarray(input_start, dtype=np.int64),  # key k's inputs: inputs[input_start[k]:input_start[k + 1]]
+            np.asarray(inputs, dtype=np.int64),
+            np.asarray(node_start, dtype=np.int64),  # key k's nodes: node_start[k]:node_start[k + 1]
+            np.asarray(kinds, dtype=np.int8),
+            np.asarray(child_start, dtype=np.int64),
+            np.asarray(children, dtype=np.int64),
+            np.asarray(outputs, dtype=np.int64).reshape(len(num), -1),  # [K, 2R]: numerators, then denominators
+        )
+
+    def __call__(self, leaves: PackedLeaves, keys: torch.Tensor) -> torch.Tensor:
+        device = leaves.values.device
+        out = _KeyedConeFunction.apply(leaves.values.cpu(), leaves.rules.cpu(), leaves.offsets.cpu(), keys.cpu(), self)
+        return out.to(device)
+
+
+class _KeyedConeFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, cone):  # x: [input_width, B]
-        saved = []
-        for li, prod in enumerate(cone.is_prod):
-            width, fan, _, _ = cone.shapes[li]
-            g = x.index_select(0, cone.forward_table(li)).view(fan, width, -1)  # [F, W, B]
-            saved.append(g)
-            x = g[0]
-            for j in range(1, fan):
-                x = x * g[j] if prod else x + g[j]
-        ctx.cone, ctx.saved = cone, saved
-        return x
+    def forward(ctx, values, rules, offsets, keys, cone):
+        y = values.detach().contiguous().numpy()
+        r = rules.detach().to(values.dtype).contiguous().numpy()
+        off = offsets.to(torch.int64).contiguous().numpy()
+        k = keys.detach().to(torch.int64).contiguous().numpy()
+        enc = cone.encoding.arrays(y.dtype)
+        vals = np.empty((len(k), cone.n_in + cone.width), dtype=y.dtype)
+        out = np.empty((len(k), cone.arrays[-1].shape[1] // 2), dtype=y.dtype)
+        _forward(y, r, off, k, *enc, *cone.arrays, vals, out)
+        ctx.saved = (y, r, off, k, vals, cone)
+        return torch.from_numpy(out)
 
     @staticmethod
-    def backward(ctx, grad):  # grad: [W_last, B]
-        cone, saved = ctx.cone, ctx.saved
-        gy = grad.contiguous()
-        for li in range(len(cone.shapes) - 1, -1, -1):
-            width, fan = cone.shapes[li][:2]
-            g = saved[li]
-            if cone.is_prod[li] and fan > 1:  # d(product)/d(child f) = product of the others
-                edges = torch.empty_like(g)
-                if fan == 2:
-                    torch.mul(gy, g[1], out=edges[0])
-                    torch.mul(gy, g[0], out=edges[1])
-                else:
-                    for f in range(fan):
-                        e = gy
-                        for j in range(fan):
-                            if j != f:
-                                e = e * g[j]
-                        edges[f] = e
-                gy = cone.input_grad(li, edges.view(fan * width, -1))  # [W_in, B]
-            else:  # a sum (or a single child) passes its gradient on: readers index gy itself
-                gy = cone.input_grad(li, gy)
+    def backward(ctx, grad_out):
+        y, r, off, k, vals, cone = ctx.saved
+        g = grad_out.detach().contiguous().numpy().astype(vals.dtype, copy=False)
+        grad = np.empty_like(vals)
+        gy, gr = np.zeros_like(y), np.zeros_like(r)
+        _backward(g, off, k, *cone.encoding.arrays(y.dtype), *cone.arrays, vals, grad, gy, gr)
         ctx.saved = None
-        return gy, None
+        return torch.from_numpy(gy), torch.from_numpy(gr), None, None, None
+
+
+# One sample's values: ``v[:n_in]`` its literal weights (only those its cone
+# reads are computed), then its cone's nodes. Reading the literal weights from a
+# separate array instead would cost a branch per child, three times slower.
+
+@njit(cache=True, nogil=True)
+def _forward(y, rules, offsets, keys, const, term_start, term_block, term_index, term_coef,
+             input_start, inputs, node_start, kind, child_start, children, outputs, vals, out):
+    n_out = out.shape[1]
+    n_in = const.shape[0]
+    for b in range(keys.shape[0]):
+        v, k = vals[b], keys[b]
+        if k < 0 or k >= node_start.shape[0] - 1:
+            raise ValueError("keys must lie in 0..K-1 for a cone of K keys")
+        v[ZERO] = 0
+        v[ONE] = 1
+        for i in range(input_start[k], input_start[k + 1]):
+            p = inputs[i]
+            acc = const[p]
+            for t in range(term_start[p], term_start[p + 1]):
+                blk = term_block[t]
+                if blk < 0:
+                    acc += term_coef[t] * rules[term_index[t]]
+                else:
+                    at = offsets[b, blk]
+                    if at < 0:
+                        raise ValueError("a sample's cone reads a network output that was not evaluated for it")
+                    acc += term_coef[t] * y[at + term_index[t]]
+            v[p] = acc
+        first = node_start[k]
+        for j in range(first, node_start[k + 1]):
+            s, e = child_start[j], child_start[j + 1]
+            acc = v[children[s]]
+            if kind[j] == PROD:
+                for c in range(s + 1, e):
+                    acc *= v[children[c]]
+            else:
+                for c in range(s + 1, e):
+                    acc += v[children[c]]
+            v[n_in + j - first] = acc
+        for r in range(n_out):
+            out[b, r] = v[outputs[k, r]] / v[outputs[k, n_out + r]]
+
+
+@njit(cache=True, nogil=True)
+def _backward(grad_out, offsets, keys, const, term_start, term_block, term_index, term_coef,
+              input_start, inputs, node_start, kind, child_start, children, outputs, vals, grad, gy, gr):
+    n_out = grad_out.shape[1]
+    n_in = const.shape[0]
+    for b in range(keys.shape[0]):
+        v, g, k = vals[b], grad[b], keys[b]
+        first, last = node_start[k], node_start[k + 1]
+        g[:n_in + last - first] = 0
+        for r in range(n_out):  # d(a / d) = da / d - a dd / d^2
+            a, d = outputs[k, r], outputs[k, n_out + r]
+            q = grad_out[b, r] / v[d]
+            g[a] += q
+            g[d] -= q * v[a] / v[d]
+        for j in range(last - 1, first - 1, -1):
+            s, e = child_start[j], child_start[j + 1]
+            gn = g[n_in + j - first]
+            if kind[j] == SUM:
+                for c in range(s, e):
+                    g[children[c]] += gn
+            elif e - s == 2:  # most products (SDD elements: prime * sub)
+                c0, c1 = children[s], children[s + 1]
+                g[c0] += gn * v[c1]
+                g[c1] += gn * v[c0]
+            else:  # d(product)/d(child) = the product of the other children
+                for c in range(s, e):
+                    p = gn
+                    for o in range(s, e):
+                        if o != c:
+                            p *= v[children[o]]
+                    g[children[c]] += p
+        for i in range(input_start[k], input_start[k + 1]):  # through the linear encoding to the leaves
+            p = inputs[i]
+            gp = g[p]
+            for t in range(term_start[p], term_start[p + 1]):
+                blk = term_block[t]
+                if blk < 0:
+                    gr[term_index[t]] += term_coef[t] * gp
+                else:
+                    gy[offsets[b, blk] + term_index[t]] += term_coef[t] * gp
