@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from logic.inputs import ALL_LAYOUTS, given_networks, make_batch, random_outputs, random_rule_probs
@@ -85,6 +86,7 @@ def bench_engines(program: str = "context_selection", batch_size: int = 512, dpl
             p_dpl = models["deepproblog"](small).probs
     finally:
         torch.set_default_dtype(old)
+    label_cone = models["compiled"].engine.compiled.label_cone()
     qps_compiled = batch_size / t_compiled
     qps_compiled32 = batch_size / t_compiled32
     qps_dpl = dpl_samples / t_dpl
@@ -101,5 +103,8 @@ def bench_engines(program: str = "context_selection", batch_size: int = 512, dpl
         "speedup_float32": round(qps_compiled32 / qps_dpl, 1),
         "speedup_float64": round(qps_compiled / qps_dpl, 1),
         "max_abs_diff": float((p_compiled - p_dpl).abs().max()),
+        # circuit edges each training query walks (its own cone), on average, and in the whole circuit
+        "edges_per_training_query": round(float(np.mean(label_cone.edges_per_key)), 1),
+        "circuit_edges": label_cone.circuit_edges,
         "contexts": sorted({c for c in models["compiled"](small).contexts}),
     }

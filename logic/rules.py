@@ -25,26 +25,30 @@ class RuleLogits(nn.Module):
         super().__init__()
         self.program = program
         self.logits = nn.Parameter(torch.zeros(program.n_params, dtype=torch.float64))
-        # parameter index -> (group, position) for the per-group softmax
-        groups = [g.params for g in program.groups if len(g.params) > 1]
-        width = max((len(g) for g in groups), default=1)
-        self.register_buffer("_group_idx", torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in groups] or [[0]]),
-                             persistent=False)
-        self.register_buffer("_group_mask", torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in groups]
-                                                         or [[False]]), persistent=False)
-        self.register_buffer("_facts", torch.tensor([g.params[0] for g in program.groups if len(g.params) == 1],
-                                                    dtype=torch.long), persistent=False)
+        # One row of logit slots per group for one softmax over all groups. A
+        # probabilistic fact (one choice) gets a second slot holding the
+        # constant logit 0: softmax([x, 0])[0] = sigmoid(x). Slot n holds that
+        # 0, slot n + 1 is -inf (padding).
+        n = program.n_params
+        rows = [list(g.params) + ([n] if len(g.params) == 1 else []) for g in program.groups]
+        width = max((len(r) for r in rows), default=0)
+        rows = [r + [n + 1] * (width - len(r)) for r in rows]
+        position = [0] * n
+        for gi, g in enumerate(program.groups):
+            for j, param in enumerate(g.params):
+                position[param] = gi * width + j
+        self.register_buffer("_slots", torch.tensor(rows, dtype=torch.long).reshape(len(rows), width),
+                             persistent=False)  # [G, W]
+        self.register_buffer("_position", torch.tensor(position, dtype=torch.long), persistent=False)  # [n]
         self.set(program.initial_probabilities())
 
     def probs(self) -> torch.Tensor:
         """[n_params] probabilities: softmax of the logits within each group
         (a single-choice group is a probabilistic fact: sigmoid)."""
-        x = self.logits[self._group_idx].masked_fill(~self._group_mask, float("-inf"))  # [G, W]
-        p = torch.softmax(x, dim=1)
-        probs = torch.zeros_like(self.logits).index_put((self._group_idx[self._group_mask],), p[self._group_mask])
-        if len(self._facts):
-            probs = probs.index_put((self._facts,), torch.sigmoid(self.logits[self._facts]))
-        return probs
+        if not len(self._position):
+            return self.logits
+        extended = torch.cat([self.logits, self.logits.new_tensor([0.0, float("-inf")])])
+        return torch.softmax(extended[self._slots], dim=1).flatten()[self._position]
 
     def set(self, probs) -> None:
         p = torch.as_tensor(probs, dtype=torch.float64).clamp(1e-12, 1.0)

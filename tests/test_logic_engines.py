@@ -154,3 +154,14 @@ def test_engine_benchmark_reports_agreeing_engines():
     assert r["max_abs_diff"] <= 1e-6
     assert r["compiled_queries_per_s_float32"] > 0 and r["deepproblog_queries_per_s"] > 0
     assert len(r["contexts"]) >= 3
+
+
+def test_engine_benchmark_json_is_json(capsys):
+    """Nothing but the JSON on stdout (DeepProbLog's own notices included)."""
+    import json
+
+    from experiments.cli import main
+
+    assert main(["bench", "engines", "--json", "--batch-size", "16", "--dpl-samples", "2", "--repeats", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)["engines"]
+    assert out["batch_size"] == 16 and out["deepproblog_samples_timed"] == 2

@@ -100,3 +100,32 @@ def test_learned_program_is_valid_problog(tmp_path):
     other.load_rules(tmp_path / "rules.json")
     assert other.rule_probabilities() == pytest.approx(model.rule_probabilities())
     assert json.loads((tmp_path / "rules.json").read_text())["program"] == "va_selection"
+
+
+def test_rule_logits_softmax_per_disjunction_and_sigmoid_per_fact(tmp_path):
+    """One softmax over padded groups: a disjunction's choices sum to one, a
+    probabilistic fact is the sigmoid of its logit, and set() round-trips."""
+    from logic.rules import RuleLogits
+
+    base = load_program("context_selection", check_bindings=False)
+    path = tmp_path / "with_fact.pl"
+    path.write_text(base.text + "\nt(0.3)::lucky(img).\n")
+    program = load_program(path, check_bindings=False)
+    rules = RuleLogits(program)
+    fact = [g for g in program.groups if len(g.params) == 1]
+    assert len(fact) == 1
+    (i,) = fact[0].params
+    probs = rules.probs()
+    assert probs[i].item() == pytest.approx(0.3)
+    with torch.no_grad():
+        rules.logits.normal_(generator=torch.Generator().manual_seed(0))
+    probs = rules.probs()
+    assert probs[i].item() == pytest.approx(torch.sigmoid(rules.logits[i]).item())
+    for g in program.groups:
+        if len(g.params) > 1:
+            idx = list(g.params)
+            torch.testing.assert_close(probs[idx], torch.softmax(rules.logits[idx], 0))
+    probs.sum().backward()  # finite gradients through the padding
+    assert rules.logits.grad.isfinite().all()
+    rules.set(probs.detach())
+    torch.testing.assert_close(rules.probs(), probs.detach())

@@ -109,7 +109,7 @@ def bench_engines(args: argparse.Namespace) -> dict:
     from logic.bench import bench_engines as run_bench
 
     return run_bench(program=args.program, batch_size=args.batch_size, dpl_samples=args.dpl_samples,
-                     seed=args.seed)
+                     repeats=args.repeats, seed=args.seed)
 
 
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
@@ -135,6 +135,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=512, help="engines: batch size (default: 512)")
     p.add_argument("--dpl-samples", type=int, default=64,
                    help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
+    p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
 
 
 @command(

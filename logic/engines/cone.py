@@ -179,6 +179,7 @@ class KeyedCone:
     def __init__(self, flat: FlatCircuit, encoding: LeafEncoding, num: list[list[int]], den: list[list[int]]):
         n_in = flat.n_in
         self.n_in, self.n_keys, self.encoding = n_in, len(num), encoding
+        self.circuit_edges = sum(len(c) for c in flat.children)
         kinds, child_start, children, node_start, outputs = [], [0], [], [0], []
         input_start, inputs = [0], []
         self.edges_per_key = []
@@ -215,6 +216,30 @@ class KeyedCone:
         return out.to(device)
 
 
+class _Workspace:
+    """Reused scratch arrays. A fresh array of a few hundred kilobytes comes
+    from the OS page by page on first touch, and on this machine that costs
+    more than the walk itself; a batch's arrays are taken here and given back
+    when its backward pass (or a forward pass without gradients) is done."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.free: dict[tuple, list[np.ndarray]] = {}
+
+    def take(self, shape: tuple, dtype) -> np.ndarray:
+        arrays = self.free.get((shape, np.dtype(dtype)))
+        return arrays.pop() if arrays else np.empty(shape, dtype=dtype)
+
+    def give(self, *arrays: np.ndarray) -> None:
+        for a in arrays:
+            kept = self.free.setdefault((a.shape, a.dtype), [])
+            if len(kept) < self.keep:
+                kept.append(a)
+
+
+_WORKSPACE = _Workspace()
+
+
 class _KeyedConeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, rules, offsets, keys, cone):
@@ -222,21 +247,26 @@ class _KeyedConeFunction(torch.autograd.Function):
         r = rules.detach().to(values.dtype).contiguous().numpy()
         off = offsets.to(torch.int64).contiguous().numpy()
         k = keys.detach().to(torch.int64).contiguous().numpy()
-        enc = cone.encoding.arrays(y.dtype)
-        vals = np.empty((len(k), cone.n_in + cone.width), dtype=y.dtype)
+        vals = _WORKSPACE.take((len(k), cone.n_in + cone.width), y.dtype)
         out = np.empty((len(k), cone.arrays[-1].shape[1] // 2), dtype=y.dtype)
-        _forward(y, r, off, k, *enc, *cone.arrays, vals, out)
-        ctx.saved = (y, r, off, k, vals, cone)
+        _forward(y, r, off, k, *cone.encoding.arrays(y.dtype), *cone.arrays, vals, out)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ctx.saved = (y, r, off, k, vals, cone)
+        else:
+            _WORKSPACE.give(vals)
         return torch.from_numpy(out)
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.saved is None:
+            raise RuntimeError("the cone's backward pass runs once per forward pass (no retain_graph)")
         y, r, off, k, vals, cone = ctx.saved
+        ctx.saved = None
         g = grad_out.detach().contiguous().numpy().astype(vals.dtype, copy=False)
-        grad = np.empty_like(vals)
+        grad = _WORKSPACE.take(vals.shape, vals.dtype)
         gy, gr = np.zeros_like(y), np.zeros_like(r)
         _backward(g, off, k, *cone.encoding.arrays(y.dtype), *cone.arrays, vals, grad, gy, gr)
-        ctx.saved = None
+        _WORKSPACE.give(vals, grad)
         return torch.from_numpy(gy), torch.from_numpy(gr), None, None, None
 
 

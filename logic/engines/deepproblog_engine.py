@@ -9,6 +9,9 @@ reproduction of the source notes. It evaluates one query at a time.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 from problog.logic import Term
 
@@ -46,7 +49,8 @@ class DeepProbLogEngine:
         self.emotions = tuple(emotions)
         self.dp_networks = [Network(networks[n], n, batching=True) for n in program.networks]
         self.model = Model(str(program.path), self.dp_networks)
-        self.model.set_engine(ExactEngine(self.model), cache=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # its "Caching ACs" notice would break --json output
+            self.model.set_engine(ExactEngine(self.model), cache=True)
         self.model.optimizer = SGD(self.model, param_lr)
         self.sources: dict[str, _SampleTensors] = {}
         if len(self.model.parameters) != program.n_params:  # both must index the same parameters
