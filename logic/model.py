@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,8 @@ class CompiledEngine(nn.Module):
         # CONTEXTS index -> engine index (-1: a context this engine was not compiled for)
         self._from_codes = torch.tensor([self.context_index.get(c, -1) for c in CONTEXTS], dtype=torch.long)
         self.rules = RuleLogits(program)
+        # per network of compiled.queries.groups: [C, J] which of its blocks each context reads
+        self._group_needs = [self.compiled.needs[:, js].numpy() for _, js in self.compiled.queries.groups]
 
     # -- parameters ---------------------------------------------------------
     def rule_probs_tensor(self) -> torch.Tensor:
@@ -86,23 +89,23 @@ class CompiledEngine(nn.Module):
     def _leaves(self, batch, ctx: torch.Tensor, rule_probs=None) -> PackedLeaves:
         """Each network evaluated once per batch, on the (sample, source) pairs
         whose context reads them (a sample evaluates only its own context's
-        cone). A sample whose context needs a source it does not have is an error."""
+        cone). A sample whose context needs a source it does not have is an error.
+        The bookkeeping (which pairs) is numpy: no gradients, smaller overhead."""
         cq = self.compiled.queries
-        needs = self.compiled.needs[ctx]  # [B, n_blocks]
+        ctx = ctx.cpu().numpy()
         outputs, masks = [], []
-        for net, js in cq.groups:
+        for (net, js), needs in zip(cq.groups, self._group_needs):
             sources = [cq.nn_blocks[j][1] for j in js]
-            mask = needs[:, js]  # [B, J]
-            missing = mask & ~torch.stack([batch.present(src) for src in sources], 1)
+            mask = needs[ctx]  # [B, J] bool
+            missing = mask & ~np.stack([batch.present(src).cpu().numpy() for src in sources], 1)
             if missing.any():
-                i, j = (int(v) for v in missing.nonzero()[0])
+                i, j = (int(v) for v in np.argwhere(missing)[0])
                 raise UserError(f"sample {batch.sample_ids[i]}: its context needs source {sources[j]!r}, which is absent")
-            if len(js) == 1:
-                x = batch.tensors[sources[0]]
-                mask = None if bool(mask.all()) else mask
-                x = x if mask is None else x[mask[:, 0]]
+            if mask.all() and len(js) == 1:
+                x, mask = batch.tensors[sources[0]], None
             else:  # (sample, source) pairs, sample by sample
-                x = torch.stack([batch.tensors[src] for src in sources], 1)[mask]
+                x = torch.stack([batch.tensors[src] for src in sources], 1) if len(js) > 1 else batch.tensors[sources[0]][:, None]
+                x = x[torch.from_numpy(mask).to(x.device)]
             outputs.append(self.networks[net](x))  # [n, K]
             masks.append(mask)
         rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from neural.vocabulary import MAX_FACES
@@ -53,14 +54,17 @@ def batch_context_codes(
     face_mask:  [B, 3] bool, slot exists
     image_size: [B, 2] (width, height)
     """
-    boxes = face_boxes.double()
-    wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0)  # [B, 3, 2]
-    area = (wh[..., 0] * wh[..., 1]) / (image_size[:, 0] * image_size[:, 1]).double()[:, None]
-    size = torch.where(face_mask, area.sqrt(), torch.full_like(area, -1.0))  # [B, 3]
-    large = (size.max(dim=1).values >= threshold).long()
-    n = face_mask.sum(dim=1)
+    # numpy: a dozen small operations, a few times cheaper than torch's
+    boxes = face_boxes.detach().cpu().numpy().astype(np.float64)
+    mask = face_mask.cpu().numpy()
+    size = image_size.cpu().numpy().astype(np.float64)
+    wh = np.maximum(boxes[..., 2:] - boxes[..., :2], 0)  # [B, 3, 2]; NaN where absent
+    area = wh[..., 0] * wh[..., 1] / (size[:, 0] * size[:, 1])[:, None]
+    largest = np.where(mask, np.sqrt(np.where(mask, area, 0)), -1.0).max(axis=1, initial=-1.0)
+    n = mask.sum(axis=1)
     # CONTEXTS = n0, n1_small, n1_large, n2_small, ...
-    return torch.where(n == 0, 0, 1 + 2 * (n - 1) + large)
+    codes = np.where(n == 0, 0, 1 + 2 * (n - 1) + (largest >= threshold))
+    return torch.from_numpy(codes.astype(np.int64)).to(face_mask.device)
 
 
 def batch_context_keys(

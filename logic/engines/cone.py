@@ -106,22 +106,24 @@ class PackedLeaves:
              batch_size: int) -> "PackedLeaves":
         """One group of consecutive blocks per network call: ``outputs[g]``
         ``[n, K]`` holds the rows of the True entries of ``masks[g]`` (``[B,
-        J]`` bool: block j evaluated for sample b), sample by sample and block
-        by block within a sample; a mask of None: one block, every sample."""
+        J]`` bool, numpy or torch: block j evaluated for sample b), sample by
+        sample and block by block within a sample; a mask of None: one block,
+        every sample."""
         dtype = outputs[0].dtype if outputs else rules.dtype
         offsets, start = [], 0
-        for y, mask in zip(outputs, masks):
+        for y, mask in zip(outputs, masks):  # numpy: bookkeeping without gradients
             k = y.shape[1]
             if mask is None:
-                offsets.append(torch.arange(start, start + y.numel(), k)[:, None])
+                offsets.append(np.arange(start, start + y.numel(), k)[:, None])
             else:
-                rank = mask.flatten().cumsum(0).view(mask.shape) - 1  # row of (b, j) in y
-                offsets.append(torch.where(mask, start + rank * k, -1))
+                mask = np.asarray(mask, dtype=bool)
+                rank = mask.reshape(-1).cumsum().reshape(mask.shape) - 1  # row of (b, j) in y
+                offsets.append(np.where(mask, start + rank * k, -1))
             start += y.numel()
         if not outputs:
             return cls(torch.zeros(0, dtype=dtype), torch.zeros((batch_size, 0), dtype=torch.long), rules.to(dtype))
         values = torch.cat([y.reshape(-1) for y in outputs]) if len(outputs) > 1 else outputs[0].reshape(-1)
-        return cls(values, torch.cat(offsets, 1) if len(offsets) > 1 else offsets[0], rules.to(dtype))
+        return cls(values, torch.from_numpy(np.concatenate(offsets, 1).astype(np.int64)), rules.to(dtype))
 
     def dense(self, block_sizes) -> torch.Tensor:
         """``[B, sum(block_sizes)]``: every block's row per sample, 0 where not evaluated."""
