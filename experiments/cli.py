@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from dataclasses import dataclass
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emologic: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``emologic rules RUN | head``): stop quietly, like
+        # other command-line tools; stdout goes to devnull so the final flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UserError, FileNotFoundError, NotADirectoryError) as exc:
         # User-facing failures are one clear line; programming errors keep their traceback.
         print(f"emologic {args.command}: error: {exc}", file=sys.stderr)

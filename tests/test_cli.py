@@ -67,3 +67,25 @@ def test_rules_command_on_a_finished_run(tmp_path, capsys):
     assert len(list(PrologString(text))) > 10  # ProbLog parses the learned program
     assert main(["rules", str(run_dir), "--regime", "late_fusion"]) == 2
     assert "no rules for regime 'late_fusion'" in capsys.readouterr().err
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly():
+    """``emologic rules RUN | head``: no BrokenPipeError traceback, exit status 0."""
+    import subprocess
+    import sys
+
+    script = (
+        "import argparse, sys\n"
+        "from experiments import cli\n"
+        "p = argparse.ArgumentParser()\n"
+        "p.add_argument('command', nargs='?', default='flood')\n"
+        "def flood(args):\n"
+        "    for _ in range(200000): print('a line of a long table')\n"
+        "p.set_defaults(_run=flood)\n"
+        "cli.build_parser = lambda: p\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -c \"$0\" | head -1", script],
+                          capture_output=True, text=True)
+    assert proc.stdout == "a line of a long table\n"
+    assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr
