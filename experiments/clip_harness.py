@@ -243,7 +243,7 @@ def collect_clip_results(cfg: HarnessConfig, state: RunState, data: ClipExperime
                          timings: dict) -> dict:
     regimes = {}
     for regime in cfg.regimes:
-        per_seed = {str(s): state.result(regime, s) for s in cfg.seeds if state.is_done(regime, s)}
+        per_seed = state.seed_results(regime, cfg.seeds)
         if not per_seed:
             continue
         summary = aggregate_seeds([

@@ -221,7 +221,7 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
 def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: dict, timings: dict) -> dict:
     regimes = {}
     for regime in cfg.regimes:
-        per_seed = {str(s): state.result(regime, s) for s in cfg.seeds if state.is_done(regime, s)}
+        per_seed = state.seed_results(regime, cfg.seeds)
         if not per_seed:
             continue
         summary = aggregate_seeds([

@@ -254,6 +254,10 @@ class RunState:
     def result(self, regime: str, seed: int) -> dict:
         return self.units[(regime, int(seed))]
 
+    def seed_results(self, regime: str, seeds) -> dict[str, dict]:
+        """``{str(seed): result}`` of the completed ``seeds`` of ``regime``."""
+        return {str(s): self.result(regime, s) for s in seeds if self.is_done(regime, s)}
+
     def completed(self) -> list[tuple[str, int]]:
         """Completed units in the order they were marked."""
         return list(self.units)

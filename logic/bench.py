@@ -35,11 +35,10 @@ def _klay_module_step(model, batch):
     (every root for every sample), for comparison with the per-sample cones."""
     engine = model.engine
     cp = engine.compiled
-    roots = cp.queries.roots
-    # per key (context * E + label): the label's and valid's root and normaliser columns
-    keyed = [[roots[t], roots[v]] for e, v in zip(cp.emotion_terms, cp.valid_terms) for t in e]
-    num = torch.tensor([[label[0], valid[0]] for label, valid in keyed])
-    den = torch.tensor([[label[1], valid[1]] for label, valid in keyed])
+    # per key (context * E + label): the root and normaliser columns of the label's and valid's terms
+    columns = [[cp.queries.roots[t] for t in terms] for terms in cp.key_terms("label")]
+    num = torch.tensor([[c[0] for c in row] for row in columns])
+    den = torch.tensor([[c[1] for c in row] for row in columns])
 
     def run():
         ctx = engine._context_index(batch.contexts(model.face_size_threshold))
@@ -86,7 +85,7 @@ def bench_engines(program: str = "context_selection", batch_size: int = 512, dpl
             p_dpl = models["deepproblog"](small).probs
     finally:
         torch.set_default_dtype(old)
-    label_cone = models["compiled"].engine.compiled.label_cone()
+    label_cone = models["compiled"].engine.compiled.cone("label")
     qps_compiled = batch_size / t_compiled
     qps_compiled32 = batch_size / t_compiled32
     qps_dpl = dpl_samples / t_dpl

@@ -125,6 +125,9 @@ class CompiledClipEngine(nn.Module):
             _COMPILED[key] = compile_queries(program, self.terms, domains)
         self.cq = _COMPILED[key]
         self.terms = [t if t in self.cq.roots else FALSE for t in self.terms]
+        # every answer (one key), and the label(E, S) query (key E * S_count + S)
+        self.all_cone = self.cq.cone([self.terms])
+        self.label_cone = self.cq.cone([[t] for t in self.terms[:len(emotions) * len(sentiments)]])
 
     def rule_probs(self) -> list[float]:
         return self.rules.probs().tolist()
@@ -138,17 +141,14 @@ class CompiledClipEngine(nn.Module):
 
     def query(self, batch, explain: bool, rule_probs: torch.Tensor | None = None):
         """``rule_probs`` ([n_params]) replaces the learned probabilities (tests take gradients there)."""
-        cone = self.cq.cone("all", [self.terms])
-        out = cone(self._leaves(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long))
+        out = self.all_cone(self._leaves(batch, rule_probs), torch.zeros(len(batch), dtype=torch.long))
         joint, emotion, sentiment, via = split_answers(out, *self.shape, explain=True)
         return joint, emotion, sentiment, (via if explain else None)
 
     def label_query(self, batch) -> torch.Tensor:
         """P(label(clip, emotion, sentiment)) at each clip's two labels: [B]."""
-        e, s, _ = self.shape
-        cone = self.cq.cone("label", [[t] for t in self.terms[:e * s]])
         keys = batch.labels * self.shape[1] + batch.sentiments
-        return cone(self._leaves(batch, None), keys)[:, 0]
+        return self.label_cone(self._leaves(batch, None), keys)[:, 0]
 
 
 class DeepProbLogClipEngine(DeepProbLogEngine):

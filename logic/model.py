@@ -126,12 +126,12 @@ class CompiledEngine(nn.Module):
         cp = self.compiled
         ctx = self._context_index(contexts)
         leaves = self._leaves(batch, ctx, rule_probs)
-        r = cp.main_cone()(leaves, ctx)  # [B, E + 1]
+        r = cp.cone("main")(leaves, ctx)  # [B, E + 1]
         emotion, valid = r[:, :-1], r[:, -1]
         via = None
         if explain:
             order = torch.tensor([cp.sources.index(s) for s in sources])
-            rv = cp.explain_cone()(leaves, ctx)  # [B, S_all * E]
+            rv = cp.cone("explain")(leaves, ctx)  # [B, S_all * E]
             via = rv.view(len(batch), len(cp.sources), -1)[:, order]
         return emotion, valid, via
 
@@ -140,7 +140,7 @@ class CompiledEngine(nn.Module):
         cp = self.compiled
         ctx = self._context_index(contexts)
         leaves = self._leaves(batch, ctx, rule_probs)
-        r = cp.label_cone()(leaves, ctx * len(self.emotions) + batch.labels)  # [B, 2]
+        r = cp.cone("label")(leaves, ctx * len(self.emotions) + batch.labels)  # [B, 2]
         return r[:, 0], r[:, 1]
 
     def selection(self, context: str, sources) -> dict[str, float]:

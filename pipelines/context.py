@@ -60,7 +60,7 @@ def batch_context_codes(
     size = image_size.cpu().numpy().astype(np.float64)
     wh = np.maximum(boxes[..., 2:] - boxes[..., :2], 0)  # [B, 3, 2]; NaN where absent
     area = wh[..., 0] * wh[..., 1] / (size[:, 0] * size[:, 1])[:, None]
-    largest = np.where(mask, np.sqrt(np.where(mask, area, 0)), -1.0).max(axis=1, initial=-1.0)
+    largest = np.where(mask, np.sqrt(area), -1.0).max(axis=1)  # [B]; -1 without faces
     n = mask.sum(axis=1)
     # CONTEXTS = n0, n1_small, n1_large, n2_small, ...
     codes = np.where(n == 0, 0, 1 + 2 * (n - 1) + (largest >= threshold))

@@ -19,6 +19,7 @@ from logic.learning import train_rules
 from logic.program import ProgramError, available_programs, load_program
 from neural.errors import UserError
 from neural.vocabulary import EMOTIONS, SENTIMENTS
+from tests.logic_helpers import explained_with_rule_grad
 
 pytestmark = pytest.mark.usefixtures("float64")
 E, S = len(EMOTIONS), len(SENTIMENTS)
@@ -54,19 +55,14 @@ def test_clip_program_is_a_clip_program_and_binds():
 
 
 def run_engine(engine, batch, rule_probs):
-    model = ClipLogicModel(networks=given_heads(), engine=engine)
-    model.set_rule_probabilities(rule_probs)
-    if engine == "compiled":
-        rp = torch.tensor(rule_probs, requires_grad=True)
-        out = model(batch, explain=True, rule_probs=rp)
-    else:
-        model.engine.zero_grad()
-        out = model(batch, explain=True)
     i = torch.arange(len(batch))
-    loss = (-out.joint[i, batch.labels, batch.sentiments].log().sum() - out.emotion[i, batch.labels].log().sum()
-            + (out.sentiment ** 2).sum() + (out.posterior ** 2).sum())
-    loss.backward()
-    rule_grad = rp.grad if engine == "compiled" else torch.tensor(model.engine.rule_grads())
+
+    def loss_of(out):
+        return (-out.joint[i, batch.labels, batch.sentiments].log().sum() - out.emotion[i, batch.labels].log().sum()
+                + (out.sentiment ** 2).sum() + (out.posterior ** 2).sum())
+
+    model = ClipLogicModel(networks=given_heads(), engine=engine)
+    out, rule_grad = explained_with_rule_grad(model, engine, batch, rule_probs, loss_of)
     nn_grad = batch.tensors["clip"].grad.clone()
     batch.tensors["clip"].grad = None
     return out, rule_grad, nn_grad

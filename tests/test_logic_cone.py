@@ -19,15 +19,11 @@ def families():
     for name in available_programs("image"):
         program = load_program(name, check_bindings=False)
         cp = LogicModel(program, given_networks(program)).engine.compiled
-        yield pytest.param(cp.queries, "main", [e + [v] for e, v in zip(cp.emotion_terms, cp.valid_terms)],
-                           id=f"{name}-main")
-        yield pytest.param(cp.queries, "label", [[t, v] for e, v in zip(cp.emotion_terms, cp.valid_terms) for t in e],
-                           id=f"{name}-label")
-        yield pytest.param(cp.queries, "explain", [[t for row in via for t in row] for via in cp.via_terms],
-                           id=f"{name}-explain")
+        for family in ("main", "label", "explain"):
+            yield pytest.param(cp.queries, cp.key_terms(family), id=f"{name}-{family}")
     engine = ClipLogicModel(networks={"multimodal_emotion": GivenSlice(0, 7),
                                       "multimodal_sentiment": GivenSlice(7, 10)}).engine
-    yield pytest.param(engine.cq, "all", [engine.terms], id="clip_sentiment-all")
+    yield pytest.param(engine.cq, [engine.terms], id="clip_sentiment-all")
 
 
 def random_leaves(cq, b: int, g: torch.Generator, dtype=torch.float64) -> tuple[PackedLeaves, list]:
@@ -39,12 +35,12 @@ def random_leaves(cq, b: int, g: torch.Generator, dtype=torch.float64) -> tuple[
     return cq.pack_all(outputs, rules, b), [*outputs.values(), rules]
 
 
-@pytest.mark.parametrize("cq, name, key_terms", list(families()))
-def test_cone_matches_klay_module(cq, name, key_terms):
+@pytest.mark.parametrize("cq, key_terms", list(families()))
+def test_cone_matches_klay_module(cq, key_terms):
     """Every key, on random leaves: P(term) and its gradients with respect to
     the network outputs and the rule probabilities, against KLay's module
     evaluating every root for every sample on the dense encoding."""
-    keyed = cq.cone(name, key_terms)
+    keyed = cq.cone(key_terms)
     g = torch.Generator().manual_seed(0)
     keys = torch.arange(len(key_terms)).repeat_interleave(3)
     leaves, params = random_leaves(cq, len(keys), g)
@@ -89,7 +85,7 @@ def test_samples_read_only_the_blocks_they_were_given():
             stacked = torch.stack([per_sample[cq.nn_blocks[j]][samples] for j in js], 1)  # [b, J, K]
             outputs.append(stacked[mask])
             masks.append(mask)
-        return cp.main_cone()(cq.pack(outputs, masks, rules, len(samples)), contexts[samples])
+        return cp.cone("main")(cq.pack(outputs, masks, rules, len(samples)), contexts[samples])
 
     together = evaluate(torch.arange(len(contexts)))
     assert together.isfinite().all()
@@ -100,13 +96,13 @@ def test_samples_read_only_the_blocks_they_were_given():
     nothing = [torch.zeros(0, cq.block_sizes[js[0]]) for _, js in cq.groups]
     empty = [torch.zeros(1, len(js), dtype=torch.bool) for _, js in cq.groups]
     with pytest.raises(ValueError, match="not evaluated"):
-        cp.main_cone()(cq.pack(nothing, empty, rules, 1), n1)
+        cp.cone("main")(cq.pack(nothing, empty, rules, 1), n1)
 
 
 def test_float32_matches_float64():
     program = load_program("context_selection", check_bindings=False)
     cp = LogicModel(program, given_networks(program)).engine.compiled
-    keyed = cp.label_cone()
+    keyed = cp.cone("label")
     keys = torch.arange(40) % keyed.n_keys
     leaves, _ = random_leaves(cp.queries, 40, torch.Generator().manual_seed(0))
     leaves32 = PackedLeaves(leaves.values.detach().float(), leaves.offsets, leaves.rules.detach().float())
@@ -120,7 +116,7 @@ def test_keys_out_of_range_are_refused():
     cp = LogicModel(program, given_networks(program)).engine.compiled
     leaves, _ = random_leaves(cp.queries, 2, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="keys must lie in"):
-        cp.main_cone()(leaves, torch.tensor([0, len(cp.contexts)]))
+        cp.cone("main")(leaves, torch.tensor([0, len(cp.contexts)]))
 
 
 class _Layer(torch.nn.Module):

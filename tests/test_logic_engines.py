@@ -11,7 +11,14 @@ from problog.sdd_formula import SDD
 from logic.model import LogicModel
 from logic.program import available_programs, load_program
 from neural.vocabulary import EMOTIONS
-from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch, random_outputs, random_rule_probs
+from tests.logic_helpers import (
+    ALL_LAYOUTS,
+    explained_with_rule_grad,
+    given_networks,
+    make_batch,
+    random_outputs,
+    random_rule_probs,
+)
 
 PROGRAMS = available_programs("image")
 
@@ -22,18 +29,12 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 def run_engine(program, engine, batch_args, rule_probs):
     model = LogicModel(program, given_networks(program), engine=engine)
-    model.set_rule_probabilities(rule_probs)
     batch = make_batch(*batch_args, requires_grad=True)
-    if engine == "compiled":
-        rp = torch.tensor(rule_probs, requires_grad=True)
-        out = model(batch, explain=True, rule_probs=rp)
-    else:
-        model.engine.zero_grad()
-        out = model(batch, explain=True)
-    # a loss touching every output: log-likelihood of the labels plus the posterior
-    loss = -out.probs[torch.arange(len(batch)), batch.labels].log().sum() + (out.posterior ** 2).sum()
-    loss.backward()
-    rule_grad = rp.grad if engine == "compiled" else torch.tensor(model.engine.rule_grads())
+
+    def loss_of(out):  # touches every output: log-likelihood of the labels plus the posterior
+        return -out.probs[torch.arange(len(batch)), batch.labels].log().sum() + (out.posterior ** 2).sum()
+
+    out, rule_grad = explained_with_rule_grad(model, engine, batch, rule_probs, loss_of)
     nn_grads = {k: v.grad.nan_to_num() for k, v in batch.tensors.items()}
     return out, rule_grad, nn_grads, model
 

@@ -116,7 +116,6 @@ class CompiledQueries:
     rule_params: list[int]  # parameter index of each rule-probability column
 
     def __post_init__(self):
-        self._cones: dict = {}
         self._flat: FlatCircuit | None = None
         self._encoding: LeafEncoding | None = None
 
@@ -161,18 +160,16 @@ class CompiledQueries:
         num, den = zip(*(self.roots[t] for t in terms))
         return out[:, list(num)] / out[:, list(den)]
 
-    def cone(self, name: str, key_terms: list[list[Term]]) -> KeyedCone:
+    def cone(self, key_terms: list[list[Term]]) -> KeyedCone:
         """Answers ``key_terms[k]`` for samples with key ``k``, evaluating only
-        the cone of those roots (built once per name)."""
-        if name not in self._cones:
-            if self._flat is None:
-                self._flat = FlatCircuit(self.circuit, self.weight_matrix.shape[1], self.constant_inputs())
-                self._encoding = LeafEncoding(self.weight_matrix, list(self.block_sizes))
-            last = self._flat.layer_ids[-1]  # KLay's roots are the outputs of its last layer
-            pairs = [[self.roots[t] for t in terms] for terms in key_terms]
-            self._cones[name] = KeyedCone(self._flat, self._encoding, [[last[n] for n, _ in row] for row in pairs],
-                                          [[last[d] for _, d in row] for row in pairs])
-        return self._cones[name]
+        the cone of those roots (callers keep it: building walks the circuit)."""
+        if self._flat is None:
+            self._flat = FlatCircuit(self.circuit, self.weight_matrix.shape[1], self.constant_inputs())
+            self._encoding = LeafEncoding(self.weight_matrix, list(self.block_sizes))
+        last = self._flat.layer_ids[-1]  # KLay's roots are the outputs of its last layer
+        pairs = [[self.roots[t] for t in terms] for terms in key_terms]
+        return KeyedCone(self._flat, self._encoding, [[last[n] for n, _ in row] for row in pairs],
+                         [[last[d] for _, d in row] for row in pairs])
 
     def constant_inputs(self) -> dict[int, int]:
         """Input positions whose weight is 0 or 1 whatever the leaves: position -> constant."""
@@ -380,14 +377,25 @@ class CompiledProgram:
     selected_terms: list  # [C][S]
     needs: torch.Tensor  # [C, n_blocks] bool: the context reads this (network, source) block
 
-    def main_cone(self) -> KeyedCone:
-        return self.queries.cone("main", [e + [v] for e, v in zip(self.emotion_terms, self.valid_terms)])
+    def __post_init__(self):
+        self._cones: dict[str, KeyedCone] = {}
 
-    def label_cone(self) -> KeyedCone:
-        return self.queries.cone("label", [[t, v] for e, v in zip(self.emotion_terms, self.valid_terms) for t in e])
+    def key_terms(self, family: str) -> list[list[Term]]:
+        """The terms each key of a query family answers (see above)."""
+        pairs = list(zip(self.emotion_terms, self.valid_terms))
+        if family == "main":
+            return [e + [v] for e, v in pairs]
+        if family == "label":
+            return [[t, v] for e, v in pairs for t in e]
+        if family == "explain":
+            return [[t for row in via for t in row] for via in self.via_terms]
+        raise ValueError(f"unknown query family {family!r}; known: main, label, explain")
 
-    def explain_cone(self) -> KeyedCone:
-        return self.queries.cone("explain", [[t for row in via for t in row] for via in self.via_terms])
+    def cone(self, family: str) -> KeyedCone:
+        """The cone of a query family, built once."""
+        if family not in self._cones:
+            self._cones[family] = self.queries.cone(self.key_terms(family))
+        return self._cones[family]
 
 
 def compile_program(program: Program, contexts, emotions: tuple[str, ...], network_domains: dict) -> CompiledProgram:
