@@ -48,3 +48,23 @@ def tiny_clip_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     CLIPModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory):
+    """Real photos shipped by scikit-image, written as files: {name: path}.
+
+    astronaut: one large smiling face (RGB JPEG); camera: a man with a camera,
+    grayscale PNG; cat: Chelsea the cat (RGB JPEG, no human face).
+    """
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("real_photos")
+    paths = {}
+    for name, array, suffix in (("astronaut", data.astronaut(), ".jpg"), ("camera", data.camera(), ".png"),
+                                ("cat", data.chelsea(), ".jpg")):
+        path = root / f"{name}{suffix}"
+        Image.fromarray(array).save(path, quality=95) if suffix == ".jpg" else Image.fromarray(array).save(path)
+        paths[name] = path
+    return paths
