@@ -19,6 +19,8 @@ CLIP_REGIMES = ("frozen", "joint")
 MODALITY = {"synthetic": "image", "findingemo": "image", "csv": "image", "synthetic_clips": "clip", "meld": "clip"}
 DATASETS = tuple(MODALITY)
 RULE_INITS = ("uniform", "program")
+#: Where the face predicate starts (``--face-init``): the real FER2013 weights, or a random init.
+FACE_INITS = ("fer2013", "scratch")
 
 #: Defaults of the fields left ``None``, per modality (``HarnessConfig.resolved``).
 MODALITY_DEFAULTS: dict[str, dict] = {
@@ -80,8 +82,9 @@ class HarnessConfig:
     stage0_epochs: int | None = None  # the face net's epochs (default 10); clips: the fusion net's (default 30)
     head_epochs: int = 100  # the scene head's and VA regressor's epochs (cheap: cached features)
     stage0_lr: float = 2e-3
+    face_lr: float = 3e-4  # stage 0: fine-tuning learning rate of the pretrained face predicate
     face_weights: str | None = None  # a trained face predicate (emologic train-face) instead of stage 0
-    fer_weights: bool = False  # use mini-XCEPTION's real FER2013 weights for the face predicate
+    face_init: str = "fer2013"  # where the face predicate starts: fer2013 (real weights) | scratch
     # -- output -------------------------------------------------------------
     runs_dir: str = "runs"
     name: str | None = None
@@ -141,8 +144,8 @@ class HarnessConfig:
                 problems.append("--clip-frames and --clip-seconds must be positive")
             if cfg.dataset == "synthetic_clips" and (cfg.clip_size < 32 or cfg.clip_size % 2 or cfg.n_clips < 1):
                 problems.append("synthetic_clips needs an even --clip-size >= 32 and a positive --n-clips")
-        if cfg.face_weights and cfg.fer_weights:
-            problems.append("--face-weights and --fer-weights are exclusive")
+        if cfg.face_init not in FACE_INITS:
+            problems.append(f"--face-init must be one of {', '.join(FACE_INITS)}")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -187,9 +190,12 @@ _HELP = {
     "stage0_per_seed": "retrain stage 0 for every seed (default: once, shared by all seeds and regimes)",
     "stage0_epochs": "epochs of stage-0 training of each network (default: 10; clips: the fusion net's, 30)",
     "head_epochs": "stage-0 epochs of the scene head and VA regressor (cached features, cheap)",
-    "stage0_lr": "stage-0 learning rate",
+    "stage0_lr": "stage-0 learning rate (scene head, VA regressor, a face net trained from scratch)",
+    "face_lr": "stage-0 learning rate when fine-tuning the pretrained (FER2013) face predicate",
     "face_weights": "trained face predicate directory (emologic train-face)",
-    "fer_weights": "use the real FER2013 mini-XCEPTION weights for the face predicate",
+    "face_init": "where the face predicate starts: fer2013 (mini-XCEPTION's real FER2013 weights; stage 0 "
+                 "fine-tunes them where faces are labelled) or scratch (a random init trained in stage 0 on the "
+                 "data set's labelled faces); --face-weights replaces both",
     "runs_dir": "where run directories are created",
     "name": "suffix of the run directory name",
     "progress": "progress bars",

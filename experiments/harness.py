@@ -26,7 +26,7 @@ from experiments.config import HarnessConfig
 from experiments.data import load_data
 from experiments.metrics import aggregate_seeds
 from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
-from experiments.regimes import RegimeResult, confusion_sum, get_regime
+from experiments.regimes import Binding, RegimeResult, confusion_sum, get_regime
 from experiments.report import render_report, summary_lines
 from experiments.runs import (
     RunState,
@@ -45,6 +45,7 @@ from experiments.stage0 import Predicates, load_predicates, save_predicates, tra
 from logic.program import available_programs, load_program
 from neural.errors import UserError
 from neural.registry import save_network
+from pipelines.pipeline import feature_provenance
 from neural.vocabulary import EMOTIONS
 
 
@@ -53,8 +54,9 @@ def _log(msg: str) -> None:
 
 
 #: bumped when stage-0 training changes, so older reusable stage-0 networks are not reused
-STAGE0_VERSION = 2
-STAGE0_KEYS = ("stage0_epochs", "head_epochs", "stage0_lr", "face_weights", "fer_weights", "unfreeze_layer4", "layer4_lr")
+STAGE0_VERSION = 3
+STAGE0_KEYS = ("stage0_epochs", "head_epochs", "stage0_lr", "face_lr", "face_weights", "face_init", "unfreeze_layer4",
+               "layer4_lr")
 
 
 def _load_stage0(directory: Path) -> Predicates | None:
@@ -108,6 +110,7 @@ def save_regime(result: RegimeResult, pred: Predicates, cfg: HarnessConfig, data
         "face_size_threshold": cfg.face_size_threshold,
         "face_source": pred.face_source,
         "pipeline": data.pipeline.to_dict(),
+        "provenance": result.provenance,
         "networks": "networks",
         "rules": None if regime == "late_fusion" else "rules.json",
     })
@@ -195,11 +198,13 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     _log(data.build_summary)
     _log(data.dataset.describe())
     needs_va = "va_valence" in program.networks
+    features = feature_provenance(data.pipeline, data.split("train").manifests[0].get("identity"))
     tb = TBLogger(run_dir / "tb")
 
     def run_unit(regime: str, seed: int, pred: Predicates, stage0_dir: Path, unit_dir: Path) -> RegimeResult:
         own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
         result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
+        result.provenance = Binding(program, own).provenance(features)
         save_regime(result, own, cfg, data, unit_dir, regime)
         return result
 

