@@ -211,24 +211,62 @@ def write_resolved_config(run_dir: str | os.PathLike, config_dict: Any, argv: Se
 
     Contents: ``command`` (see :func:`format_command`), ``argv``, ``config``,
     ``fingerprint`` (:func:`config_fingerprint`), ``created`` (ISO time) and the
-    versions of Python, torch and numpy. Returns the path.
+    ``environment`` (:func:`environment`). Returns the path.
     """
-    import numpy
-    import torch
-
     doc = {
         "command": format_command(argv),
         "argv": [os.fspath(a) for a in argv],
         "config": config_dict,
         "fingerprint": config_fingerprint(config_dict),
         "created": datetime.now().isoformat(timespec="seconds"),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": numpy.__version__,
-        },
+        **environment(),
     }
     return atomic_write_json(Path(run_dir) / CONFIG_FILE, doc)
+
+
+#: Libraries whose version can move a run's numbers (kernels, summation order, compilation).
+_NUMERIC_LIBRARIES = ("torch", "torchvision", "numpy", "numba", "klaycircuits", "pysdd", "problog", "deepproblog",
+                      "facenet-pytorch", "transformers", "scikit-learn")
+
+
+def environment() -> dict:
+    """What moves a run's floating-point results besides its config: library
+    versions, torch's thread count and CPU kernel level, BLAS threading.
+
+    Training sums in float32; a different thread count or kernel (AVX2 vs
+    AVX-512) changes the summation order, and a network trained for several
+    epochs then ends a little elsewhere. Two runs agree bit for bit only when all
+    of this agrees."""
+    from importlib import metadata
+
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for name in _NUMERIC_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    blas = []
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [{k: i.get(k) for k in ("internal_api", "num_threads", "architecture")} for i in threadpool_info()]
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it BLAS goes unrecorded
+        pass
+    return {
+        "versions": versions,
+        "compute": {
+            "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or None,
+            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                    "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY")},
+            "blas": blas,
+        },
+    }
 
 
 # --------------------------------------------------------------------------- #

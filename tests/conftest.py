@@ -68,3 +68,16 @@ def real_photos(tmp_path_factory):
         Image.fromarray(array).save(path, quality=95) if suffix == ".jpg" else Image.fromarray(array).save(path)
         paths[name] = path
     return paths
+
+
+@pytest.fixture(scope="session")
+def astronaut_face(real_photos):
+    """The astronaut's face as the pipeline crops it: MTCNN box -> [1, 1, 64, 64] in [-1, 1]."""
+    from pipelines.faces import MTCNNFaces, crop_faces
+    from pipelines.images import load_image
+
+    image = load_image(real_photos["astronaut"])
+    faces = MTCNNFaces().detect([image])[0]
+    assert len(faces) == 1, "MTCNN should find the astronaut's one face"
+    crop = crop_faces(image, faces.boxes)  # uint8 [1, 64, 64]
+    return torch.from_numpy(crop).float().div(127.5).sub(1.0).unsqueeze(1)

@@ -2,6 +2,7 @@
 the main script's --help works; `emologic rules` reads a finished run."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,21 @@ def test_rules_command_on_a_finished_run(tmp_path, capsys):
     assert main(["rules", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "== frozen" in out and "== joint" in out and "trust(n1_large)" in out and "truth" in out
+    # where each source's knowledge came from, per regime: joint fine-tuned the face net, frozen did not
+    frozen, joint = out.split("== joint")
+    assert "scene: NO PRETRAINED KNOWLEDGE (scene backbone: random init (seed 0)" in frozen
+    assert "face1, face2, face3: face_emotion: FER2013 mini-XCEPTION" in frozen
+    assert "fine-tuned in stage 0 on synthetic" in frozen and "fine-tuned in joint" not in frozen
+    assert "fine-tuned in stage 0 on synthetic; fine-tuned in joint on synthetic" in joint
+    assert main(["rules", str(run_dir), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)["joint"]["provenance"]
+    assert record["face1"]["pretrained"] and not record["scene"]["pretrained"]
+    assert record["face1"]["parts"]["face_emotion"]["origin"] == "fer2013"
     assert main(["rules", str(run_dir), "--pl"]) == 0
     text = capsys.readouterr().out
+    assert "%   face1, face2, face3: face_emotion: FER2013" in text
     assert len(list(PrologString(text))) > 10  # ProbLog parses the learned program
+    assert "NO PRETRAINED KNOWLEDGE" in (run_dir / "report.md").read_text()
     assert main(["rules", str(run_dir), "--regime", "late_fusion"]) == 2
     assert "no rules for regime 'late_fusion'" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from experiments import regimes as regimes_module
 from experiments.config import HarnessConfig
@@ -109,3 +110,18 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     assert run(cfg, argv=[], resume=str(run_dir)) == run_dir
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["regimes"]) == {"frozen", "joint"}
+
+
+def test_the_runs_face_predicate_still_reads_a_real_face(finished, astronaut_face):
+    """FER2013 is the face predicate's start, and stage 0 + joint fine-tuning on the
+    synthetic faces keep what it knows: the astronaut's smile is still happy."""
+    from neural.registry import load_network
+    from neural.vocabulary import EMOTIONS
+
+    run_dir, _ = finished
+    for regime in ("frozen", "joint"):
+        net = load_network(run_dir / "checkpoints" / "seed0" / regime / "networks" / "face_emotion").eval()
+        assert net.provenance.origin == "fer2013"
+        with torch.no_grad():
+            p = net(astronaut_face)[0]
+        assert EMOTIONS[int(p.argmax())] == "happy" and p.max() > 0.5, (regime, p)

@@ -98,7 +98,12 @@ def test_write_resolved_config(tmp_path):
     assert doc["command"] == "python experiments/joint_vs_frozen.py --seeds '0 1'"
     assert doc["fingerprint"] == config_fingerprint({"lr": 0.1, "seeds": [0, 1], "epochs": 3})
     assert doc["fingerprint"] != config_fingerprint({**cfg, "epochs": 4})
-    assert "torch" in doc["versions"]
+    assert "torch" in doc["versions"] and "klaycircuits" in doc["versions"]
+    # what moves float results besides the config: thread count and CPU kernel level
+    import torch
+
+    assert doc["compute"]["torch_threads"] == torch.get_num_threads()
+    assert doc["compute"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert format_command(["emologic", "rules", "runs/latest"]) == "emologic rules runs/latest"
 
 
