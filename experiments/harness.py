@@ -195,6 +195,9 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
                         f"program ({', '.join(available_programs('image'))})")
     data = load_data(cfg)
     timings["data_and_cache"] = time.time() - t
+    if cfg.engine == "deepproblog":
+        _log("note: rule parameters: DeepProbLog's SGD(param_lr) on the probabilities (the compiled engine: Adam on "
+             "logits), so learned rules differ between engines; with --rule-lr 0 both give the same numbers")
     _log(data.build_summary)
     _log(data.dataset.describe())
     needs_va = "va_valence" in program.networks
