@@ -155,6 +155,7 @@ def save_clip_regime(result: ClipRegimeResult, cfg: HarnessConfig, data: ClipExp
         "bindings": {"multimodal_emotion": [NET_NAME, "emotion"], "multimodal_sentiment": [NET_NAME, "sentiment"]},
         "networks": {NET_NAME: {"base": os.path.relpath(stage0_dir / NET_NAME, directory), "trainable": trainable}},
         "rules": "rules.json",
+        "provenance": result.provenance,
     })
 
 
@@ -202,6 +203,7 @@ def run_clips(cfg: HarnessConfig, argv: list[str], resume: str | None = None) ->
         own = copy.copy(stage0)
         own.net = copy.deepcopy(stage0.net)  # every regime starts from the same stage-0 net
         result = get_clip_regime(regime)(cfg, data, feats, program, own, seed, log=_log, tb=tb)
+        result.provenance = {source: result.net.source_provenance() for source in program.tensor_networks}
         save_clip_regime(result, cfg, data, unit_dir, regime, stage0_dir)
         return result
 

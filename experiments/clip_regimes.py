@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from neural.provenance import mark_trained
+
 from experiments.clip_data import ClipExperimentData, ClipFeatures
 from experiments.config import HarnessConfig
 from experiments.drift import parameter_drift, snapshot
@@ -211,6 +213,7 @@ def train_clip_stage0(cfg: HarnessConfig, feats: dict[str, ClipFeatures], base_n
     rcfg = RecipeConfig(epochs=cfg.stage0_epochs, seed=seed, class_weighted=cfg.class_weights)
     out = train_fusion(net, feats["pretrain"].triple(), feats["val"].triple(), rcfg, tb=tb, log=None,
                        tb_prefix=f"stage0/seed{seed}")
+    mark_trained(net, "trained in stage 0", cfg.dataset)
     metrics, test = stage0_metrics(net, feats)
     info = {"best_epoch": out["best_epoch"], "epochs": cfg.stage0_epochs, "seconds": out["seconds"],
             "n_pretrain": len(feats["pretrain"]), "recipe": rcfg.to_dict()}
@@ -241,11 +244,12 @@ class ClipRegimeResult:
     model: ClipLogicModel | None = None
     net: MultimodalFusionNet | None = None
     net_trained: bool = False
+    provenance: dict | None = None  # per source: where the fusion net's knowledge came from (set by the harness)
 
     def to_json(self) -> dict:
         keys = ("metrics", "sentiment_metrics", "joint_nll", "polarity_table", "sentiment_sources", "polarity_error",
                 "rule_table", "history", "drift", "frozen_encoders_unchanged", "confusion", "sentiment_confusion",
-                "wall_time_s")
+                "wall_time_s", "provenance")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -337,6 +341,8 @@ def train_clip_logic(name: str, cfg: HarnessConfig, data: ClipExperimentData, fe
     test = evaluate_logic(model, x["test"], feats["test"])
     table = model.polarity_table()
     net.eval()
+    if train_net:
+        mark_trained(net, f"fine-tuned in {name}", cfg.dataset)
     return ClipRegimeResult(
         metrics=test["metrics"],
         sentiment_metrics=test["sentiment_metrics"],

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from neural.errors import UserError
+from neural.provenance import DOMAIN_CLIPS, Provenance, provenance_of
 from neural.registry import register
 from neural.vocabulary import N_EMOTIONS, SENTIMENTS
 
@@ -108,6 +109,8 @@ class TextEncoder(nn.Module):
                 "text_model=str(neural.multimodal.packaged_minilm_path()) or another local BERT directory"
             ) from None
         _freeze(self.bert)
+        self.provenance = Provenance.pretrained_weights(
+            "text_model", f"text encoder {Path(str(name_or_path)).name}", "text", None)
         self.projection = nn.Linear(self.bert.config.hidden_size, PROJ_DIM)
 
     @property
@@ -151,6 +154,9 @@ class VideoEncoder(nn.Module):
                    "initialised; pass video_weights=<r3d_18 state dict file> for real video features")
             warnings.warn(msg, UserWarning, stacklevel=3)
             log.warning(msg)
+        self.provenance = (Provenance.pretrained_weights("kinetics400", f"R3D-18 Kinetics-400 ({Path(weights).name})",
+                                                         DOMAIN_CLIPS, None)
+                           if weights else Provenance.random_init())
         _freeze(self.backbone)
         num_features = self.backbone.fc.in_features  # 512
         self.backbone.fc = nn.Sequential(nn.Linear(num_features, PROJ_DIM), nn.ReLU(), nn.Dropout(0.2))
@@ -186,6 +192,7 @@ class AudioEncoder(nn.Module):
             nn.AdaptiveAvgPool1d(1),
         )
         _freeze(self.conv_layers)
+        self.provenance = Provenance.random_init()  # the source's audio stack has no published weights
         self.projection = nn.Sequential(nn.Linear(128, PROJ_DIM), nn.ReLU(), nn.Dropout(0.2))
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
@@ -233,6 +240,14 @@ class MultimodalFusionNet(nn.Module):
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.text_encoder.bert, self.audio_encoder.conv_layers, *self.video_encoder.frozen_modules()]
+
+    def source_provenance(self) -> dict:
+        """The clip source's :func:`neural.provenance.source_provenance` record: the
+        frozen encoders' weights and the trainable projections, fusion layer and heads."""
+        parts = {"text encoder": self.text_encoder.provenance, "video trunk": self.video_encoder.provenance,
+                 "audio encoder": self.audio_encoder.provenance, "fusion layers and heads": provenance_of(self)}
+        return {"pretrained": any(p.pretrained for p in parts.values()),
+                "parts": {name: p.to_dict() for name, p in parts.items()}}
 
     def train(self, mode: bool = True) -> "MultimodalFusionNet":
         super().train(mode)

@@ -110,9 +110,13 @@ def test_emologic_rules_shows_the_polarity_table_and_sources(finished, capsys):
     learned = results["regimes"]["frozen"]["per_seed"]["0"]["polarity_table"]
     happy = next(line for line in out.splitlines() if line.startswith("happy")).split()
     assert [float(v) for v in happy[1:4]] == pytest.approx([learned["happy"][s] for s in SENTIMENTS], abs=1e-3)
+    # provenance: the text encoder is pretrained (MiniLM), the video trunk and audio stack are random inits
+    assert "clip: text encoder: text encoder" in out and "video trunk: random init" in out
     assert emologic(["rules", str(run_dir), "--json", "--regime", "joint"]) == 0
     doc = json.loads(capsys.readouterr().out)["joint"]
     assert set(doc["polarity_table"]) == set(EMOTIONS) and set(doc["sentiment_sources"]) == {"head", "emotion"}
+    fusion = doc["provenance"]["clip"]["parts"]["fusion layers and heads"]
+    assert fusion["steps"] == ["trained in stage 0 on synthetic_clips", "fine-tuned in joint on synthetic_clips"]
     assert emologic(["rules", str(run_dir), "--pl"]) == 0
     assert "::polarity(happy, positive)" in capsys.readouterr().out
 

@@ -127,10 +127,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n== {r}: program {program.name}\n")
         if program.kind == "clip":
             _print_clip(program, model, results)
-            continue
-        print("\n".join(render_tables(model.rule_table(), program)))
-        print("P(source selected | context):")
-        print("\n".join(render_sources(model.source_probabilities(), truth)))
+        else:
+            print("\n".join(render_tables(model.rule_table(), program)))
+            print("P(source selected | context):")
+            print("\n".join(render_sources(model.source_probabilities(), truth)))
         print("\nwhere each source's knowledge came from:")
         print("\n".join(provenance_lines(provenance[r])))
     return 0
