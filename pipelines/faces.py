@@ -4,7 +4,8 @@ Detectors are registered by name (``get_detector(name, **cfg)``):
 
 * ``mtcnn``: facenet-pytorch MTCNN (weights ship in the wheel), every face
   with probability >= ``prob_threshold`` and a side (after clipping the box to
-  the image) >= ``min_face_size`` pixels;
+  the image) >= ``min_face_size`` pixels; a photo whose long side exceeds
+  ``max_side`` is searched at that size and its boxes scaled back;
 * ``annotations``: the boxes a data set recorded in ``sample.annotations["boxes"]``
   (probability 1.0).
 
@@ -146,9 +147,22 @@ class AnnotationFaces(FaceDetector):
         return out
 
 
+#: Long side (pixels) at which MTCNN searches a photo. MTCNN's first stage runs on
+#: the whole image at scale 12 / min_face_size: a 4000x4000 camera photo took 6.8 s
+#: and 0.7 GB there (one CPU thread), and a batch of 32 such photos of one size
+#: would need ~20 GB (4 took 2.8 GB). Searched at 1280 px (0.7 s), the smallest face
+#: found is min_face_size / 1280 of the long side (1.6 %, 62 px of 4000); crops
+#: are still cut from the full-resolution photo.
+DEFAULT_MTCNN_MAX_SIDE = 1280
+#: Pixels (after downscaling) per MTCNN batch: the batch's float tensor and its
+#: first-stage maps grow with it (16 photos of 1280x1280 peaked at +1 GB).
+MTCNN_BATCH_PIXELS = 8_000_000
+
+
 @register_detector("mtcnn")
 class MTCNNFaces(FaceDetector):
-    """facenet-pytorch MTCNN on CPU; images of equal size are detected as one batch."""
+    """facenet-pytorch MTCNN on CPU; images of equal size are detected as one batch
+    (at most ``batch_size`` images and :data:`MTCNN_BATCH_PIXELS` pixels)."""
 
     def __init__(
         self,
@@ -157,6 +171,7 @@ class MTCNNFaces(FaceDetector):
         prob_threshold: float = 0.9,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         batch_size: int = 16,
+        max_side: int = DEFAULT_MTCNN_MAX_SIDE,
     ):
         try:
             from facenet_pytorch import MTCNN
@@ -166,6 +181,7 @@ class MTCNNFaces(FaceDetector):
         self.min_face_size = int(min_face_size)
         self.prob_threshold = float(prob_threshold)
         self.batch_size = max(1, int(batch_size))
+        self.max_side = max(1, int(max_side))
         self.mtcnn = MTCNN(
             keep_all=True,
             select_largest=True,
@@ -182,19 +198,33 @@ class MTCNNFaces(FaceDetector):
             prob_threshold=cfg.face_prob_threshold,
             thresholds=cfg.mtcnn_thresholds,
             batch_size=cfg.batch_size,
+            max_side=cfg.mtcnn_max_side,
         )
+
+    def search_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size MTCNN searches an image of ``width`` x ``height`` at (long side <= ``max_side``)."""
+        scale = self.max_side / max(width, height)
+        if scale >= 1.0:
+            return width, height
+        return max(1, round(width * scale)), max(1, round(height * scale))
 
     def _one_batch(self, images: list[Image.Image]) -> list[Faces]:
         w, h = images[0].size
-        if min(w, h) < self.min_face_size:  # MTCNN's image pyramid is empty: no face can fit
+        sw, sh = self.search_size(w, h)
+        if min(sw, sh) < self.min_face_size:  # MTCNN's image pyramid is empty: no face can fit
             return [Faces.none() for _ in images]
+        if (sw, sh) != (w, h):
+            # PIL's resize widens its filter with the reduction (antialiased); reducing_gap=3
+            # first box-reduces by an integer factor (fast), then filters the rest
+            images = [im.resize((sw, sh), Image.Resampling.BILINEAR, reducing_gap=3.0) for im in images]
         batch_boxes, batch_probs = self.mtcnn.detect(list(images))
+        to_original = np.array([w / sw, h / sh, w / sw, h / sh], np.float32)
         out = []
         for boxes, probs in zip(batch_boxes, batch_probs):
             if boxes is None:
                 out.append(Faces.none())
                 continue
-            boxes = clip_boxes(np.asarray(boxes, np.float32), w, h)
+            boxes = clip_boxes(np.asarray(boxes, np.float32) * to_original, w, h)
             probs = np.asarray(probs, np.float32).reshape(-1)
             sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
             # MTCNN's min_face_size only bounds its image pyramid; regressed boxes can
@@ -208,9 +238,11 @@ class MTCNNFaces(FaceDetector):
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             by_size.setdefault(im.size, []).append(i)
-        for idx in by_size.values():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start : start + self.batch_size]
+        for (w, h), idx in by_size.items():
+            sw, sh = self.search_size(w, h)
+            step = max(1, min(self.batch_size, MTCNN_BATCH_PIXELS // (sw * sh)))
+            for start in range(0, len(idx), step):
+                chunk = idx[start : start + step]
                 for i, faces in zip(chunk, self._one_batch([images[i] for i in chunk])):
                     results[i] = faces
         return results

@@ -25,7 +25,7 @@ from neural.configs import strict_config
 from neural.errors import UserError
 from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.vocabulary import MAX_FACES, N_EMOTIONS
-from pipelines.faces import FaceError, Faces, crop_faces, detector_from_config, list_detectors
+from pipelines.faces import DEFAULT_MTCNN_MAX_SIDE, FaceError, Faces, crop_faces, detector_from_config, list_detectors
 from pipelines.images import DEFAULT_MAX_PIXELS, BadImageError, load_image_and_hash
 
 VA_BACKBONES = ("scene", "clip")
@@ -45,6 +45,7 @@ class PipelineConfig:
     min_face_size: int = 20  # mtcnn: smallest face side in pixels
     face_prob_threshold: float = 0.9  # mtcnn: keep faces with at least this probability
     mtcnn_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # mtcnn: P/R/O-net stage thresholds
+    mtcnn_max_side: int = DEFAULT_MTCNN_MAX_SIDE  # mtcnn: search larger photos downscaled to this long side
     crop_margin: float = 0.2  # square side = max(box w, h) * (1 + margin)
     crop_size: int = 64
     scene_size: int = 128
@@ -67,7 +68,7 @@ class PipelineConfig:
             problems.append(f"max_faces must be in 0..{MAX_FACES}, got {self.max_faces}")
         if len(self.mtcnn_thresholds) != 3:
             problems.append(f"mtcnn_thresholds needs 3 values, got {len(self.mtcnn_thresholds)}")
-        for key in ("crop_size", "scene_size", "max_pixels", "batch_size", "min_face_size"):
+        for key in ("crop_size", "scene_size", "max_pixels", "batch_size", "min_face_size", "mtcnn_max_side"):
             if getattr(self, key) < 1:
                 problems.append(f"{key} must be positive, got {getattr(self, key)}")
         if not 0.0 <= self.face_prob_threshold <= 1.0:
@@ -94,7 +95,7 @@ class PipelineConfig:
         """
         d = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_KEYS}
         if self.face_source == "annotations":
-            for k in ("min_face_size", "face_prob_threshold", "mtcnn_thresholds"):
+            for k in ("min_face_size", "face_prob_threshold", "mtcnn_thresholds", "mtcnn_max_side"):
                 d.pop(k)
         if self.va_backbone != "clip":
             d.pop("clip_model")

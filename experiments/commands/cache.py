@@ -22,6 +22,7 @@ _PIPELINE_HELP = {
     "min_face_size": "mtcnn: smallest face side in pixels",
     "face_prob_threshold": "mtcnn: keep faces detected with at least this probability",
     "mtcnn_thresholds": "mtcnn: P-, R- and O-net stage thresholds",
+    "mtcnn_max_side": "mtcnn: search photos with a longer side at this size (boxes scaled back)",
     "crop_margin": "face crop side = max(box width, height) * (1 + margin)",
     "crop_size": "side of the grayscale face crops in pixels",
     "scene_size": "input resolution of the scene backbone",
