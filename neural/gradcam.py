@@ -2,7 +2,8 @@
 
 For each face crop: the crop, its Grad-CAM and its Grad-CAM++ heat map for the
 predicted class, side by side in one PNG panel titled with the predicted label
-(and its probability) and the true label when known.
+(and its probability) and the true label when known. Files and photos (faces
+found by MTCNN, heat put back on the photo) are :mod:`experiments.face_explain`.
 
 The target layer is the backbone's last convolutional block
 (:attr:`neural.facetrain.backbones.BackboneSpec.cam_layer`): mini-XCEPTION's
@@ -57,7 +58,37 @@ class Explanation:
     gradcam: np.ndarray  # [64, 64] in [0, 1]
     gradcam_pp: np.ndarray  # [64, 64] in [0, 1]
     name: str
+    target: int = -1  # the class the heat maps explain (the predicted one)
     panel: Path | None = None
+    # where the crop came from, when it was cut from a photo (pixels of the photo)
+    source: str | None = None
+    box: np.ndarray | None = None  # [4] the detector's face box (x1, y1, x2, y2)
+    region: tuple[float, float, float, float] | None = None  # the square the crop shows
+    overlay: Path | None = None  # the photo with the heat maps of its faces
+
+    def box_mask(self) -> np.ndarray | None:
+        """[64, 64] bool: the crop pixels whose centre lies inside the face box (None without a box)."""
+        if self.box is None or self.region is None:
+            return None
+        h, w = self.crop.shape
+        left, top, right, bottom = self.region
+        sx, sy = w / (right - left), h / (bottom - top)
+        x1, y1, x2, y2 = ((self.box[0] - left) * sx, (self.box[1] - top) * sy,
+                          (self.box[2] - left) * sx, (self.box[3] - top) * sy)
+        yy, xx = np.mgrid[:h, :w] + 0.5
+        return (xx >= x1) & (xx <= x2) & (yy >= y1) & (yy <= y2)
+
+    def heat_in_box(self, which: str = "gradcam") -> float | None:
+        """The fraction of a heat map (``gradcam`` or ``gradcam_pp``) that lies on the face box.
+
+        The crop has a margin around the box (the box covers about 55 % of it with
+        the pipeline's margin 0.2), so a map that ignores the face scores about that."""
+        mask = self.box_mask()
+        if mask is None:
+            return None
+        heat = getattr(self, which)
+        total = float(heat.sum())
+        return float(heat[mask].sum()) / total if total > 0 else 0.0
 
 
 def explain(model: nn.Module, crops: torch.Tensor, names: list[str], labels: list[int | None] | None = None) -> list[Explanation]:
@@ -71,7 +102,8 @@ def explain(model: nn.Module, crops: torch.Tensor, names: list[str], labels: lis
     with torch.no_grad():
         probs = model(crops).numpy()
     preds = probs.argmax(1)
-    targets = [ClassifierOutputTarget(int(p)) for p in preds]
+    classes = [int(p) for p in preds]  # what each map explains: the predicted class
+    targets = [ClassifierOutputTarget(c) for c in classes]
     wrapped = _Logits(model)
     maps = {}
     for key, cls in (("gradcam", GradCAM), ("gradcam_pp", GradCAMPlusPlus)):
@@ -81,7 +113,7 @@ def explain(model: nn.Module, crops: torch.Tensor, names: list[str], labels: lis
     return [
         Explanation(
             crop=((crops[i, 0].numpy() + 1.0) / 2.0).clip(0, 1), probs=probs[i], pred=int(preds[i]), true=labels[i],
-            gradcam=maps["gradcam"][i], gradcam_pp=maps["gradcam_pp"][i], name=names[i],
+            gradcam=maps["gradcam"][i], gradcam_pp=maps["gradcam_pp"][i], name=names[i], target=classes[i],
         )
         for i in range(len(crops))
     ]
@@ -115,53 +147,3 @@ def save_panel(exp: Explanation, path: str | os.PathLike) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def load_crops(paths: list[str], detect: bool = False, margin: float = 0.2) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Face crops [N, 1, 64, 64] in [-1, 1] from image files, their names and their source files.
-
-    Without ``detect`` each file is one face crop (any size, converted to 64x64
-    grayscale). With ``detect`` MTCNN finds up to three faces per image and each
-    is cropped like the image pipeline does; an image without faces is an error.
-    """
-    from neural.face_data import crop_to_uint8, to_model_input
-    from pipelines.faces import crop_faces, get_detector
-    from pipelines.images import load_image
-
-    crops, names, sources = [], [], []
-    detector = get_detector("mtcnn") if detect else None
-    for p in paths:
-        image = load_image(p)
-        stem = Path(p).stem
-        if detector is None:
-            crops.append(crop_to_uint8(image))
-            names.append(stem)
-            sources.append(p)
-            continue
-        faces = detector.detect([image])[0]
-        if not len(faces):
-            raise GradCamError(f"{p}: no face found (pass face crops without --detect)")
-        for k, crop in enumerate(crop_faces(image, faces.boxes, margin)):
-            crops.append(crop)
-            names.append(f"{stem}_face{k + 1}")
-            sources.append(p)
-    return to_model_input(torch.from_numpy(np.stack(crops))), names, sources
-
-
-def explain_files(
-    model: nn.Module, paths: list[str], out_dir: str | os.PathLike,
-    labels: list[int | None] | None = None, detect: bool = False,
-) -> list[Explanation]:
-    """Explain the faces in ``paths`` and write one panel per face to ``out_dir/<name>_cam.png``.
-
-    ``labels`` (one per file, or None) are the true labels shown in the panels.
-    """
-    if labels is not None and len(labels) != len(paths):
-        raise GradCamError(f"got {len(labels)} label(s) for {len(paths)} image(s); give one per image")
-    crops, names, sources = load_crops(paths, detect)
-    per_file = dict(zip(paths, labels)) if labels is not None else {}
-    exps = explain(model, crops, names, [per_file.get(s) for s in sources])
-    out = Path(out_dir)
-    for exp in exps:
-        exp.panel = save_panel(exp, out / f"{exp.name}_cam.png")
-    return exps
