@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cache.build import build_cache
@@ -29,6 +29,9 @@ class ExperimentData:
     splits: dict[str, CachedSplit]
     truth_table: dict | None  # synthetic: the generator's P(source | context)
     build_summary: str
+    #: (sample id, reason) of every sample left out: by the data set (missing image,
+    #: label outside the vocabulary, ...) or by the cache build (unreadable image, ...)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def split(self, name: str) -> CachedSplit:
         return self.splits[name]
@@ -95,4 +98,5 @@ def load_data(cfg: HarnessConfig) -> ExperimentData:
         from pipelines.datasets.synthetic import read_synthetic_config
 
         truth = read_synthetic_config(dataset.source).source_table
-    return ExperimentData(dataset, pipeline, cache_dir, splits, truth, report.summary())
+    skipped = list(dataset.skipped) + [(s.sample_id, s.reason) for s in report.skipped]
+    return ExperimentData(dataset, pipeline, cache_dir, splits, truth, report.summary(), skipped)

@@ -20,6 +20,7 @@ import copy
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from experiments.config import HarnessConfig
@@ -249,6 +250,9 @@ def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: d
         # {network: validation metrics} of the (first) stage-0 networks
         "stage0": next(iter(stage0_metrics.values()), {}),
         "stage0_per_seed": stage0_metrics,
+        "skipped": {"n": len(data.skipped),
+                    "by_reason": dict(Counter(reason.split(":", 1)[0] for _, reason in data.skipped).most_common()),
+                    "images": [list(item) for item in data.skipped]},
         "timings": timings,
     }
 

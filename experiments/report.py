@@ -503,16 +503,20 @@ def _section_polarity(results: Mapping) -> list[str]:
 
 
 def _section_skipped(results: Mapping) -> list[str]:
+    """What the data set and the cache left out, counted by reason and listed (the
+    first ten; results.json lists all): ``skipped.images`` or ``skipped.clips``."""
     skipped = results.get("skipped") or {}
     if not skipped.get("n"):
         return []
+    unit = "image" if "images" in skipped else "clip"
+    items = skipped.get(f"{unit}s") or []
     rows = [[reason, str(n)] for reason, n in (skipped.get("by_reason") or {}).items()]
-    lines = [f"## Left out ({skipped['n']} clip{'s' if skipped['n'] != 1 else ''})", ""]
-    lines += markdown_table(["reason", "clips"], rows) + [""]
-    shown = (skipped.get("clips") or [])[:10]
+    lines = [f"## Left out ({skipped['n']} {unit}{'s' if skipped['n'] != 1 else ''})", ""]
+    lines += markdown_table(["reason", f"{unit}s"], rows) + [""]
+    shown = items[:10]
     lines += [f"- `{sid}`: {reason}" for sid, reason in shown]
-    if len(skipped.get("clips") or []) > len(shown):
-        lines.append(f"- ... and {len(skipped['clips']) - len(shown)} more (results.json lists all)")
+    if len(items) > len(shown):
+        lines.append(f"- ... and {len(items) - len(shown)} more (results.json lists all)")
     return lines + [""]
 
 
