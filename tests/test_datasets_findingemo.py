@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from PIL import Image
 
@@ -108,3 +110,116 @@ def test_package_annotations_load_without_images(tmp_path):
     assert list(kinds) == ["image missing"], kinds  # every one of the 24 emotions is mapped
     assert kinds["image missing"] > 25000
     assert ds.skipped[0][0] == "fe-0"
+
+
+# --------------------------------------------------------------------------- real rows
+# The annotation rows shipped in findingemo-light, with local stand-ins for the
+# images of the first rows (scikit-image photos: the astronaut where the
+# annotator named a facial expression, scenes without a face elsewhere).
+
+N_REAL = 24  # the package's first 24 rows: 7 emotions of Plutchik's, 5 basic ones after mapping
+MISSING = ("fe-16", "fe-25", "fe-31")  # rows of those whose image is "not downloaded"
+FACES = ("astronaut", "astronaut_flip", "astronaut_half", "astronaut_gray")
+SCENES = ("coffee", "rocket", "chelsea", "clock", "coins", "moon")
+
+
+def _real_rows() -> list[dict]:
+    import csv
+    import io
+
+    pytest.importorskip("findingemo_light")
+    from pipelines.datasets.findingemo import package_annotations
+
+    text, _ = package_annotations()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _photo_of(row: dict, k: int) -> str:
+    return FACES[k % len(FACES)] if "FacialExpression" in row["dec_factors"] else SCENES[k % len(SCENES)]
+
+
+@pytest.fixture(scope="module")
+def real_rows_with_images(tmp_path_factory):
+    from tests.photo_helpers import write_photo
+
+    rows = _real_rows()
+    images = tmp_path_factory.mktemp("findingemo_images")
+    for k, row in enumerate(rows[:N_REAL]):
+        if f"fe-{row['index']}" not in MISSING:
+            write_photo(images.joinpath(*[p for p in row["image_path"].split("/") if p]), _photo_of(row, k))
+    return rows, images
+
+
+def _basic_emotion(plutchik: str) -> str:
+    """The mapping file read here with the csv module, not with the loader's code."""
+    import csv
+    from pathlib import Path
+
+    import pipelines
+
+    path = Path(pipelines.__file__).parent / "mappings" / "findingemo_to_basic.csv"
+    with open(path, newline="") as fh:
+        table = {r["label"]: r["emotion"] for r in csv.DictReader(line for line in fh if not line.startswith("#"))}
+    return table[plutchik]
+
+
+def test_real_package_rows_load_with_local_images(real_rows_with_images):
+    rows, images = real_rows_with_images
+    ds = get_dataset("findingemo", images=images)  # the package's own annotation file, all of it
+    first = {f"fe-{r['index']}": r for r in rows[:N_REAL]}
+    assert [s.sample_id for s in ds] == [sid for sid in first if sid not in MISSING]
+    for s in ds:
+        row = first[s.sample_id]
+        assert s.label_name == _basic_emotion(row["emotion"]) and s.annotations["original_emotion"] == row["emotion"]
+        assert s.annotations["valence"] == pytest.approx(int(row["valence"]) / 3)
+        assert s.annotations["arousal"] == pytest.approx((int(row["arousal"]) - 3) / 3)
+        assert s.annotations["dec_factors"] == [t for t in row["dec_factors"].split(",") if t]
+        assert s.image_path == images.joinpath(*[p for p in row["image_path"].split("/") if p])
+    assert {s.label_name for s in ds} == {"happy", "neutral", "fear", "angry", "sad"}
+    # every other annotation's image is missing: counted, listed, not fatal
+    n_missing = len(rows) - len(ds)
+    assert ds.skip_summary() == {"image missing": n_missing}
+    reasons = dict(ds.skipped)
+    for sid in MISSING:
+        assert reasons[sid] == f"image missing: {images.joinpath(*[p for p in first[sid]['image_path'].split('/') if p])}"
+    report = ds.skip_report()
+    assert all(f"{sid}: image missing" in report for sid in MISSING)
+    assert f"{n_missing} of {len(rows)} FindingEmo images are not in {images}" in report
+
+
+def test_real_rows_through_the_image_pipeline(real_rows_with_images):
+    from pipelines.pipeline import ImagePipeline, PipelineConfig
+
+    rows, images = real_rows_with_images
+    ds = get_dataset("findingemo", images=images)
+    done, skipped = ImagePipeline(PipelineConfig(face_source="mtcnn", scene_size=224)).process(list(ds)[:12])
+    assert skipped == [] and len(done) == 12
+    photos = {f"fe-{r['index']}": _photo_of(r, k) for k, r in enumerate(rows[:N_REAL])}
+    for p in done:
+        if photos[p.sample_id] in FACES:
+            assert p.n_faces == 1 and p.faces.shape == (1, 64, 64), p.sample_id  # MTCNN found her face
+        else:
+            assert p.n_faces == 0, (p.sample_id, photos[p.sample_id])
+        assert p.label == ds[p.sample_id].label and p.annotations["dec_factors"] == ds[p.sample_id].annotations["dec_factors"]
+    assert sum(p.n_faces for p in done) >= 4
+
+
+def test_harness_runs_on_real_rows_and_lists_the_missing_images(real_rows_with_images, tmp_path):
+    from experiments.joint_vs_frozen import main
+
+    rows, images = real_rows_with_images
+    argv = ["--dataset", "findingemo", "--images", str(images), "--seeds", "0", "--epochs", "1", "--head-epochs", "5",
+            "--no-progress", "--runs-dir", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    run_dir = tmp_path / "runs" / "latest"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["dataset"] == "findingemo" and set(results["regimes"]) == {"frozen", "joint", "uniform_rules",
+                                                                              "late_fusion"}
+    assert results["n_test"] == 2  # fe-6 and fe-8 (fe-31, the third test row, is missing)
+    n_missing = len(rows) - (N_REAL - len(MISSING))
+    assert results["skipped"]["n"] == n_missing and results["skipped"]["by_reason"] == {"image missing": n_missing}
+    assert {sid for sid, _ in results["skipped"]["images"]} >= set(MISSING)
+    face = results["regimes"]["joint"]["per_seed"]["0"]["provenance"]["face1"]["parts"]["face_emotion"]
+    assert face["origin"] == "fer2013"
+    report = (run_dir / "report.md").read_text()
+    assert f"## Left out ({n_missing} images)" in report and "`fe-16`: image missing" in report
