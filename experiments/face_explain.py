@@ -64,7 +64,8 @@ def load_crops(paths: list[str], detect: bool = False) -> Crops:
         faces = detector.detect([image])[0]
         if not len(faces):
             raise GradCamError(f"{p}: no face found (pass face crops without --detect)")
-        for k, (crop, box) in enumerate(zip(crop_faces(image, faces.boxes, cfg.crop_margin, cfg.crop_size), faces.boxes)):
+        face_crops = crop_faces(image, faces.boxes, cfg.crop_margin, cfg.crop_size)  # uint8 [n, 64, 64]
+        for k, (crop, box) in enumerate(zip(face_crops, faces.boxes)):
             crops.append(crop)
             names.append(f"{stem}_face{k + 1}")
             sources.append(str(p))
@@ -111,7 +112,8 @@ def save_photo_overlay(path: str | os.PathLike, faces: list[Explanation], out: s
     for k, exp in enumerate(faces, 1):
         x1, y1, x2, y2 = (float(v) for v in exp.box)
         draw.rectangle((x1, y1, x2, y2), outline=(255, 255, 255), width=line)
-        draw.text((x1 + line, y2 + line), f"face{k}: {EMOTIONS[exp.pred]} {exp.probs[exp.pred]:.2f}", fill=(255, 255, 255))
+        label = f"face{k}: {EMOTIONS[exp.pred]} {exp.probs[exp.pred]:.2f}"
+        draw.text((x1 + line, y2 + line), label, fill=(255, 255, 255))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")

@@ -181,7 +181,8 @@ def test_real_package_rows_load_with_local_images(real_rows_with_images):
     assert ds.skip_summary() == {"image missing": n_missing}
     reasons = dict(ds.skipped)
     for sid in MISSING:
-        assert reasons[sid] == f"image missing: {images.joinpath(*[p for p in first[sid]['image_path'].split('/') if p])}"
+        path = images.joinpath(*[p for p in first[sid]["image_path"].split("/") if p])
+        assert reasons[sid] == f"image missing: {path}"
     report = ds.skip_report()
     assert all(f"{sid}: image missing" in report for sid in MISSING)
     assert f"{n_missing} of {len(rows)} FindingEmo images are not in {images}" in report
@@ -200,7 +201,8 @@ def test_real_rows_through_the_image_pipeline(real_rows_with_images):
             assert p.n_faces == 1 and p.faces.shape == (1, 64, 64), p.sample_id  # MTCNN found her face
         else:
             assert p.n_faces == 0, (p.sample_id, photos[p.sample_id])
-        assert p.label == ds[p.sample_id].label and p.annotations["dec_factors"] == ds[p.sample_id].annotations["dec_factors"]
+        sample = ds[p.sample_id]
+        assert p.label == sample.label and p.annotations["dec_factors"] == sample.annotations["dec_factors"]
     assert sum(p.n_faces for p in done) >= 4
 
 

@@ -159,18 +159,19 @@ def test_cli_explains_a_photo_with_the_fer2013_predicate(real_photos, tmp_path, 
     from experiments.cli import main
 
     out = tmp_path / "cams"
-    assert main(["explain-face", "fer2013", str(real_photos["astronaut"]), "--detect", "--out", str(out), "--json"]) == 0
+    photo = str(real_photos["astronaut"])
+    assert main(["explain-face", "fer2013", photo, "--detect", "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((out / "explanations.json").read_text())
     (face,) = printed
-    assert face["image"] == str(real_photos["astronaut"]) and face["name"] == "astronaut_face1"
+    assert face["image"] == photo and face["name"] == "astronaut_face1"
     assert face["predicted"] == face["explained_class"] == "happy" and face["p"] > 0.9
     x1, y1, x2, y2 = face["box"]
     assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
     assert face["heat_in_face_box"]["gradcam"] >= ON_FACE
     assert (out / "astronaut_photo_cam.png").is_file() and face["overlay"] == str(out / "astronaut_photo_cam.png")
     # the text form says the same in one line per face
-    assert main(["explain-face", "fer2013", str(real_photos["astronaut"]), "--detect", "--out", str(out)]) == 0
+    assert main(["explain-face", "fer2013", photo, "--detect", "--out", str(out)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("astronaut_face1: predicted happy (1.00)") and "of the Grad-CAM heat on the face box" in line
     # a photo without a face is one line, not a traceback

@@ -99,3 +99,16 @@ def test_left_out_rows_are_counted_and_listed(photo_run):
     assert results["skipped"]["n"] == 2
     report = (run_dir / "report.md").read_text()
     assert "## Left out (2 images)" in report and "`img/notes.jpg`" in report
+
+
+def test_explain_face_reads_the_runs_face_predicate_on_the_photo(photo_run, tmp_path, capsys):
+    from experiments.cli import main as emologic
+
+    run_dir, _ = photo_run
+    photo = run_dir.parent.parent / "img" / "astronaut.jpg"
+    net = run_dir / "checkpoints/seed0/joint/networks/face_emotion"
+    assert emologic(["explain-face", str(net), str(photo), "--detect", "--out", str(tmp_path), "--json"]) == 0
+    (face,) = json.loads(capsys.readouterr().out)
+    assert face["predicted"] == face["explained_class"] == "happy"
+    # well above the face box's share of the crop (0.55): the heat is on her face
+    assert face["heat_in_face_box"]["gradcam"] > 0.75, face["heat_in_face_box"]
