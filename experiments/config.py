@@ -19,6 +19,8 @@ CLIP_REGIMES = ("frozen", "joint")
 MODALITY = {"synthetic": "image", "findingemo": "image", "csv": "image", "synthetic_clips": "clip", "meld": "clip"}
 DATASETS = tuple(MODALITY)
 RULE_INITS = ("uniform", "program")
+#: Where the V/A regressor's features come from (``pipelines.pipeline.VA_BACKBONES``).
+VA_BACKBONES = ("scene", "clip")
 #: Where the face predicate starts (``--face-init``): the real FER2013 weights, or a random init.
 FACE_INITS = ("fer2013", "scratch")
 
@@ -56,6 +58,8 @@ class HarnessConfig:
     cache: str | None = None  # tensor cache directory (default .emologic/cache/<dataset>-<digest>)
     face_source: str | None = None  # annotations | mtcnn (default: annotations for synthetic, else mtcnn)
     scene_weights: str | None = None  # Places365 checkpoint (file or URL); none: seeded random init
+    va_backbone: str = "scene"  # features of the V/A regressor: scene (the cached scene features) | clip
+    clip_model: str = "openai/clip-vit-base-patch32"  # --va-backbone clip: hub name or local directory
     clip_frames: int | None = None  # clips: video frames per clip (synthetic_clips 8, meld 16)
     clip_size: int | None = None  # clips: frame side in pixels (synthetic_clips 64, meld 112)
     clip_seconds: float | None = None  # clips: seconds decoded per clip (synthetic_clips 2, meld 10)
@@ -144,6 +148,10 @@ class HarnessConfig:
                 problems.append("--clip-frames and --clip-seconds must be positive")
             if cfg.dataset == "synthetic_clips" and (cfg.clip_size < 32 or cfg.clip_size % 2 or cfg.n_clips < 1):
                 problems.append("synthetic_clips needs an even --clip-size >= 32 and a positive --n-clips")
+        if cfg.va_backbone not in VA_BACKBONES:
+            problems.append(f"--va-backbone must be one of {', '.join(VA_BACKBONES)}")
+        elif cfg.modality == "clip" and cfg.va_backbone != "scene":
+            problems.append("--va-backbone applies to image data sets (clip data sets have no V/A source)")
         if cfg.face_init not in FACE_INITS:
             problems.append(f"--face-init must be one of {', '.join(FACE_INITS)}")
         if problems:
@@ -167,13 +175,17 @@ _HELP = {
     "cache": "tensor cache directory",
     "face_source": "face boxes from 'annotations' or 'mtcnn'",
     "scene_weights": "Places365 ResNet-18 checkpoint (file or URL)",
+    "va_backbone": "features of the valence/arousal regressor (programs with a V/A source, e.g. va_selection): "
+                   "scene (the cached scene features) or clip (CLIP image embeddings, cached)",
+    "clip_model": "--va-backbone clip: CLIP model, hub name or local directory (from_pretrained)",
     "clip_frames": "clips: video frames per clip (default: synthetic_clips 8, meld 16)",
     "clip_size": "clips: frame side in pixels (default: synthetic_clips 64, meld 112)",
     "clip_seconds": "clips: seconds decoded per clip (default: synthetic_clips 2, meld 10)",
     "text_model": "clips: BERT-family text model, hub name or local directory (default: the packaged MiniLM)",
     "video_weights": "clips: r3d_18 state dict file (Kinetics-400) for the frozen video trunk",
     "program": "program name in logic/programs or a .pl path (default: context_selection; clips: clip_sentiment)",
-    "rule_init": "where the rule parameters start: uniform or program (the file's values); "
+    "rule_init": "where the rule parameters start: uniform or program (the file's values, e.g. "
+                 "va_selection's circumplex prior); "
                  "default uniform for images, program for clips",
     "engine": "compiled (KLay, batched) or deepproblog (reference)",
     "face_size_threshold": "relative side of a 'large' face",

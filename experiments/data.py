@@ -32,6 +32,9 @@ class ExperimentData:
     #: (sample id, reason) of every sample left out: by the data set (missing image,
     #: label outside the vocabulary, ...) or by the cache build (unreadable image, ...)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: synthetic: the generator's circumplex table P(emotion | v-bin, a-bin) and its rows'
+    #: weights P(v-bin, a-bin): ``{"circumplex": ..., "bin_weights": ...}``
+    va_truth: dict | None = None
 
     def split(self, name: str) -> CachedSplit:
         return self.splits[name]
@@ -71,6 +74,8 @@ def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
         scene_weights=cfg.scene_weights,
         store_scene_layer3=cfg.unfreeze_layer4,
         scene_size=cfg.image_size if cfg.dataset == "synthetic" else 224,
+        va_backbone=cfg.va_backbone,
+        clip_model=cfg.clip_model,
     )
 
 
@@ -93,10 +98,13 @@ def load_data(cfg: HarnessConfig) -> ExperimentData:
     cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
     report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress)
     splits = {s: CachedSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
-    truth = None
+    truth = va_truth = None
     if cfg.dataset == "synthetic":
-        from pipelines.datasets.synthetic import read_synthetic_config
+        from pipelines.datasets.synthetic import read_truth
+        from pipelines.datasets.synthetic_va import bin_probabilities
 
-        truth = read_synthetic_config(dataset.source).source_table
+        stored = read_truth(dataset.source)
+        truth = stored["source_table"]
+        va_truth = {"circumplex": stored["circumplex"], "bin_weights": bin_probabilities(stored["va_noise"])}
     skipped = list(dataset.skipped) + [(s.sample_id, s.reason) for s in report.skipped]
-    return ExperimentData(dataset, pipeline, cache_dir, splits, truth, report.summary(), skipped)
+    return ExperimentData(dataset, pipeline, cache_dir, splits, truth, report.summary(), skipped, va_truth)

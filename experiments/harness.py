@@ -55,7 +55,7 @@ def _log(msg: str) -> None:
 
 
 #: bumped when stage-0 training changes, so older reusable stage-0 networks are not reused
-STAGE0_VERSION = 3
+STAGE0_VERSION = 4
 STAGE0_KEYS = ("stage0_epochs", "head_epochs", "stage0_lr", "face_lr", "face_weights", "face_init", "unfreeze_layer4",
                "layer4_lr")
 
@@ -194,6 +194,10 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     if program.kind != "image":
         raise UserError(f"--program {cfg.program} is a {program.kind} program; image data sets need an image "
                         f"program ({', '.join(available_programs('image'))})")
+    needs_va = "va_valence" in program.networks
+    if cfg.va_backbone != "scene" and not needs_va:
+        raise UserError(f"--va-backbone {cfg.va_backbone} applies to programs with a V/A source "
+                        f"(va_selection); {cfg.program} has none")
     data = load_data(cfg)
     timings["data_and_cache"] = time.time() - t
     if cfg.engine == "deepproblog":
@@ -201,7 +205,6 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
              "logits), so learned rules differ between engines; with --rule-lr 0 both give the same numbers")
     _log(data.build_summary)
     _log(data.dataset.describe())
-    needs_va = "va_valence" in program.networks
     features = feature_provenance(data.pipeline, data.split("train").manifests[0].get("identity"))
     tb = TBLogger(run_dir / "tb")
 
@@ -235,7 +238,9 @@ def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: d
             continue
         summary = aggregate_seeds([
             {"metrics": r["metrics"], "source_table_mae": r.get("source_table_mae"),
-             "posterior_agreement": r.get("posterior_agreement"), "wall_time_s": r.get("wall_time_s")}
+             "posterior_agreement": r.get("posterior_agreement"), "wall_time_s": r.get("wall_time_s"),
+             # the V/A source (programs with one): test metrics and circumplex error, not the table itself
+             "va": {k: v for k, v in (r.get("va") or {}).items() if k != "circumplex"} or None}
             for r in per_seed.values()
         ])
         regimes[regime] = {"per_seed": per_seed, "summary": summary}
@@ -247,6 +252,8 @@ def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: d
         "n_test": len(data.split("test")),
         "regimes": regimes,
         "truth_source_table": data.truth_table,
+        "truth_circumplex": (data.va_truth["circumplex"] if data.va_truth and any(
+            r.get("va") for v in regimes.values() for r in v["per_seed"].values()) else None),
         # {network: validation metrics} of the (first) stage-0 networks
         "stage0": next(iter(stage0_metrics.values()), {}),
         "stage0_per_seed": stage0_metrics,

@@ -67,6 +67,7 @@ class RegimeResult:
     wall_time_s: float = 0.0
     model: nn.Module | None = None  # LogicModel, or the late-fusion network
     provenance: dict | None = None  # per source: where its networks' knowledge came from (set by the harness)
+    va: dict | None = None  # programs with a V/A source: experiments.va_source.regime_va_results
 
     def to_json(self) -> dict:
         return {
@@ -81,6 +82,7 @@ class RegimeResult:
             "confusion": self.confusion,
             "wall_time_s": self.wall_time_s,
             "provenance": self.provenance,
+            "va": self.va,
         }
 
 
@@ -131,7 +133,17 @@ class Binding:
         if self.uses_va:
             from neural.va import va_predicate_input
 
-            tensors["va"] = va_predicate_input(*self.pred.va_regressor.mc_predict(tensors["va"]))
+            va = self.pred.va_regressor
+            # Training through the logic keeps MC dropout *with* gradients: the loss is
+            # taken on the same Gaussian bin mass (mean and variance of the dropout
+            # passes) that evaluation and query use, so the circumplex table and the
+            # trust are learned against the distribution they will be read with, and
+            # the heads learn their uncertainty too. Training on the mean alone would
+            # leave only the min_std floor as variance: near-hard bins, vanishing
+            # gradients far from the edges, and a train/eval mismatch. The heads are
+            # small MLPs on cached features, so n passes cost little.
+            mc = va.mc_predict_with_grad if torch.is_grad_enabled() and va.training else va.mc_predict
+            tensors["va"] = va_predicate_input(*mc(tensors["va"]))
         return _with_tensors(batch, tensors)
 
 
@@ -211,12 +223,27 @@ def evaluate_logic(model: LogicModel, binding, split, truth_table: dict | None, 
     return result
 
 
+def truth_for_program(truth_table: dict, probs: dict) -> dict:
+    """The generator's P(source | context) restricted to the sources the program has
+    in each context, renormalised: what a program without some source (e.g.
+    context_selection, no V/A source) can at best learn, since the labels that
+    source decided look like noise to it. Contexts with one such source are left out."""
+    out = {}
+    for ctx, row in truth_table.items():
+        if ctx not in probs:
+            continue
+        kept = {s: p for s, p in row.items() if s in probs[ctx] and p > 0}
+        total = sum(kept.values())
+        if len(kept) > 1 and total > 0:
+            out[ctx] = {s: p / total for s, p in kept.items()}
+    return out
+
+
 def learned_sources(model: LogicModel, truth_table: dict | None) -> tuple[dict, float | None]:
     probs = model.source_probabilities()
     mae = None
     if truth_table:
-        learnable = {c: t for c, t in truth_table.items() if len(t) > 1 and c in probs}
-        mae = source_table_error(probs, learnable)["mae"]
+        mae = source_table_error(probs, truth_for_program(truth_table, probs))["mae"]
     return probs, mae
 
 
@@ -258,6 +285,8 @@ def train_logic(
                   {"params": [p for p in pred.face_net.parameters() if p.requires_grad], "lr": cfg.net_lr}]
         if pred.scene_layer4 is not None:
             groups += pred.scene_layer4.param_groups()
+        if binding.uses_va:
+            groups += pred.va_regressor.param_groups(cfg.net_lr)  # the V/A heads, through the bin mass
         for g in groups:
             for p in g["params"]:
                 p.requires_grad_(True)
@@ -303,7 +332,13 @@ def train_logic(
         m.eval()
         if train_networks:
             mark_trained(m, f"fine-tuned in {name}", cfg.dataset)
+    va = None
+    if pred.va_regressor is not None and "va_valence" in program.networks:
+        from experiments.va_source import regime_va_results
+
+        va = regime_va_results(pred, model.rule_table(), data)
     return RegimeResult(
+        va=va,
         metrics=test["metrics"],
         history=history,
         source_probs=probs,

@@ -7,7 +7,7 @@
   as they are otherwise; on request a random init trained on those crops
   (``--face-init scratch``) or a predicate from ``emologic train-face``;
 - valence/arousal regressor (only for programs with a VA source) on the
-  valence/arousal annotations.
+  valence/arousal annotations (:mod:`experiments.va_source`).
 
 Every regime of a seed starts from the same stage-0 networks.
 """
@@ -44,6 +44,8 @@ class Predicates:
     def trainable(self) -> nn.ModuleDict:
         """The networks the logic can train, by the name drift is reported under."""
         mods = {"scene2emotion": self.scene_head, "face_emotion": self.face_net}
+        if self.va_regressor is not None:
+            mods["va_regressor"] = self.va_regressor
         if self.scene_layer4 is not None:
             mods["scene_backbone"] = self.scene_layer4
         return nn.ModuleDict(mods)
@@ -221,24 +223,9 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     # -- valence/arousal -------------------------------------------------------
     va = None
     if needs_va:
-        torch.manual_seed(seed)
-        va = get_network("va_regressor")
-        target = torch.tensor([[pre.annotations(s)["valence"], pre.annotations(s)["arousal"]] for s in pre.sample_ids],
-                              dtype=torch.float32)
-        feats = _all(pre, "va")
-        opt = torch.optim.Adam(va.parameters(), lr=cfg.stage0_lr)
-        g = _seeded(seed, 23)
-        va.train()
-        for _ in range(max(1, cfg.head_epochs)):
-            order = torch.randperm(len(feats), generator=g)
-            for start in range(0, len(order), 128):
-                idx = order[start:start + 128]
-                loss = F.mse_loss(va(feats[idx]), target[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        va.eval()
-        mark_trained(va, "trained in stage 0", cfg.dataset)
+        from experiments.va_source import train_va_stage0
+
+        va, metrics["va_regressor"] = train_va_stage0(cfg, data, seed, log=log)
 
     # -- the scene backbone's last block, when the joint regime may train it ----
     layer4 = None

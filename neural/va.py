@@ -39,7 +39,9 @@ class VARegressorConfig:
     feature_dim: int = 512
     dropout: float = 0.3
     n_samples: int = 5  # MC-dropout samples
-    unfreeze_backbone: bool = False  # CLIP fine-tuning epochs
+    # No CLIP fine-tuning option: the harness trains on cached CLIP embeddings (one
+    # ViT pass per image, ever); unfreezing would need pixels through the ViT every
+    # epoch. The backbone stays frozen, as in the source's first phase.
 
 
 def _load_clip(name_or_path: str):
@@ -75,7 +77,12 @@ class VARegressor(nn.Module):
                     f"projection_dim={proj}; set feature_dim={proj}"
                 )
             for p in self.backbone.parameters():
-                p.requires_grad = config.unfreeze_backbone
+                p.requires_grad = False
+        # Input standardisation, fitted on the training features (fit_input_scaling) and
+        # saved with the weights: backbone features (a random-init ResNet's especially)
+        # sit far from zero with small spread, and the signal is in that spread.
+        self.register_buffer("feature_mean", torch.zeros(config.feature_dim))
+        self.register_buffer("feature_std", torch.ones(config.feature_dim))
         self.dropout = nn.Dropout(config.dropout)
         self.valence_head = self._head()
         self.arousal_head = self._head()
@@ -90,12 +97,18 @@ class VARegressor(nn.Module):
 
     def train(self, mode: bool = True) -> "VARegressor":
         super().train(mode)
-        if self.backbone is not None and not self.config.unfreeze_backbone:
+        if self.backbone is not None:
             self.backbone.train(False)
         return self
 
+    @torch.no_grad()
+    def fit_input_scaling(self, feats: torch.Tensor) -> None:
+        """Standardise inputs with the mean and std of ``feats`` [N, d] (backbone features)."""
+        self.feature_mean.copy_(feats.mean(0))
+        self.feature_std.copy_(feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(feats[0]))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 512] scene features (returned as is) or [B, 3, H, W] pixel_values -> [B, d]."""
+        """[B, d] cached features or [B, 3, H, W] pixel_values -> [B, d] backbone features."""
         if self.backbone is None:
             if x.dim() != 2 or x.shape[1] != self.config.feature_dim:
                 raise ValueError(
@@ -107,6 +120,9 @@ class VARegressor(nn.Module):
         # transformers 5 returns a model output whose pooler_output is the projection
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
+    def _standardised(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.features(x) - self.feature_mean) / self.feature_std
+
     def _heads(self, feats: torch.Tensor) -> torch.Tensor:
         # feats: [B, d] -> [B, 2]
         feats = self.dropout(feats)
@@ -114,7 +130,7 @@ class VARegressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, 512] features or [B, 3, H, W] pixel_values -> [B, 2] (valence, arousal)
-        return self._heads(self.features(x))
+        return self._heads(self._standardised(x))
 
     @torch.no_grad()
     def mc_predict(self, x: torch.Tensor, n_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,11 +140,18 @@ class VARegressor(nn.Module):
         backbone runs once in eval mode (it is deterministic there, so sampling
         only the dropout path is the same distribution at 1/n the cost).
         """
+        return self.mc_predict_with_grad(x, n_samples)
+
+    def mc_predict_with_grad(self, x: torch.Tensor, n_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`mc_predict` keeping the autograd graph: the mean and the variance of
+        the ``n`` dropout passes are differentiable in the heads' parameters (each
+        pass is an ordinary dropout forward), so a loss on the Gaussian bin mass
+        trains the heads through both."""
         n = self.config.n_samples if n_samples is None else n_samples
         if n < 2:
             raise ValueError(f"mc_predict needs n_samples >= 2 for a variance, got {n}")
         was_training = self.training
-        feats = self.features(x)
+        feats = self._standardised(x)
         self.dropout.train(True)
         try:
             preds = torch.stack([self._heads(feats) for _ in range(n)])  # [n, B, 2]
@@ -136,13 +159,9 @@ class VARegressor(nn.Module):
             self.train(was_training)
         return preds.mean(dim=0), preds.var(dim=0)
 
-    def param_groups(self, lr: float, backbone_lr: float = 1e-5) -> list[dict]:
-        """Heads at ``lr``; the CLIP backbone at ``backbone_lr`` when unfrozen."""
-        groups = [{"params": list(self.valence_head.parameters()) + list(self.arousal_head.parameters()),
-                   "lr": lr}]
-        if self.backbone is not None and self.config.unfreeze_backbone:
-            groups.append({"params": list(self.backbone.parameters()), "lr": backbone_lr})
-        return groups
+    def param_groups(self, lr: float) -> list[dict]:
+        """The two heads at ``lr`` (the CLIP backbone, when there is one, stays frozen)."""
+        return [{"params": list(self.valence_head.parameters()) + list(self.arousal_head.parameters()), "lr": lr}]
 
 
 # --- bin adapters ----------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 Each image has a scene of one of seven categories (own palette and texture,
 own emotion prior) and 0-3 schematic faces, each with its own expression. The
-label comes from exactly one source -- the scene or one face -- drawn from a
-known table conditioned on the image's context (number of faces, size bucket of
-the largest face; :func:`pipelines.context.context_key`, the same function the
-logic uses). Everything is recorded: boxes, per-face and scene emotions, the
-true source, the context, valence and arousal.
+label comes from exactly one source -- the scene, one face, or the image's mood
+rendered as valence/arousal cues in the scene (:mod:`pipelines.datasets.synthetic_va`)
+-- drawn from a known table conditioned on the image's context (number of faces,
+size bucket of the largest face; :func:`pipelines.context.context_key`, the same
+function the logic uses). Everything is recorded: boxes, per-face, scene and mood
+emotions, the true source, the context, valence and arousal.
 
 Generation runs in three steps so that splits never depend on drawing:
 1. draw all latent content from ``(seed, image index)`` streams;
@@ -15,7 +16,8 @@ Generation runs in three steps so that splits never depend on drawing:
    domain-shifted style of strength ``domain_shift``).
 
 On disk: ``root/images/<sample_id>.png``, ``root/annotations.jsonl`` (one JSON
-object per sample, split included) and ``root/config.json`` (written last; its
+object per sample, split included), ``root/truth.json`` (the source and circumplex
+tables and every image's valence/arousal, :func:`truth_of`) and ``root/config.json`` (written last; its
 presence marks a complete set). Same config -> byte-identical annotations.
 """
 from __future__ import annotations
@@ -49,31 +51,23 @@ from pipelines.datasets.synthetic_draw import (
     draw_scene,
     face_style,
 )
+from pipelines.datasets.synthetic_va import VA_CENTRES, circumplex_table, draw_mood, va_tint  # noqa: F401
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS, SplitError, assign_splits, check_fractions
 
 #: Bumped whenever drawing or sampling changes, so an old set on disk is not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
-#: P(source | context): more faces spread the trust, a large face wins more often.
+#: P(source | context): more faces spread the trust, a large face wins more often;
+#: the image's mood (valence/arousal, ``va``: see :mod:`pipelines.datasets.synthetic_va`)
+#: decides most often where no face can.
 DEFAULT_SOURCE_TABLE: dict[str, dict[str, float]] = {
-    "n0": {"scene": 1.0},
-    "n1_small": {"scene": 0.65, "face1": 0.35},
-    "n1_large": {"scene": 0.2, "face1": 0.8},
-    "n2_small": {"scene": 0.5, "face1": 0.3, "face2": 0.2},
-    "n2_large": {"scene": 0.15, "face1": 0.65, "face2": 0.2},
-    "n3_small": {"scene": 0.4, "face1": 0.3, "face2": 0.2, "face3": 0.1},
-    "n3_large": {"scene": 0.1, "face1": 0.6, "face2": 0.2, "face3": 0.1},
-}
-
-#: Circumplex centre (valence, arousal) of each emotion, both in [-1, 1].
-VA_CENTRES: dict[str, tuple[float, float]] = {
-    "angry": (-0.6, 0.6),
-    "disgust": (-0.7, 0.2),
-    "fear": (-0.5, 0.8),
-    "happy": (0.8, 0.4),
-    "sad": (-0.7, -0.5),
-    "surprise": (0.3, 0.8),
-    "neutral": (0.0, -0.3),
+    "n0": {"scene": 0.7, "va": 0.3},
+    "n1_small": {"scene": 0.5, "face1": 0.3, "va": 0.2},
+    "n1_large": {"scene": 0.15, "face1": 0.7, "va": 0.15},
+    "n2_small": {"scene": 0.4, "face1": 0.25, "face2": 0.15, "va": 0.2},
+    "n2_large": {"scene": 0.1, "face1": 0.6, "face2": 0.15, "va": 0.15},
+    "n3_small": {"scene": 0.35, "face1": 0.25, "face2": 0.15, "face3": 0.05, "va": 0.2},
+    "n3_large": {"scene": 0.1, "face1": 0.55, "face2": 0.15, "face3": 0.05, "va": 0.15},
 }
 
 #: Relative face size sqrt(box area / image area) range of all faces.
@@ -99,7 +93,7 @@ class SyntheticConfig:
     face_scene_agreement: float = 0.3
     #: strength in [0, 1] of the face-style shift in the pretrain split
     domain_shift: float = 0.6
-    #: standard deviation of valence/arousal around the label's circumplex centre
+    #: standard deviation of valence/arousal around the mood's circumplex centre
     va_noise: float = 0.15
 
     def __post_init__(self) -> None:
@@ -165,10 +159,14 @@ class SyntheticConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+#: The image's mood, a source in every context (a table row may leave it out: probability 0).
+VA_SOURCE = "va"
+
+
 def _sources_of(context: str) -> tuple[str, ...]:
-    """The sources that exist in a context: the scene and one per face."""
+    """The sources that exist in a context: the scene, one per face, and the mood."""
     n_faces = 0 if context == "n0" else int(context[1])
-    return SOURCES[: 1 + n_faces]
+    return SOURCES[: 1 + n_faces] + (VA_SOURCE,)
 
 
 def _is_distribution(probs) -> bool:
@@ -235,8 +233,13 @@ def _draw_latent(index: int, cfg: SyntheticConfig) -> dict[str, Any]:
     sources = _sources_of(context)
     probs = np.array([cfg.source_table[context].get(s, 0.0) for s in sources], dtype=np.float64)
     true_source = sources[int(rng.choice(len(sources), p=probs / probs.sum()))]
-    label = scene_emotion if true_source == "scene" else face_emotions[FACE_SLOTS.index(true_source)]
-    va = np.clip(np.asarray(VA_CENTRES[label]) + rng.normal(0.0, cfg.va_noise, 2), -1.0, 1.0)
+    mood, valence, arousal = draw_mood(rng, cfg.va_noise)
+    if true_source == "scene":
+        label = scene_emotion
+    elif true_source == VA_SOURCE:
+        label = mood
+    else:
+        label = face_emotions[FACE_SLOTS.index(true_source)]
     return {
         "sample_id": f"syn{cfg.seed}-{index:05d}",
         "label": label,
@@ -246,8 +249,9 @@ def _draw_latent(index: int, cfg: SyntheticConfig) -> dict[str, Any]:
         "scene_emotion": scene_emotion,
         "true_source": true_source,
         "context": context,
-        "valence": round(float(va[0]), 4),
-        "arousal": round(float(va[1]), 4),
+        "va_emotion": mood,
+        "valence": valence,
+        "arousal": arousal,
     }
 
 
@@ -256,7 +260,8 @@ def render_image(latent: dict[str, Any], index: int, split: str, cfg: SyntheticC
     rng = np.random.default_rng([cfg.seed, index, 1])
     style = face_style(cfg.domain_shift if split == "pretrain" else 0.0)
     category = [s.name for s in SCENES].index(latent["scene_category"])
-    canvas = draw_scene(category, cfg.image_size, rng, SUPERSAMPLE)
+    # the mood is rendered in the scene before the faces are drawn: faces stay as FER2013 reads them
+    canvas = va_tint(draw_scene(category, cfg.image_size, rng, SUPERSAMPLE), latent["valence"], latent["arousal"])
     draw = ImageDraw.Draw(canvas)
     for box, emotion in zip(latent["boxes"], latent["face_emotions"]):
         draw_face(draw, box, emotion, style, rng, SUPERSAMPLE)
@@ -313,9 +318,35 @@ def generate_synthetic(root: str | Path, cfg: SyntheticConfig | None = None, wor
         }
         lines.append(json.dumps(record))
     atomic_write_bytes(root / "annotations.jsonl", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(root / TRUTH_FILE, json.dumps(truth_of(cfg, latents), indent=1).encode())
     meta = {"generator_version": GENERATOR_VERSION, "config": cfg.to_dict()}
     atomic_write_bytes(root / "config.json", json.dumps(meta, indent=2).encode())
     return root
+
+
+TRUTH_FILE = "truth.json"
+
+
+def truth_of(cfg: SyntheticConfig, latents: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the logic should recover: the source table, the circumplex table
+    (:func:`~pipelines.datasets.synthetic_va.circumplex_table`) and every image's
+    mood, valence and arousal."""
+    return {
+        "source_table": cfg.source_table,
+        "circumplex": circumplex_table(cfg.va_noise),
+        "va_centres": {e: list(c) for e, c in VA_CENTRES.items()},
+        "va_noise": cfg.va_noise,
+        "va": {lat["sample_id"]: {"va_emotion": lat["va_emotion"], "valence": lat["valence"],
+                                  "arousal": lat["arousal"]} for lat in latents},
+    }
+
+
+def read_truth(root: str | Path) -> dict[str, Any]:
+    """``truth.json`` of the complete set at ``root``."""
+    path = Path(root) / TRUTH_FILE
+    if read_synthetic_config(root) is None or not path.is_file():
+        raise DatasetError(f"no synthetic set with {TRUTH_FILE} at {root}; delete it to regenerate")
+    return json.loads(path.read_text())
 
 
 def read_synthetic_config(root: str | Path) -> SyntheticConfig | None:
