@@ -331,6 +331,12 @@ def _section_sources(results: Mapping) -> list[str]:
     return lines + markdown_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2)) + [""]
 
 
+def _section_va(results: Mapping) -> list[str]:
+    from experiments.va_report import section_va  # it builds on this module's helpers
+
+    return section_va(results)
+
+
 def _section_recovery(results: Mapping) -> list[str]:
     columns = []
     for key, title in RECOVERY:
@@ -571,6 +577,7 @@ def render_report(
         _section_sources,
         _section_polarity,
         _section_recovery,
+        _section_va,
         _section_drift,
         _section_skipped,
         _section_timings,
@@ -624,7 +631,9 @@ def summary_lines(results: Mapping) -> list[str]:
             lines.append(f"{name}: source-table MAE vs generator {fmt_stat(s)}")
     if _is_clip(results):
         lines += _clip_summary_lines(results)
-    return lines
+    from experiments.va_report import va_summary_lines
+
+    return lines + va_summary_lines(results)
 
 
 def _clip_summary_lines(results: Mapping) -> list[str]:
