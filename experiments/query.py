@@ -74,6 +74,9 @@ class QueryResult:
     trust: dict[str, float]  # learned P(source selected | context)
     posterior: dict[str, float]  # P(source | image, prediction) over the existing sources, largest first
     annotated: str | None = None  # path of the annotated PNG (``annotate=``)
+    #: programs with a V/A source: per dimension the MC-dropout estimate ``mean``, its ``std``
+    #: and the Gaussian mass per bin the logic reads, ``{"valence": {"mean", "std", "bins"}, "arousal": ...}``
+    va: dict | None = None
 
     @property
     def prediction(self) -> str:
@@ -108,6 +111,7 @@ class QueryResult:
             "posterior": self.posterior,
             "trusted": self.trusted,
             "annotated": self.annotated,
+            **({"va": self.va} if self.va is not None else {}),
         }
 
 
@@ -403,7 +407,10 @@ class TrainedProgram:
 
     @torch.no_grad()
     def _explain(self, batch, top: int) -> list[QueryResult]:
-        prepared = self.binding.prepare(batch)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the V/A source's MC dropout: the same image gets the same answer
+            prepared = self.binding.prepare(batch)
+        va = self._va_estimates(prepared)
         out = self.model(prepared, explain=True)
         probs = out.probs.double()  # [B, E]
         own = self._source_outputs(prepared, out)  # source -> [B, E], NaN where absent
@@ -433,8 +440,24 @@ class TrainedProgram:
                 source_probs=source_probs,
                 trust=dict(self.trust(ctx)),
                 posterior=dict(sorted(post.items(), key=lambda kv: -kv[1])),
+                va=va[b] if va is not None else None,
             ))
         return results
+
+    def _va_estimates(self, prepared) -> list[dict] | None:
+        """Per image, the V/A source's estimate with its uncertainty and bin masses (None without one)."""
+        if not self.binding.uses_va:
+            return None
+        x = prepared.tensors["va"]  # [B, 4] = (mean_v, mean_a, var_v, var_a)
+        out = []
+        for b in range(len(prepared)):
+            entry = {}
+            for k, (dim, net) in enumerate((("valence", "va_valence"), ("arousal", "va_arousal"))):
+                mass = self.binding.networks[net](x[b:b + 1])[0].tolist()
+                entry[dim] = {"mean": float(x[b, k]), "std": float(x[b, 2 + k].clamp_min(0).sqrt()),
+                              "bins": dict(zip(self.program.domain_of(net), mass))}
+            out.append(entry)
+        return out
 
     def _source_outputs(self, prepared, out) -> dict[str, torch.Tensor]:
         """Each source's own emotion distribution, [B, E] (NaN where the source is absent).

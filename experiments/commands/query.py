@@ -49,6 +49,10 @@ def format_result(r) -> list[str]:
     lines.append("  emotion  " + ", ".join(f"{e} {p:.2f}" for e, p in r.top))
     lines.append("  sources  " + "; ".join(f"{s} says {e} ({p:.2f})" for s, (e, p) in r.sources.items()))
     lines.append(f"  answer   {r.prediction}: {r.explanation()}")
+    for dim, est in (r.va or {}).items():
+        # the bins that carry the mass (>= 5%), most first
+        bins = ", ".join(f"{b} {p:.2f}" for b, p in sorted(est["bins"].items(), key=lambda kv: -kv[1]) if p >= 0.05)
+        lines.append(f"  {dim:<8} {est['mean']:+.2f} ± {est['std']:.2f} (bins: {bins})")
     if r.annotated:
         lines.append(f"  picture  {r.annotated}")
     return lines
