@@ -150,8 +150,9 @@ class VideoEncoder(nn.Module):
             if missing or unexpected:
                 raise UserError(f"{weights}: not an r3d_18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
         else:
-            msg = ("MultimodalFusionNet: no video_weights given -- the frozen R3D-18 trunk is randomly "
-                   "initialised; pass video_weights=<r3d_18 state dict file> for real video features")
+            msg = ("MultimodalFusionNet: NO VIDEO WEIGHTS given -- the frozen R3D-18 trunk is a random init; "
+                   "video features carry no video knowledge. Pass video_weights=<r3d_18 state dict file> for "
+                   "real video features")
             warnings.warn(msg, UserWarning, stacklevel=3)
             log.warning(msg)
         self.provenance = (Provenance.pretrained_weights("kinetics400", f"R3D-18 Kinetics-400 ({Path(weights).name})",
@@ -193,6 +194,11 @@ class AudioEncoder(nn.Module):
         )
         _freeze(self.conv_layers)
         self.provenance = Provenance.random_init()  # the source's audio stack has no published weights
+        # frozen at a random init, like a scene backbone without Places365 weights: say so as loudly
+        msg = ("MultimodalFusionNet: NO AUDIO WEIGHTS exist for the source's audio conv stack -- it is frozen at "
+               "a random init; audio features carry no audio knowledge (only the projection after it learns)")
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        log.warning(msg)
         self.projection = nn.Sequential(nn.Linear(128, PROJ_DIM), nn.ReLU(), nn.Dropout(0.2))
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,23 @@ def test_video_weights_file_is_loaded(tmp_path):
     torch.testing.assert_close(net.video_encoder.backbone.layer4[0].conv1[0].weight, ref.layer4[0].conv1[0].weight)
 
 
+def test_random_encoders_warn_loudly(tmp_path, caplog):
+    from torchvision.models.video import r3d_18
+
+    with pytest.warns(UserWarning) as record:
+        MultimodalFusionNet(MultimodalFusionConfig(text_model=str(packaged_minilm_path())))
+    messages = [str(w.message) for w in record]
+    assert any("NO VIDEO WEIGHTS" in m for m in messages) and any("NO AUDIO WEIGHTS" in m for m in messages)
+    assert "NO AUDIO WEIGHTS" in caplog.text  # also in the log, as the scene backbone does
+    # with real video weights only the audio stack (which has none) is still warned about
+    torch.save(r3d_18(weights=None).state_dict(), tmp_path / "r3d.pth")
+    with pytest.warns(UserWarning) as record:
+        MultimodalFusionNet(MultimodalFusionConfig(text_model=str(packaged_minilm_path()),
+                                                   video_weights=str(tmp_path / "r3d.pth")))
+    messages = [str(w.message) for w in record]
+    assert not any("NO VIDEO WEIGHTS" in m for m in messages) and any("NO AUDIO WEIGHTS" in m for m in messages)
+
+
 def test_round_trip(net, tmp_path):
     ids, mask, video, audio = _inputs(net)
     net.eval()
