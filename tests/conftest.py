@@ -35,7 +35,7 @@ def float64():
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny CLIP saved with save_pretrained, so tests load it through the real from_pretrained path."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     config = CLIPConfig(
         text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -47,6 +47,8 @@ def tiny_clip_dir(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     CLIPModel(config).save_pretrained(path)
+    # a real CLIP directory also holds its image processor (what the cache's ClipFeatures loads)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
 
