@@ -41,16 +41,16 @@ def test_files_and_annotations(small_set):
         assert all(0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 64 for b in boxes)
         sizes = [relative_face_size(b, 64, 64) for b in boxes]
         assert a["context"] == context_key(len(boxes), max(sizes) if sizes else None)
-        assert a["true_source"] == "scene" or FACE_SLOTS.index(a["true_source"]) < len(boxes)
-        source_emotion = a["scene_emotion"] if a["true_source"] == "scene" else a["face_emotions"][FACE_SLOTS.index(a["true_source"])]
-        assert s.label == EMOTIONS.index(source_emotion)
+        assert a["true_source"] in ("scene", "va") or FACE_SLOTS.index(a["true_source"]) < len(boxes)
+        own = {"scene": a["scene_emotion"], "va": a["va_emotion"], **dict(zip(FACE_SLOTS, a["face_emotions"]))}
+        assert s.label == EMOTIONS.index(own[a["true_source"]])
         assert -1 <= a["valence"] <= 1 and -1 <= a["arousal"] <= 1
         assert a["scene_category"] in [sc.name for sc in SCENES]
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(small_set, tmp_path):
     generate_synthetic(tmp_path / "again", SyntheticConfig(**SMALL), workers=1)
-    for name in ("annotations.jsonl", "config.json", "images/syn7-00003.png"):
+    for name in ("annotations.jsonl", "config.json", "truth.json", "images/syn7-00003.png"):
         assert (tmp_path / "again" / name).read_bytes() == (small_set / name).read_bytes()
     generate_synthetic(tmp_path / "other", SyntheticConfig(**{**SMALL, "seed": 8}))
     assert (tmp_path / "other" / "annotations.jsonl").read_bytes() != (small_set / "annotations.jsonl").read_bytes()
