@@ -30,7 +30,7 @@ from pipelines.datasets.base import DatasetError
 from pipelines.datasets.synthetic import VA_CENTRES
 from pipelines.datasets.synthetic_draw import FACE_ASPECT, SUPERSAMPLE, FaceStyle, draw_face
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CONFIG_FILE = "synthetic_config.json"
 
 

@@ -52,7 +52,7 @@ from pipelines.datasets.synthetic_draw import (
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS, SplitError, assign_splits, check_fractions
 
 #: Bumped whenever drawing or sampling changes, so an old set on disk is not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: P(source | context): more faces spread the trust, a large face wins more often.
 DEFAULT_SOURCE_TABLE: dict[str, dict[str, float]] = {
