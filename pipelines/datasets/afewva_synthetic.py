@@ -76,7 +76,7 @@ def nearest_expression(valence: float, arousal: float) -> str:
 def render_frame(valence: float, arousal: float, person_seed: list[int], background: tuple[int, int, int],
                  offset: tuple[float, float], size: int, noise: float, noise_rng: np.random.Generator) -> bytes:
     """PNG bytes of one frame of a clip (``person_seed`` fixes who is drawn)."""
-    style = FaceStyle(eye_scale=1.0 + 0.3 * arousal, brow_lift=0.03 * arousal, mouth_scale=1.0 + 0.3 * valence)
+    style = FaceStyle(eye_scale=1.0 + 0.5 * arousal, brow_lift=0.04 * arousal, mouth_scale=1.0 + 0.4 * valence)
     canvas = Image.new("RGB", (size * SUPERSAMPLE, size * SUPERSAMPLE), background)
     w = 0.6 * size
     h = w * FACE_ASPECT

@@ -74,7 +74,7 @@ class FaceStyle:
     skin_shift: float = 0.0  # 0: natural skin tones, 1: pale blue-grey tones
     stroke: float = 1.0  # thickness of brows, lids and lines
     contrast: float = 1.0  # 1: dark features; lower pulls them toward the skin colour
-    eye_scale: float = 1.0  # multiplies the lid opening
+    eye_scale: float = 1.0  # multiplies the eyes' size and lid opening
     brow_lift: float = 0.0  # extra eyebrow height, in head heights
     mouth_scale: float = 1.0  # multiplies the mouth width
     blur: float = 0.0  # Gaussian blur radius on the face, in output pixels
@@ -87,11 +87,11 @@ def face_style(shift: float) -> FaceStyle:
     return FaceStyle(
         skin_shift=s,
         stroke=1.0 - 0.4 * s,
-        contrast=1.0 - 0.45 * s,
+        contrast=1.0 - 0.6 * s,
         eye_scale=1.0 + 0.3 * s,
         brow_lift=0.03 * s,
         mouth_scale=1.0 - 0.2 * s,
-        blur=0.8 * s,
+        blur=1.0 * s,
         shading=1.0 - 0.8 * s,
     )
 
@@ -190,7 +190,7 @@ def draw_face(
                       fill=shade(1 - 0.3 * ex["glabella"]), width=width(0.6))
 
     # -- eyes and brows ----------------------------------------------------------------------
-    ew = 0.095  # eye half width (u)
+    ew = 0.095 * style.eye_scale  # eye half width (u)
     open_v = ex["eye_open"] * style.eye_scale * 0.13  # lid opening (v)
     white = _c(np.full(3, 235.0) * k + skin * (1 - k))
     for side in (-1, 1):
@@ -201,8 +201,9 @@ def draw_face(
         lower[:, 1] = np.maximum(lower[:, 1], upper[:, 1])
         draw.polygon(pts(np.concatenate([upper, lower[::-1]])), fill=white)
         # iris: a disc, each point clamped between the lids (so the lids cover it)
-        iu = cu + 0.05 * np.cos(_RING)
-        iv = eye_v - open_v * 0.25 + 0.05 * w / h * np.sin(_RING)
+        ri = 0.05 * style.eye_scale
+        iu = cu + ri * np.cos(_RING)
+        iv = eye_v - open_v * 0.25 + ri * w / h * np.sin(_RING)
         ub = np.interp(iu, upper[:, 0], upper[:, 1])
         iv = np.clip(iv, ub, np.maximum(np.interp(iu, lower[:, 0], lower[:, 1]), ub))
         draw.polygon(pts(np.stack([iu, iv], 1)), fill=_c(skin * 0.35 * iris * k + skin * (1 - k) * 0.9))
