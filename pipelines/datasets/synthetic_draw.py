@@ -1,4 +1,5 @@
-"""Drawing for the synthetic benchmark: scene textures and schematic faces.
+"""Drawing for the synthetic benchmark: scene textures; faces come from
+:mod:`pipelines.datasets.synthetic_faces` (re-exported here).
 
 Everything is drawn on a canvas ``SUPERSAMPLE`` times the image size and
 box-filtered down, so thin strokes survive at small face sizes. All randomness
