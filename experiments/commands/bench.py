@@ -167,7 +167,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
     p.add_argument("--n-images", type=int, default=2000,
                    help="faces: images of the synthetic benchmark, as the harness's --n-images (default: 2000)")
-    p.add_argument("--split", choices=list(DEFAULT_SPLIT_FRACTIONS), default="test", help="faces: the split whose crops are read (default: test)")
+    p.add_argument("--split", choices=list(DEFAULT_SPLIT_FRACTIONS), default="test",
+                   help="faces: the split whose crops are read (default: test)")
 
 
 @command(

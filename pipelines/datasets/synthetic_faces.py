@@ -117,6 +117,69 @@ def _curve(cx: float, half: float, corner_y: float, mid_y: float) -> np.ndarray:
     return np.stack([cx + half * _S9, corner_y + (mid_y - corner_y) * (1 - _S9**2)], axis=1)
 
 
+class _Pen:
+    """Draws in box coordinates with the face's colours: ``u`` across, ``v`` down the box."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, box, scale: int, skin: np.ndarray, style: FaceStyle):
+        self.draw = draw
+        self.x1, self.y1, x2, y2 = (v * scale for v in box)
+        self.w, self.h = x2 - self.x1, y2 - self.y1
+        self.origin, self.size = np.array([self.x1, self.y1]), np.array([self.w, self.h])
+        self.skin, self.k, self.stroke = skin, style.contrast, style.stroke
+        self.dark = skin * (1 - 0.75 * self.k)  # brows and lid lines; features fade toward the skin as k drops
+
+    def pts(self, uv) -> list[float]:
+        """[n, 2] box coordinates -> flat canvas coordinates, as PIL takes them."""
+        return (np.asarray(uv, dtype=np.float64) * self.size + self.origin).ravel().tolist()
+
+    def rect(self, u0, v0, u1, v1) -> list[float]:
+        return [self.x1 + u0 * self.w, self.y1 + v0 * self.h, self.x1 + u1 * self.w, self.y1 + v1 * self.h]
+
+    def shade(self, f: float) -> RGB:
+        """The skin darkened to ``f``, scaled by the style's contrast."""
+        return _c(self.skin * (1 - (1 - f) * self.k))
+
+    def toward_skin(self, color) -> RGB:
+        """``color`` pulled toward the skin as the style's contrast drops."""
+        return _c(np.asarray(color, np.float64) * self.k + self.skin * (1 - self.k))
+
+    def width(self, f: float) -> int:
+        """Line width: ``f`` times the base stroke."""
+        return max(1, int(0.03 * self.h * self.stroke * f))
+
+
+@dataclass(frozen=True)
+class _Person:
+    """Who is drawn: everything about a face that does not depend on its expression."""
+
+    skin: np.ndarray
+    hair: np.ndarray
+    hair_kind: int  # 0 short, 1 long, 2 receding
+    hairline: float
+    eye_v: float
+    eye_du: float  # eye centre distance from the midline (u)
+    brow_v: float
+    mouth_v: float
+    light: float  # horizontal offset of the light
+    iris: float  # iris darkness
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, style: FaceStyle) -> "_Person":
+        t = rng.random()
+        skin_std = _SKIN_STANDARD[0] * (1 - t) + _SKIN_STANDARD[1] * t
+        skin_alt = _SKIN_SHIFTED[0] * (1 - t) + _SKIN_SHIFTED[1] * t
+        skin = skin_std * (1 - style.skin_shift) + skin_alt * style.skin_shift + rng.normal(0, 6, 3)
+        hair = np.asarray(_HAIR[int(rng.integers(len(_HAIR)))], np.float32) + rng.normal(0, 8, 3)
+        hair_kind = int(rng.integers(3))
+        hairline = rng.uniform(0.0, 0.1) + (0.08 if hair_kind == 2 else 0.0)
+        eye_v, eye_du = 0.4 + rng.normal(0, 0.012), 0.2 + rng.normal(0, 0.01)
+        brow_v = eye_v - 0.12 + rng.normal(0, 0.008)
+        mouth_v = 0.79 + rng.normal(0, 0.012)
+        light = rng.uniform(-0.12, 0.12)
+        iris = 0.35 + 0.45 * rng.random()
+        return cls(skin, hair, hair_kind, hairline, eye_v, eye_du, brow_v, mouth_v, light, iris)
+
+
 def draw_face(
     draw: ImageDraw.ImageDraw,
     box: tuple[float, float, float, float],
@@ -125,143 +188,137 @@ def draw_face(
     rng: np.random.Generator,
     scale: int = 2,
 ) -> None:
-    """Draw one face with ``expression`` in ``box`` (output pixels) on a canvas ``scale`` x larger."""
-    x1, y1, x2, y2 = (v * scale for v in box)
-    w, h = x2 - x1, y2 - y1
-    origin, size = np.array([x1, y1]), np.array([w, h])
+    """Draw one face with ``expression`` in ``box`` (output pixels) on a canvas ``scale`` x larger.
 
-    def pts(uv) -> list[float]:  # [n, 2] box coordinates -> flat canvas coordinates, as PIL takes them
-        return (np.asarray(uv, dtype=np.float64) * size + origin).ravel().tolist()
-
-    def rect(u0, v0, u1, v1) -> list[float]:
-        return [x1 + u0 * w, y1 + v0 * h, x1 + u1 * w, y1 + v1 * h]
-
-    # -- the person: drawn first, so it does not depend on the expression --------------
-    t = rng.random()
-    skin_std = _SKIN_STANDARD[0] * (1 - t) + _SKIN_STANDARD[1] * t
-    skin_alt = _SKIN_SHIFTED[0] * (1 - t) + _SKIN_SHIFTED[1] * t
-    skin = skin_std * (1 - style.skin_shift) + skin_alt * style.skin_shift + rng.normal(0, 6, 3)
-    hair = np.asarray(_HAIR[int(rng.integers(len(_HAIR)))], np.float32) + rng.normal(0, 8, 3)
-    hair_kind = int(rng.integers(3))  # 0 short, 1 long, 2 receding
-    hairline = rng.uniform(0.0, 0.1) + (0.08 if hair_kind == 2 else 0.0)
-    eye_v, eye_du = 0.4 + rng.normal(0, 0.012), 0.2 + rng.normal(0, 0.01)
-    brow_v = eye_v - 0.12 + rng.normal(0, 0.008)
-    mouth_v = 0.79 + rng.normal(0, 0.012)
-    light = rng.uniform(-0.12, 0.12)  # horizontal offset of the light
-    iris = 0.35 + 0.45 * rng.random()  # iris darkness
+    The person is drawn from ``rng`` first, so the same generator state gives
+    the same person with any expression.
+    """
+    person = _Person.sample(rng, style)
     ex = {k: rng.uniform(*EXPRESSIONS[expression][k]) for k in _P}
+    pen = _Pen(draw, box, scale, person.skin, style)
+    _head(pen, person, style)
+    _wrinkles(pen, person, ex)
+    for side in (-1, 1):
+        _eye_and_brow(pen, person, ex, style, side)
+    _nose(pen, person, ex)
+    _mouth(pen, person, ex, style)
 
-    k = style.contrast  # features are pulled toward the skin colour as it drops
-    dark = skin * (1 - 0.75 * k)  # brows and lid lines
 
-    def shade(f: float) -> RGB:  # skin darkened to f, scaled by the style's contrast
-        return _c(skin * (1 - (1 - f) * k))
-
-    def width(f: float) -> int:  # line width, f times the base stroke
-        return max(1, int(0.03 * h * style.stroke * f))
-
-    # -- hair behind, neck, ears, shaded head, hair on top ---------------------------------
-    if hair_kind == 1:
-        draw.rounded_rectangle(rect(-0.12, -0.32, 1.12, 1.05), radius=0.3 * w, fill=_c(hair * 0.8))
-    draw.rectangle(rect(0.28, 0.85, 0.72, 1.35), fill=shade(0.7))
+def _head(pen: _Pen, p: _Person, style: FaceStyle) -> None:
+    """Hair behind, neck, ears, the shaded head, hair on top."""
+    d, rect = pen.draw, pen.rect
+    if p.hair_kind == 1:
+        d.rounded_rectangle(rect(-0.12, -0.32, 1.12, 1.05), radius=0.3 * pen.w, fill=_c(p.hair * 0.8))
+    d.rectangle(rect(0.28, 0.85, 0.72, 1.35), fill=pen.shade(0.7))
     for u0 in (-0.07, 0.95):
-        draw.ellipse(rect(u0, 0.36, u0 + 0.12, 0.62), fill=shade(0.8))
+        d.ellipse(rect(u0, 0.36, u0 + 0.12, 0.62), fill=pen.shade(0.8))
     n_rings = 7 if style.shading > 0 else 1
     for r in range(n_rings):  # concentric ellipses: darker at the rim, centred toward the light
         f = r / max(1, n_rings - 1)
         tone = 0.72 + 0.34 * f * style.shading if n_rings > 1 else 0.95
-        u0 = 0.2 * f + light * f
-        draw.ellipse(rect(u0, -0.28 + 0.22 * f, 1 - 0.4 * f + u0, 1.0 - 0.132 * f),
-                     fill=_c(np.minimum(skin * (1 - (1 - tone) * k), 250)))
+        u0 = 0.2 * f + p.light * f
+        d.ellipse(rect(u0, -0.28 + 0.22 * f, 1 - 0.4 * f + u0, 1.0 - 0.132 * f),
+                  fill=_c(np.minimum(p.skin * (1 - (1 - tone) * pen.k), 250)))
     skull = np.stack([0.5 + 0.55 * np.cos(_SKULL), 0.38 + 0.72 * np.sin(_SKULL)], 1)
-    hl = _curve(0.5, 0.4, hairline + 0.12, hairline)  # the hairline, temple to temple
-    cap = np.concatenate([[[-0.05, 0.42]], skull, [[1.05, 0.42], [0.93, 0.4], [0.9, hairline + 0.12]], hl[::-1],
+    hl = _curve(0.5, 0.4, p.hairline + 0.12, p.hairline)  # the hairline, temple to temple
+    cap = np.concatenate([[[-0.05, 0.42]], skull, [[1.05, 0.42], [0.93, 0.4], [0.9, p.hairline + 0.12]], hl[::-1],
                           [[0.07, 0.4]]])
-    draw.polygon(pts(cap), fill=_c(hair))
+    d.polygon(pen.pts(cap), fill=_c(p.hair))
 
-    # -- wrinkles: forehead (brows raised), glabella (brows drawn down) --------------------
+
+def _wrinkles(pen: _Pen, p: _Person, ex: dict) -> None:
+    """Forehead lines (brows raised) and vertical lines between the brows (brows drawn down)."""
     if ex["forehead"] > 0.05:
         for j in range(3):
-            v = brow_v - 0.07 - 0.045 * j + ex["brow_in"] * 0.5
-            draw.line(pts(_curve(0.5, 0.2, v + 0.01, v)), fill=shade(1 - 0.2 * ex["forehead"]), width=width(0.5))
+            v = p.brow_v - 0.07 - 0.045 * j + ex["brow_in"] * 0.5
+            pen.draw.line(pen.pts(_curve(0.5, 0.2, v + 0.01, v)), fill=pen.shade(1 - 0.2 * ex["forehead"]),
+                          width=pen.width(0.5))
     if ex["glabella"] > 0.05:
         for side in (-1, 1):
-            draw.line(pts([(0.5 + side * 0.03, brow_v - 0.02), (0.5 + side * 0.025, brow_v + 0.07)]),
-                      fill=shade(1 - 0.3 * ex["glabella"]), width=width(0.6))
+            pen.draw.line(pen.pts([(0.5 + side * 0.03, p.brow_v - 0.02), (0.5 + side * 0.025, p.brow_v + 0.07)]),
+                          fill=pen.shade(1 - 0.3 * ex["glabella"]), width=pen.width(0.6))
 
-    # -- eyes and brows ----------------------------------------------------------------------
+
+def _eye_and_brow(pen: _Pen, p: _Person, ex: dict, style: FaceStyle, side: int) -> None:
+    """One eye (socket, white, iris, pupil, lids) and its eyebrow; ``side`` -1 left, 1 right."""
+    d, pts, shade, width = pen.draw, pen.pts, pen.shade, pen.width
     ew = 0.095 * style.eye_scale  # eye half width (u)
     open_v = ex["eye_open"] * style.eye_scale * 0.13  # lid opening (v)
-    white = _c(np.full(3, 235.0) * k + skin * (1 - k))
-    for side in (-1, 1):
-        cu = 0.5 + side * eye_du
-        draw.ellipse(rect(cu - 0.13, eye_v - 0.1, cu + 0.13, eye_v + 0.08), fill=shade(0.9))  # socket shadow
-        upper = _curve(cu, ew, eye_v, eye_v - open_v * 0.75)
-        lower = _curve(cu, ew, eye_v, eye_v + open_v * 0.25 - ex["lid_low"] * 0.03)
-        lower[:, 1] = np.maximum(lower[:, 1], upper[:, 1])
-        draw.polygon(pts(np.concatenate([upper, lower[::-1]])), fill=white)
-        # iris: a disc, each point clamped between the lids (so the lids cover it)
-        ri = 0.05 * style.eye_scale
-        iu = cu + ri * np.cos(_RING)
-        iv = eye_v - open_v * 0.25 + ri * w / h * np.sin(_RING)
-        ub = np.interp(iu, upper[:, 0], upper[:, 1])
-        iv = np.clip(iv, ub, np.maximum(np.interp(iu, lower[:, 0], lower[:, 1]), ub))
-        draw.polygon(pts(np.stack([iu, iv], 1)), fill=_c(skin * 0.35 * iris * k + skin * (1 - k) * 0.9))
-        if open_v > 0.02:
-            pv, pr = np.clip(eye_v - open_v * 0.25, eye_v - open_v * 0.7, eye_v + 0.01), 0.022
-            draw.ellipse([x1 + (cu - pr) * w, y1 + pv * h - pr * w, x1 + (cu + pr) * w, y1 + pv * h + pr * w],
-                         fill=_c(dark * 0.4))
-        draw.line(pts(upper), fill=_c(dark), width=width(0.9), joint="curve")  # upper lid and lashes
-        draw.line(pts(lower), fill=shade(0.6), width=width(0.4))
-        if ex["lid_low"] > 0.2:  # cheek pushed up under the eye, crow's feet
-            draw.line(pts(_curve(cu, ew * 1.1, eye_v + 0.03, eye_v + 0.055)), fill=shade(0.75), width=width(0.5))
-            for d in (-0.02, 0.015):
-                draw.line(pts([(cu + side * (ew + 0.02), eye_v + d), (cu + side * (ew + 0.07), eye_v + 2 * d)]),
-                          fill=shade(0.75), width=width(0.4))
-        # eyebrow: a band tapering from the inner end over the arch to the outer end
-        by = brow_v - style.brow_lift
-        iu_, iv_ = 0.5 + side * 0.07, by + ex["brow_in"]
-        ou_, ov_ = 0.5 + side * 0.33, by + ex["brow_out"]
-        mu_, mv_ = 0.5 + side * 0.2, (iv_ + ov_) / 2 - ex["brow_arch"]
-        th = 0.045 * style.stroke
-        band = [(iu_, iv_ - th / 2), (mu_, mv_ - th / 2), (ou_, ov_ - th / 4),
-                (ou_, ov_ + th / 4), (mu_, mv_ + th / 2), (iu_, iv_ + th / 2)]
-        draw.polygon(pts(band), fill=_c(dark * 0.8 + hair * 0.2 * k))
+    eye_v, cu = p.eye_v, 0.5 + side * p.eye_du
+    d.ellipse(pen.rect(cu - 0.13, eye_v - 0.1, cu + 0.13, eye_v + 0.08), fill=shade(0.9))  # socket shadow
+    upper = _curve(cu, ew, eye_v, eye_v - open_v * 0.75)
+    lower = _curve(cu, ew, eye_v, eye_v + open_v * 0.25 - ex["lid_low"] * 0.03)
+    lower[:, 1] = np.maximum(lower[:, 1], upper[:, 1])
+    d.polygon(pts(np.concatenate([upper, lower[::-1]])), fill=pen.toward_skin(np.full(3, 235.0)))
+    # iris: a disc, each point clamped between the lids (so the lids cover it)
+    ri = 0.05 * style.eye_scale
+    iu = cu + ri * np.cos(_RING)
+    iv = eye_v - open_v * 0.25 + ri * pen.w / pen.h * np.sin(_RING)
+    ub = np.interp(iu, upper[:, 0], upper[:, 1])
+    iv = np.clip(iv, ub, np.maximum(np.interp(iu, lower[:, 0], lower[:, 1]), ub))
+    d.polygon(pts(np.stack([iu, iv], 1)), fill=_c(p.skin * 0.35 * p.iris * pen.k + p.skin * (1 - pen.k) * 0.9))
+    if open_v > 0.02:
+        pv, pr = np.clip(eye_v - open_v * 0.25, eye_v - open_v * 0.7, eye_v + 0.01), 0.022
+        x, y, w = pen.x1 + cu * pen.w, pen.y1 + pv * pen.h, pen.w
+        d.ellipse([x - pr * w, y - pr * w, x + pr * w, y + pr * w], fill=_c(pen.dark * 0.4))
+    d.line(pts(upper), fill=_c(pen.dark), width=width(0.9), joint="curve")  # upper lid and lashes
+    d.line(pts(lower), fill=shade(0.6), width=width(0.4))
+    if ex["lid_low"] > 0.2:  # cheek pushed up under the eye, crow's feet
+        d.line(pts(_curve(cu, ew * 1.1, eye_v + 0.03, eye_v + 0.055)), fill=shade(0.75), width=width(0.5))
+        for dv in (-0.02, 0.015):
+            d.line(pts([(cu + side * (ew + 0.02), eye_v + dv), (cu + side * (ew + 0.07), eye_v + 2 * dv)]),
+                   fill=shade(0.75), width=width(0.4))
+    # eyebrow: a band tapering from the inner end over the arch to the outer end
+    by = p.brow_v - style.brow_lift
+    iu_, iv_ = 0.5 + side * 0.07, by + ex["brow_in"]
+    ou_, ov_ = 0.5 + side * 0.33, by + ex["brow_out"]
+    mu_, mv_ = 0.5 + side * 0.2, (iv_ + ov_) / 2 - ex["brow_arch"]
+    th = 0.045 * style.stroke
+    band = [(iu_, iv_ - th / 2), (mu_, mv_ - th / 2), (ou_, ov_ - th / 4),
+            (ou_, ov_ + th / 4), (mu_, mv_ + th / 2), (iu_, iv_ + th / 2)]
+    d.polygon(pts(band), fill=_c(pen.dark * 0.8 + p.hair * 0.2 * pen.k))
 
-    # -- nose ----------------------------------------------------------------------------------
-    nv = mouth_v - 0.16
-    side = 1 if light < 0 else -1  # the bridge's shadow falls away from the light
-    draw.line(pts([(0.5 + side * 0.05, eye_v + 0.02), (0.5 + side * 0.07, nv - 0.03)]), fill=shade(0.82),
-              width=width(0.7))
-    draw.ellipse(rect(0.42, nv - 0.04, 0.58, nv + 0.03), fill=shade(0.85))
-    draw.ellipse(rect(0.45, nv - 0.05, 0.55, nv), fill=shade(1.0))
+
+def _nose(pen: _Pen, p: _Person, ex: dict) -> None:
+    """Bridge shadow (away from the light), tip, nostrils, and a wrinkled bridge in disgust."""
+    d, shade, rect = pen.draw, pen.shade, pen.rect
+    nv = p.mouth_v - 0.16
+    side = 1 if p.light < 0 else -1
+    d.line(pen.pts([(0.5 + side * 0.05, p.eye_v + 0.02), (0.5 + side * 0.07, nv - 0.03)]), fill=shade(0.82),
+           width=pen.width(0.7))
+    d.ellipse(rect(0.42, nv - 0.04, 0.58, nv + 0.03), fill=shade(0.85))
+    d.ellipse(rect(0.45, nv - 0.05, 0.55, nv), fill=shade(1.0))
     for s2 in (-1, 1):
-        draw.ellipse(rect(0.5 + s2 * 0.045 - 0.025, nv - 0.005, 0.5 + s2 * 0.045 + 0.025, nv + 0.02), fill=shade(0.45))
-    if ex["nose"] > 0.05:  # wrinkled bridge
+        d.ellipse(rect(0.5 + s2 * 0.045 - 0.025, nv - 0.005, 0.5 + s2 * 0.045 + 0.025, nv + 0.02), fill=shade(0.45))
+    if ex["nose"] > 0.05:
         for j in range(3):
-            v = eye_v + 0.03 * j
-            draw.line(pts(_curve(0.5, 0.06, v + 0.01, v)), fill=shade(1 - 0.35 * ex["nose"]), width=width(0.5))
+            v = p.eye_v + 0.03 * j
+            d.line(pen.pts(_curve(0.5, 0.06, v + 0.01, v)), fill=shade(1 - 0.35 * ex["nose"]), width=pen.width(0.5))
 
-    # -- cheeks and mouth ----------------------------------------------------------------------
+
+def _mouth(pen: _Pen, p: _Person, ex: dict, style: FaceStyle) -> None:
+    """Nasolabial folds, lips, the open mouth and its upper teeth."""
+    d, pts = pen.draw, pen.pts
     mw = ex["mouth_w"] * style.mouth_scale
-    cy = mouth_v + ex["corner"]
-    if ex["cheeks"] > 0.2:  # nasolabial folds from the nose wings to past the mouth corners
+    cy = p.mouth_v + ex["corner"]
+    if ex["cheeks"] > 0.2:  # folds from the nose wings to past the mouth corners
+        nv = p.mouth_v - 0.16
         for s2 in (-1, 1):
             fold = [(0.5 + s2 * 0.1, nv - 0.01), (0.5 + s2 * (mw + 0.05), cy - 0.02), (0.5 + s2 * (mw + 0.06), cy + 0.05)]
-            draw.line(pts(fold), fill=shade(1 - 0.3 * ex["cheeks"]), width=width(0.6), joint="curve")
+            d.line(pts(fold), fill=pen.shade(1 - 0.3 * ex["cheeks"]), width=pen.width(0.6), joint="curve")
     op = ex["mouth_open"]
-    top_mid, bot_mid = mouth_v - op / 2 - ex["lip_raise"], mouth_v + op / 2
-    lip = _c(_LIP * 0.35 * k + skin * (1 - 0.35 * k) * 0.85)
-    draw.polygon(pts(np.concatenate([_curve(0.5, mw, cy, top_mid - 0.035), _curve(0.5, mw, cy, bot_mid + 0.045)[::-1]])),
-                 fill=lip)
-    draw.polygon(pts(_curve(0.5, mw * 0.8, cy + 0.045, bot_mid + 0.08)), fill=shade(0.85))  # under the lower lip
+    top_mid, bot_mid = p.mouth_v - op / 2 - ex["lip_raise"], p.mouth_v + op / 2
+    lip = _c(_LIP * 0.35 * pen.k + p.skin * (1 - 0.35 * pen.k) * 0.85)
+    d.polygon(pts(np.concatenate([_curve(0.5, mw, cy, top_mid - 0.035), _curve(0.5, mw, cy, bot_mid + 0.045)[::-1]])),
+              fill=lip)
+    d.polygon(pts(_curve(0.5, mw * 0.8, cy + 0.045, bot_mid + 0.08)), fill=pen.shade(0.85))  # under the lower lip
     upper_in = _curve(0.5, mw * 0.92, cy, top_mid)
     if op > 0.005:
-        draw.polygon(pts(np.concatenate([upper_in, _curve(0.5, mw * 0.92, cy, bot_mid)[::-1]])), fill=_c(dark * 0.5))
+        d.polygon(pts(np.concatenate([upper_in, _curve(0.5, mw * 0.92, cy, bot_mid)[::-1]])), fill=_c(pen.dark * 0.5))
         if ex["teeth"] > 0:  # upper teeth: from the upper lip down, never past the lower lip
             tu = _curve(0.5, mw * 0.85, cy, top_mid + 0.003)
             tl = np.minimum(tu[:, 1] + (bot_mid - top_mid) * ex["teeth"] + 0.01, _curve(0.5, mw * 0.85, cy, bot_mid)[:, 1])
-            draw.polygon(pts(np.concatenate([tu, np.stack([tu[:, 0], tl], 1)[::-1]])),
-                         fill=_c(np.full(3, 225.0) * k + skin * (1 - k)))
+            d.polygon(pts(np.concatenate([tu, np.stack([tu[:, 0], tl], 1)[::-1]])),
+                      fill=pen.toward_skin(np.full(3, 225.0)))
     else:
-        draw.line(pts(upper_in), fill=_c(dark * 0.6), width=width(0.7), joint="curve")
+        d.line(pts(upper_in), fill=_c(pen.dark * 0.6), width=pen.width(0.7), joint="curve")
