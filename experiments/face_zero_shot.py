@@ -86,3 +86,13 @@ def format_recall(report: dict[str, Any], title: str = "FER2013 zero-shot") -> s
     lines.append(f"  {'macro':9} {'':6} {pct(report['macro_recall']):>6}")
     lines.append(f"  {'accuracy':9} {'':6} {pct(report['accuracy']):>6}")
     return "\n".join(lines)
+
+
+def face_reading(data, face_net: torch.nn.Module) -> dict[str, Any] | None:
+    """How well the face predicate reads a run's labelled faces, for its report:
+    FER2013 unchanged (zero-shot) on the pretrain and test splits, and the run's
+    stage-0 face net on the test split. None when the data set labels no faces."""
+    zero_shot = {split: fer_zero_shot(data.split(split)) for split in ("pretrain", "test")}
+    if not zero_shot["test"]["n_faces"]:
+        return None
+    return {"FER2013 zero-shot": zero_shot, "stage-0 face net": {"test": fer_zero_shot(data.split("test"), face_net)}}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from experiments.config import HarnessConfig
 from experiments.data import load_data
+from experiments.face_zero_shot import face_reading
 from experiments.metrics import aggregate_seeds
 from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
 from experiments.regimes import Binding, RegimeResult, confusion_sum, get_regime
@@ -220,6 +221,8 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
 
     t = time.time()
     results = collect_results(cfg, state, data, stage0_metrics, timings)
+    if "face_emotion" in program.networks:
+        results["face_reading"] = face_reading(data, next(iter(stage0s.values())).face_net)
     plots = write_plots(results, run_dir)
     timings["report"] = time.time() - t
     results["timings"] = timings

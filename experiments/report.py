@@ -280,6 +280,23 @@ def _section_stage0(results: Mapping) -> list[str]:
     return ["## Stage-0 networks (validation)", ""] + markdown_table(["network", *keys], rows) + [""]
 
 
+def _section_face_reading(results: Mapping) -> list[str]:
+    """Per-class recall of the face predicate on the labelled faces: FER2013 unchanged, and after stage 0."""
+    reading = results.get("face_reading")
+    if not reading:
+        return []
+    emotions = list(next(iter(next(iter(reading.values())).values()))["per_class_recall"])
+    rows = []
+    for who, per_split in reading.items():
+        for split, rep in per_split.items():
+            rows.append([f"{who}, {split} ({rep['n_faces']} faces)",
+                         *(fmt_number(rep["per_class_recall"][e]) for e in emotions), fmt_number(rep["macro_recall"])])
+    return (["## How the face predicate reads the data set's faces (recall per class)", "",
+             "FER2013 as published (zero-shot), and the run's stage-0 face net (FER2013 fine-tuned on the "
+             "pretrain split's faces, which carry a domain shift).", ""]
+            + markdown_table(["face net, split", *emotions, "macro"], rows) + [""])
+
+
 def _section_provenance(results: Mapping) -> list[str]:
     """Where each source's networks got their knowledge, per regime (first seed)."""
     from neural.provenance import describe_source, grouped_sources
@@ -567,6 +584,7 @@ def render_report(
         _section_main,
         _section_clip_heads,
         _section_stage0,
+        _section_face_reading,
         _section_provenance,
         _section_sources,
         _section_polarity,
@@ -622,6 +640,10 @@ def summary_lines(results: Mapping) -> list[str]:
         s = stat(reg, ("source_table_mae",)) if reg else None
         if s is not None:
             lines.append(f"{name}: source-table MAE vs generator {fmt_stat(s)}")
+    reading = results.get("face_reading")
+    if reading:
+        lines.append("face predicate on the test faces, macro recall: " + ", ".join(
+            f"{who} {fmt_number(per_split['test']['macro_recall'])}" for who, per_split in reading.items()))
     if _is_clip(results):
         lines += _clip_summary_lines(results)
     return lines
