@@ -253,6 +253,7 @@ def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: d
         # {network: validation metrics} of the (first) stage-0 networks
         "stage0": next(iter(stage0_metrics.values()), {}),
         "stage0_per_seed": stage0_metrics,
+        "stage0_shared": not cfg.stage0_per_seed,
         "skipped": {"n": len(data.skipped),
                     "by_reason": dict(Counter(reason.split(":", 1)[0] for _, reason in data.skipped).most_common()),
                     "images": [list(item) for item in data.skipped]},

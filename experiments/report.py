@@ -239,7 +239,7 @@ def _section_main(results: Mapping) -> list[str]:
     n_test = _n_test(results)
     where = f"test split, n = {n_test}" if n_test is not None else "test split"
     n_seeds = _n_seeds(results)
-    lines = [f"## Main results ({where}; mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})", ""]
+    lines = [f"## Main results ({where}; mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}{_stage0_note(results)})", ""]
     header, rows = _main_rows(results)
     if not rows:
         return lines + ["No regime has results.", ""]
@@ -613,6 +613,15 @@ def render_report(
     return "\n".join(lines)
 
 
+def _stage0_note(results: Mapping) -> str:
+    """What the ± covers: stage 0 is retrained per seed, or shared (then its variation is not in the ±)."""
+    if _n_seeds(results) < 2 or "stage0_shared" not in results:
+        return ""
+    if results["stage0_shared"]:
+        return " (stage 0 SHARED by all seeds: ± leaves out its variation; --stage0-per-seed includes it)"
+    return " (stage 0 retrained per seed)"
+
+
 def summary_lines(results: Mapping) -> list[str]:
     """The console summary printed at the end of a run: the main table in plain text.
 
@@ -624,7 +633,7 @@ def summary_lines(results: Mapping) -> list[str]:
     title = (
         f"{results.get('dataset', '?')} / {results.get('engine', '?')}: "
         f"test{f' n={n_test}' if n_test is not None else ''}, "
-        f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+        f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}{_stage0_note(results)}"
     )
     header, rows = _main_rows(results)
     if not rows:
