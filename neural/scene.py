@@ -228,3 +228,19 @@ class Scene2EmotionNet(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.parameters()), "lr": lr}]
+
+
+def uniform_scene_head() -> Scene2EmotionNet:
+    """A scene head that knows nothing, and says so: its last layer is zero, so
+    it outputs softmax(0) = the uniform distribution over the emotions for any
+    input, exactly. The untrained program (``emologic query --prior``) reads
+    the scene through it, so a random backbone injects no noise and a photo is
+    answered by the sources that know something, in proportion to their trust."""
+    head = Scene2EmotionNet(Scene2EmotionConfig())
+    last = head.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    head.provenance = Provenance("untrained", "no scene knowledge: untrained head (last layer zero), "
+                                              "outputs the uniform distribution")
+    return head.eval()
