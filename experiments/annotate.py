@@ -6,6 +6,7 @@ import io
 import math
 from pathlib import Path
 
+from experiments.query_results import is_uniform
 from neural.files import atomic_write_bytes
 from pipelines.images import DEFAULT_MAX_PIXELS
 
@@ -42,6 +43,15 @@ def _label(draw, xy, text: str, font, fill, anchor_bottom: bool = False) -> None
     draw.text((x + pad - l, y + pad - t), text, font=font, fill=fill)
 
 
+def _said(result, source: str) -> str:
+    if source not in result.source_probs:
+        return "?"
+    if is_uniform(result.source_probs[source]):
+        return "uniform"
+    emotion, p = result.sources[source]
+    return f"{emotion} {p:.2f}"
+
+
 def annotate_image(result, out_dir: Path, taken: set[str] | None = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """Write ``out_dir/<image stem>.png`` for a :class:`~experiments.query.QueryResult`:
@@ -62,14 +72,14 @@ def annotate_image(result, out_dir: Path, taken: set[str] | None = None,
         x1, y1, x2, y2 = (v * scale for v in face.box)
         colour = _SLOT_COLOURS.get(face.slot, (255, 255, 0))
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
-        emotion, p = result.sources.get(face.slot, ("?", float("nan")))
-        _label(draw, (x1, max(0.0, y1)), f"{face.slot} {emotion} {p:.2f}", font, colour, anchor_bottom=y1 > 20)
+        said = _said(result, face.slot)
+        _label(draw, (x1, max(0.0, y1)), f"{face.slot} {said}", font, colour, anchor_bottom=y1 > 20)
     if "scene" in result.sources:
-        emotion, p = result.sources["scene"]
-        _label(draw, (0, 0), f"scene {emotion} {p:.2f}", font, (255, 255, 255))
+        _label(draw, (0, 0), f"scene {_said(result, 'scene')}", font, (255, 255, 255))
     answer, p = result.top[0]
     trusted = result.trusted
-    _label(draw, (0, image.height), f"{answer} {p:.2f} | trusted {trusted} {result.posterior[trusted]:.0%}",
+    answer = f"{answer} {p:.2f}" if result.decided else "no emotion preferred"
+    _label(draw, (0, image.height), f"{answer} | trusted {trusted} {result.posterior[trusted]:.0%}",
            font, (120, 255, 120), anchor_bottom=True)
 
     stem = Path(result.input).stem or "image"

@@ -10,6 +10,14 @@ from typing import Iterable
 
 #: File name endings ``emologic query DIR`` treats as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: Probabilities closer than this are equal: a distribution within it prefers no emotion.
+UNIFORM_TOLERANCE = 1e-6
+
+
+def is_uniform(dist: dict[str, float]) -> bool:
+    """Whether ``dist`` prefers no value (e.g. the untrained scene head's output)."""
+    values = list(dist.values())
+    return max(values) - min(values) <= UNIFORM_TOLERANCE
 
 
 # --------------------------------------------------------------------------- #
@@ -44,6 +52,20 @@ class QueryResult:
         return self.top[0][0]
 
     @property
+    def decided(self) -> bool:
+        """Whether some emotion is more probable than another. Not so when every
+        source that answers knows nothing (the untrained program on a photo
+        without faces): then ``prediction`` is only the first of equals."""
+        return not is_uniform(self.probs)
+
+    def says(self, source: str) -> str:
+        """A source's own answer in words: ``happy (1.00)``, or ``nothing (uniform)``."""
+        if is_uniform(self.source_probs[source]):
+            return "nothing (uniform)"
+        emotion, p = self.sources[source]
+        return f"{emotion} ({p:.2f})"
+
+    @property
     def sources(self) -> dict[str, tuple[str, float]]:
         """Each existing source's own top emotion and its probability."""
         return {s: max(d.items(), key=lambda kv: kv[1]) for s, d in self.source_probs.items()}
@@ -64,7 +86,8 @@ class QueryResult:
             "faces": [dataclasses.asdict(f) | {"box": list(f.box)} for f in self.faces],
             "faces_found": len(self.faces) if self.faces_found is None else self.faces_found,
             "context": self.context,
-            "prediction": self.prediction,
+            "prediction": self.prediction if self.decided else None,
+            "decided": self.decided,
             "top": [{"emotion": e, "p": p} for e, p in self.top],
             "probs": self.probs,
             "sources": {s: {"emotion": e, "p": p} for s, (e, p) in self.sources.items()},

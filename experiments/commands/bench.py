@@ -6,6 +6,10 @@
 backward at batch 512 on the CPU, of the compiled engine and of DeepProbLog's
 exact engine on the same program and inputs, and their largest output difference.
 
+``bench query`` (see ``experiments/query_bench.py``): seconds from starting a
+fresh ``emologic query PHOTO`` to its first answer, and images per second over
+a folder (``--images DIR``; default scikit-image photos + synthetic images).
+
 ``bench cache`` builds caches in a temporary directory and reports images per
 second (loading + hashing + faces + crops + scene backbone + shard writes; model
 construction excluded) and bytes per image:
@@ -112,8 +116,15 @@ def bench_engines(args: argparse.Namespace) -> dict:
                      repeats=args.repeats, seed=args.seed)
 
 
+def bench_query(args: argparse.Namespace) -> dict:
+    from experiments.query_bench import bench_query as run_bench
+
+    return run_bench(images_dir=args.images, run=args.run, cold_runs=args.cold_runs, seed=args.seed)
+
+
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
-BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines}
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines,
+                                                           "query": bench_query}
 
 
 def _print_table(name: str, results: dict) -> None:
@@ -136,11 +147,17 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dpl-samples", type=int, default=64,
                    help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
     p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="query: folder of images (default: scikit-image photos + synthetic images, ~20 files)")
+    p.add_argument("--run", default=None, help="query: answer with this run (default: the untrained program)")
+    p.add_argument("--cold-runs", type=int, default=5,
+                   help="query: fresh processes timed to their first answer (default: 5)")
 
 
 @command(
     "bench",
-    help="Benchmarks: engines (compiled vs DeepProbLog queries/s) and cache (images/s, bytes/image)",
+    help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image) and "
+         "query (first answer of a fresh process, images/s)",
     example="emologic bench engines --json",
     configure=_configure,
 )

@@ -67,9 +67,12 @@ def format_result(r, min_face_size: int | None = None) -> list[str]:
         lines.append(f"  faces    none found (the detector finds faces{limit}): the scene alone answers")
     trust = ", ".join(f"{s} {p:.2f}" for s, p in r.trust.items())
     lines.append(f"  context  {r.context} (P(source chosen | context): {trust})")
-    lines.append("  emotion  " + ", ".join(f"{e} {p:.2f}" for e, p in r.top))
-    lines.append("  sources  " + "; ".join(f"{s} says {e} ({p:.2f})" for s, (e, p) in r.sources.items()))
-    lines.append(f"  answer   {r.prediction}: {r.explanation()}")
+    if r.decided:
+        lines.append("  emotion  " + ", ".join(f"{e} {p:.2f}" for e, p in r.top))
+    else:
+        lines.append(f"  emotion  none preferred: every emotion {r.top[0][1]:.2f} (uniform)")
+    lines.append("  sources  " + "; ".join(f"{s} says {r.says(s)}" for s in r.sources))
+    lines.append(f"  answer   {r.prediction if r.decided else 'no emotion preferred'}: {r.explanation()}")
     if r.annotated:
         lines.append(f"  picture  {r.annotated}")
     return lines
