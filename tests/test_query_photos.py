@@ -265,3 +265,47 @@ def test_bad_inputs_get_one_line_each_and_the_rest_are_answered(real_photos, tmp
     rc, out, err = query(capsys, good[0], good[1], "--prior", "--max-pixels", "200000")  # a lower limit
     assert rc == 1 and str(good[0]) in err and "above the limit of 200,000" in err
     assert str(good[1]) in out  # the cat is 451 x 300 = 135,300 pixels
+
+
+def test_an_image_that_breaks_a_library_loses_only_itself(prior, real_photos, tmp_path, monkeypatch):
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (77, 77), (10, 200, 30)).save(odd)
+    detector = prior.pipeline("mtcnn").detector
+    real_detect = detector.detect
+
+    def fragile(images, samples=None):  # a detector bug that only this image size triggers
+        if any(im.size == (77, 77) for im in images):
+            raise RuntimeError("odd size")
+        return real_detect(images, samples)
+
+    monkeypatch.setattr(detector, "detect", fragile)
+    good, bad, cat = prior.answer([real_photos["astronaut"], odd, real_photos["cat"]])
+    assert isinstance(good, QueryResult) and good.prediction == "happy" and isinstance(cat, QueryResult)
+    assert isinstance(bad, QueryError) and bad.error == "could not be processed (RuntimeError: odd size)"
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def test_bench_query_times_a_fresh_process_and_a_folder(real_photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "cat"):
+        (folder / real_photos[name].name).write_bytes(real_photos[name].read_bytes())
+    assert main(["bench", "query", "--images", str(folder), "--cold-runs", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["query"]
+    cold, batch = result["first_answer_cold"], result["folder"]
+    assert cold["photo"] == "astronaut.jpg" and cold["runs"] == 1 and 0 < cold["min_s"] == cold["max_s"] < 120
+    assert batch["images"] == batch["answered"] == 2 and batch["images_per_s"] > 0
+    assert batch["model"].startswith("no trained run (--prior)")
+
+
+def test_bench_default_folder_mixes_photos_and_synthetic_images(tmp_path):
+    from experiments.query_bench import SKIMAGE_PHOTOS, write_default_images
+
+    images = write_default_images(tmp_path, n_images=12)
+    assert len(images) == len(set(images)) == 12
+    names = [p.name for p in images]
+    assert all(any(photo in n for n in names) for photo in SKIMAGE_PHOTOS) and any("syn" in n for n in names)
+    for p in images:
+        with Image.open(p) as im:
+            im.load()
