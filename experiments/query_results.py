@@ -90,7 +90,9 @@ class QueryResult:
             "decided": self.decided,
             "top": [{"emotion": e, "p": p} for e, p in self.top],
             "probs": self.probs,
-            "sources": {s: {"emotion": e, "p": p} for s, (e, p) in self.sources.items()},
+            # a source that prefers no emotion (uniform) names none
+            "sources": {s: {"emotion": None if is_uniform(self.source_probs[s]) else e, "p": p}
+                        for s, (e, p) in self.sources.items()},
             "source_probs": self.source_probs,
             "trust": self.trust,
             "posterior": self.posterior,

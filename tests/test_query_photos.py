@@ -85,6 +85,7 @@ def test_without_runs_the_cli_uses_the_prior_and_says_so(real_photos, tmp_path, 
     (record,) = [json.loads(line) for line in out.splitlines()]
     assert rc == 0 and "no trained run (--prior)" in err
     assert record["prediction"] == "happy" and (record["run"], record["regime"], record["seed"]) == (None, None, None)
+    assert record["sources"]["scene"]["emotion"] is None and record["sources"]["face1"]["emotion"] == "happy"
     model = record["model"]
     assert model["kind"] == "prior" and model["program"] == "context_selection"
     assert model["trust"] == "the program's documented t(p) values"
@@ -295,7 +296,8 @@ def test_bench_query_times_a_fresh_process_and_a_folder(real_photos, tmp_path, c
     result = json.loads(capsys.readouterr().out)["query"]
     cold, batch = result["first_answer_cold"], result["folder"]
     assert cold["photo"] == "astronaut.jpg" and cold["runs"] == 1 and 0 < cold["min_s"] == cold["max_s"] < 120
-    assert batch["images"] == batch["answered"] == 2 and batch["images_per_s"] > 0
+    assert batch["images"] == batch["answered"] == 2 and batch["images_per_s"] > 0 and batch["images_per_cpu_s"] > 0
+    assert cold["cpu_median_s"] > 0
     assert batch["model"].startswith("no trained run (--prior)")
 
 
