@@ -440,13 +440,15 @@ def open_program(run: str | os.PathLike | None = None, *, prior: bool = False, r
     if why is None:
         prior_only = [flag for flag, v in (("--program", program), ("--scene-weights", scene_weights)) if v]
         if prior_only:
-            raise UserError(f"{' and '.join(prior_only)} set up the untrained program (--prior); a trained run "
+            verb = "set" if len(prior_only) > 1 else "sets"
+            raise UserError(f"{' and '.join(prior_only)} {verb} up the untrained program (--prior); a trained run "
                             "answers with its own program and scene backbone")
         return TrainedProgram.load(run, regime=regime, seed=seed, runs_root=runs_root, face_weights=face_weights,
                                    max_pixels=max_pixels)
     run_only = [flag for flag, v in (("--regime", regime), ("--seed", seed)) if v is not None]
     if run_only:
-        raise UserError(f"{' and '.join(run_only)} choose within a trained run, and none is used ({why}); "
+        verb = "choose" if len(run_only) > 1 else "chooses"
+        raise UserError(f"{' and '.join(run_only)} {verb} within a trained run, and none is used ({why}); "
                         "pass --run RUN")
     return TrainedProgram.prior(program or DEFAULT_PROGRAM, scene_weights=scene_weights, face_weights=face_weights,
                                 why=why, max_pixels=max_pixels)

@@ -216,7 +216,7 @@ def test_latest_run_answers_by_default_and_the_prior_on_request(tiny_run, synth,
     rc, out, _ = query(capsys, image, "--runs-dir", tiny_run.parent, "--prior")
     assert rc == 0 and out.startswith("no trained run (--prior): program context_selection")
     rc, out, err = query(capsys, image, "--runs-dir", tiny_run.parent, "--program", "source_selection")
-    assert rc == 2 and "--program set up the untrained program (--prior)" in err
+    assert rc == 2 and "--program sets up the untrained program (--prior)" in err
 
 
 def test_results_carry_the_provenance_of_their_sources(tiny_run, synth):

@@ -97,11 +97,11 @@ def test_prior_options_are_checked_by_name(real_photos, tmp_path, capsys, monkey
     image = real_photos["astronaut"]
     for argv, words in (
         (["--prior", "--run", "somerun"], "give one of them"),
-        (["--regime", "joint"], "--regime choose within a trained run, and none is used (no runs/latest)"),
+        (["--regime", "joint"], "--regime chooses within a trained run, and none is used (no runs/latest)"),
         (["--prior", "--program", "va_selection"], "va_valence, va_arousal, which only a trained run has"),
         (["--prior", "--program", "clip_sentiment"], "is a clip program"),
         (["--prior", "--program", "nope"], "nope"),
-        (["--run", "somerun", "--scene-weights", "w.pth"], "--scene-weights set up the untrained program"),
+        (["--run", "somerun", "--scene-weights", "w.pth"], "--scene-weights sets up the untrained program"),
         (["--prior", "--face-source", "annotations"], "untrained program finds faces with MTCNN"),
         (["--prior", "--max-pixels", "0"], "--max-pixels must be positive"),
     ):
