@@ -75,8 +75,9 @@ def _read_checkpoint(weights: str) -> tuple[object, str]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to many lines; one is enough
         raise SceneWeightsError(
-            f"{path}: not a loadable torch checkpoint of tensors ({type(exc).__name__}: {exc})"
+            f"{path}: not a loadable torch checkpoint of tensors ({type(exc).__name__}: {first})"
         ) from None
     return ckpt, sha256_file(path)
 

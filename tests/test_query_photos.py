@@ -95,6 +95,8 @@ def test_without_runs_the_cli_uses_the_prior_and_says_so(real_photos, tmp_path, 
 def test_prior_options_are_checked_by_name(real_photos, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image = real_photos["astronaut"]
+    not_weights = tmp_path / "notes.pth"
+    not_weights.write_text("not a checkpoint")
     for argv, words in (
         (["--prior", "--run", "somerun"], "give one of them"),
         (["--regime", "joint"], "--regime chooses within a trained run, and none is used (no runs/latest)"),
@@ -104,9 +106,29 @@ def test_prior_options_are_checked_by_name(real_photos, tmp_path, capsys, monkey
         (["--run", "somerun", "--scene-weights", "w.pth"], "--scene-weights sets up the untrained program"),
         (["--prior", "--face-source", "annotations"], "untrained program finds faces with MTCNN"),
         (["--prior", "--max-pixels", "0"], "--max-pixels must be positive"),
+        (["--prior", "--scene-weights", "no-such.pth"], "scene weights file not found: no-such.pth"),
+        (["--prior", "--scene-weights", not_weights], "not a loadable torch checkpoint"),
     ):
         rc, out, err = query(capsys, image, *argv)
         assert rc == 2 and words in err and len(err.strip().splitlines()) <= 2, (argv, err)
+
+
+def test_scene_weights_make_a_real_backbone_but_the_untrained_head_stays_uniform(real_photos, tmp_path):
+    import torch
+
+    from neural.registry import get_network
+
+    backbone = get_network("scene_backbone", seed=3)  # stands in for a Places365 checkpoint, in its format
+    state = {f"module.{k}": v for k, v in backbone.state_dict().items()}
+    state |= {"module.fc.weight": torch.zeros(365, 512), "module.fc.bias": torch.zeros(365)}
+    weights = tmp_path / "resnet18_places365.pth.tar"
+    torch.save({"state_dict": state}, weights)
+    tp = TrainedProgram.prior(scene_weights=str(weights))
+    (r,) = tp.answer([real_photos["astronaut"]])
+    assert "over a backbone from " + str(weights) in tp.describe()
+    assert r.provenance["scene"].startswith("backbone: Places365 ResNet-18 (resnet18_places365.pth.tar)")
+    assert r.source_probs["scene"] == pytest.approx({e: 1 / len(EMOTIONS) for e in EMOTIONS}, abs=1e-7)
+    assert r.prediction == "happy"
 
 
 def test_another_image_program_answers_with_its_own_prior(real_photos, tmp_path):

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     tp = open_program(args.run, prior=args.prior, runs_root=args.runs_dir, regime=args.regime, seed=args.seed,
                       program=args.program, scene_weights=args.scene_weights, face_weights=args.face_weights,
                       max_pixels=args.max_pixels)
+    tp.pipeline(args.face_source)  # scene weights and detector load (or fail) before the header promises them
     header = f"{tp.describe()} | faces from {args.face_source}"
     print(header, file=sys.stderr if args.json else sys.stdout, flush=True)
     min_face = tp.pipeline_config.min_face_size if args.face_source == "mtcnn" else None
