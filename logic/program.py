@@ -129,10 +129,15 @@ class Program:
         self.init: list[float | None] = []
         self.translated = SimpleProgram()
         self._sources_cache: dict[str, list[str]] = {}
+        self._prepared = None  # ProbLog's database of ``translated``, built on first use
         for stmt in statements:
             for out in self._translate(stmt):
                 self.translated.add_statement(out)
         self._check_interface()
+
+    def __getstate__(self) -> dict:
+        # ProbLog's prepared database does not pickle (Ray sends programs to workers); it is rebuilt on use
+        return {**self.__dict__, "_prepared": None}
 
     # -- translation --------------------------------------------------------
     def _new_param(self, prob: Term) -> int:
@@ -283,8 +288,9 @@ class Program:
             from problog.logic import Var
 
             engine = DefaultEngine()
-            db = engine.prepare(self.translated)
-            gp = engine.ground(db, Term("selected", Term("img"), Term(context), Var("S")), label="query")
+            if self._prepared is None:  # preparing is most of the cost; grounding does not change the database
+                self._prepared = engine.prepare(self.translated)
+            gp = engine.ground(self._prepared, Term("selected", Term("img"), Term(context), Var("S")), label="query")
             self._sources_cache[context] = [str(t.args[2]) for t, _ in gp.queries()]
         return self._sources_cache[context]
 

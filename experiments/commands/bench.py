@@ -6,6 +6,10 @@
 backward at batch 512 on the CPU, of the compiled engine and of DeepProbLog's
 exact engine on the same program and inputs, and their largest output difference.
 
+``bench query`` (see ``experiments/query_bench.py``): seconds from starting a
+fresh ``emologic query PHOTO`` to its first answer, and images per second over
+a folder (``--images DIR``; default scikit-image photos + synthetic images).
+
 ``bench cache`` builds caches in a temporary directory and reports images per
 second (loading + hashing + faces + crops + scene backbone + shard writes; model
 construction excluded) and bytes per image:
@@ -13,6 +17,11 @@ construction excluded) and bytes per image:
 * synthetic 128 px images, faces from the annotations;
 * 640 px images through MTCNN: upscaled synthetic scenes with 0-3 real faces
   (matplotlib's ``grace_hopper.jpg`` sample photo) pasted at random sizes.
+
+``bench faces`` loads (generating and caching if needed, exactly as the harness
+does) the synthetic benchmark of ``--n-images`` images and reports how well the
+real FER2013 recogniser, unchanged, reads the face crops of one split:
+per-class recall, macro average, accuracy (``experiments/face_zero_shot.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.cli import command
+from pipelines.splits import DEFAULT_SPLIT_FRACTIONS  # light: the harness's splits, without torch
 from neural.errors import UserError
 
 
@@ -105,6 +115,25 @@ def bench_cache(args: argparse.Namespace) -> dict:
     return results
 
 
+def bench_faces(args: argparse.Namespace) -> dict:
+    from experiments.config import HarnessConfig
+    from experiments.data import load_data
+    from experiments.face_zero_shot import fer_zero_shot
+
+    cfg = HarnessConfig(n_images=args.n_images, data_seed=args.seed, progress=not args.json)
+    cfg.validate()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SceneBackbone")  # the scene backbone is irrelevant here
+        data = load_data(cfg)
+    return {"dataset": str(data.dataset.source), "split": args.split, **fer_zero_shot(data.split(args.split))}
+
+
+def _faces_table(results: dict) -> None:
+    from experiments.face_zero_shot import format_recall
+
+    print(format_recall(results, f"FER2013 zero-shot on {results['split']} faces of {results['dataset']}"))
+
+
 def bench_engines(args: argparse.Namespace) -> dict:
     from logic.bench import bench_engines as run_bench
 
@@ -112,8 +141,18 @@ def bench_engines(args: argparse.Namespace) -> dict:
                      repeats=args.repeats, seed=args.seed)
 
 
+def bench_query(args: argparse.Namespace) -> dict:
+    from experiments.query_bench import bench_query as run_bench
+
+    return run_bench(images_dir=args.images, run=args.run, cold_runs=args.cold_runs, seed=args.seed)
+
+
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
-BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines}
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "cache": bench_cache, "engines": bench_engines, "faces": bench_faces, "query": bench_query,
+}
+#: name -> text printer of its results, where the generic key: value listing does not fit.
+TABLES: dict[str, Callable[[dict], None]] = {"faces": _faces_table}
 
 
 def _print_table(name: str, results: dict) -> None:
@@ -136,11 +175,22 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dpl-samples", type=int, default=64,
                    help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
     p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
+    p.add_argument("--n-images", type=int, default=2000,
+                   help="faces: images of the synthetic benchmark, as the harness's --n-images (default: 2000)")
+    p.add_argument("--split", choices=list(DEFAULT_SPLIT_FRACTIONS), default="test",
+                   help="faces: the split whose crops are read (default: test)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="query: folder of images (default: scikit-image photos + synthetic images, ~20 files)")
+    p.add_argument("--run", default=None, help="query: answer with this run (default: the untrained program)")
+    p.add_argument("--cold-runs", type=int, default=5,
+                   help="query: fresh processes timed to their first answer (default: 5)")
 
 
 @command(
     "bench",
-    help="Benchmarks: engines (compiled vs DeepProbLog queries/s) and cache (images/s, bytes/image)",
+    help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image), "
+         "faces (FER2013's zero-shot recall on the synthetic faces), query (first answer of a fresh process, "
+         "images/s)",
     example="emologic bench engines --json",
     configure=_configure,
 )
@@ -150,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     results = BENCHES[args.what](args)
     if args.json:
         print(json.dumps({args.what: results}, indent=1))
+    elif args.what in TABLES:
+        TABLES[args.what](results)
     else:
         _print_table(args.what, results)
     return 0
