@@ -12,6 +12,7 @@ import json
 
 from experiments.cli import command
 from neural.errors import UserError
+from neural.provenance import describe_sources
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -47,15 +48,6 @@ def load_rules(run_dir, regime: str, seed: int):
 
 def _model_meta(run_dir, regime: str, seed: int) -> dict:
     return json.loads((run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json").read_text())
-
-
-def provenance_lines(provenance: dict | None) -> list[str]:
-    """Where each source's networks got their knowledge, one line per group of sources."""
-    from neural.provenance import describe_source, grouped_sources
-
-    if not provenance:
-        return ["(not recorded: the run was made by an emologic without provenance records)"]
-    return [f"{', '.join(names)}: {describe_source(record)}" for names, record in grouped_sources(provenance)]
 
 
 def _learned(program, model) -> dict:
@@ -114,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         program, model = loaded[regimes[0]]
         print(f"% learned by regime {regimes[0]} (seed {seed}) in {run_dir}")
         print("% neural predicates' knowledge, per source:")
-        print("".join(f"%   {line}\n" for line in provenance_lines(provenance[regimes[0]])), end="")
+        print("".join(f"%   {line}\n" for line in describe_sources(provenance[regimes[0]])), end="")
         print(program.with_probabilities(model.rule_probabilities()), end="")
         return 0
     if args.json:
@@ -132,5 +124,5 @@ def run(args: argparse.Namespace) -> int:
             print("P(source selected | context):")
             print("\n".join(render_sources(model.source_probabilities(), truth)))
         print("\nwhere each source's knowledge came from:")
-        print("\n".join(provenance_lines(provenance[r])))
+        print("\n".join(describe_sources(provenance[r])))
     return 0
