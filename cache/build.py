@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cache.kinds import CacheKind, kind_of_config, kind_of_dataset, kind_of_manifest
-from cache.store import (
+from cache.kinds import CacheKind, kind_of_config, kind_of_dataset
+from cache.store import (  # noqa: F401  (check_config re-exported)
     FORMAT_VERSION,
     MANIFEST,
     CacheConfigMismatch,
+    CacheError,
     DEFAULT_SPLIT,
+    cache_lock,
+    check_config,
     package_versions,
     read_manifest,
     shard_name,
@@ -40,7 +43,7 @@ from cache.store import (
 )
 from neural.errors import UserError
 from neural.files import sha256_file
-from pipelines.pipeline import Skip, config_differences
+from pipelines.pipeline import Skip
 
 DEFAULT_SHARD_SIZE = 256
 
@@ -58,6 +61,10 @@ class SplitBuildReport:
     n_cached: int  # in the cache after this run (of the samples asked for)
     skipped: list[Skip] = field(default_factory=list)  # of the samples asked for
     n_changed: int = 0  # finished before, source file changed since, recomputed
+    n_relabelled: int = 0  # finished before, label or annotations changed since, recomputed
+    n_removed: int = 0  # cached before, no longer in this split of the data set, forgotten
+    n_repaired: int = 0  # damaged shards/entries (or a damaged manifest) dropped and rebuilt
+    hashes: dict[str, str] = field(default_factory=dict)  # sha256 of each sample's source file now
     shards_written: int = 0
     seconds: float = 0.0
     unit: str = "img"  # what a sample is, for messages ("img" | "clip")
@@ -107,7 +114,11 @@ class BuildReport:
         for name, r in self.splits.items():
             lines.append(
                 f"{name}: {r.n_cached}/{r.n_samples} cached ({r.n_processed} computed now, "
-                f"{r.n_reused} reused, {r.n_changed} changed {'images' if r.unit == 'img' else r.unit + 's'} recomputed), "
+                f"{r.n_reused} reused, {r.n_changed} changed {'images' if r.unit == 'img' else r.unit + 's'} recomputed"
+                + (f", {r.n_relabelled} relabelled recomputed" if r.n_relabelled else "")
+                + (f", {r.n_removed} no longer in this split removed" if r.n_removed else "")
+                + (f", {r.n_repaired} damaged part(s) repaired" if r.n_repaired else "")
+                + "), "
                 f"{len(r.skipped)} skipped, {r.shards_written} shard(s) written, {r.seconds:.1f}s"
                 + (f", {r.per_second:.1f} {r.unit}/s" if r.n_processed else "")
             )
@@ -141,51 +152,163 @@ def group_by_split(dataset_or_samples, split: str | None) -> dict[str, list]:
 
 
 class _SplitWriter:
-    """The manifest of one split directory and the shards appended to it."""
+    """The manifest of one split directory and the shards appended to it.
 
-    def __init__(self, directory: Path, split: str, cfg, identity: dict):
+    Opening it checks what ``cache verify`` would call damage: an unreadable
+    manifest, shards missing or changed since they were written (sha256),
+    entries pointing at no listed shard or listed twice. With ``repair`` the
+    damaged parts are dropped here (their samples are then computed again),
+    otherwise :class:`CacheError` names the first one, before anything is
+    written. A cache built with another config is refused, or with
+    ``replace_mismatched`` started afresh.
+    """
+
+    def __init__(self, directory: Path, split: str, cfg, identity: dict, repair: bool = True,
+                 replace_mismatched: bool = False, hint: str | None = None, log=print):
         self.directory = directory
         self.split = split
         self.kind: CacheKind = kind_of_config(cfg)
         self.cfg = cfg
+        self.log = log
+        self.hashes: dict[str, str] = {}  # sha256 of every source file looked at in this build
+        self.n_repaired = 0
+        manifest = None
         if (directory / MANIFEST).is_file():
-            self.manifest = read_manifest(directory)
-            check_config(self.manifest, cfg, identity, directory)
-        else:
-            self.manifest = {
-                "format": FORMAT_VERSION,
-                "kind": self.kind.name,
-                "split": split,
-                "config": cfg.to_dict(),
-                "identity": identity,
-                "versions": package_versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "complete": False,
-                "shards": [],
-                "samples": [],
-                "skipped": [],
-            }
+            try:
+                manifest = read_manifest(directory)
+            except CacheError as exc:
+                if not repair:
+                    raise CacheError(f"{exc}; {hint or 'rebuild it'}") from None
+                log(f"{directory}: {exc}; rebuilding this split")
+                self._remove_files()
+                self.n_repaired += 1
+        if manifest is not None:
+            try:
+                check_config(manifest, cfg, identity, directory, hint)
+            except CacheConfigMismatch:
+                if not replace_mismatched:
+                    raise
+                log(f"{directory}: built with another pipeline config; rebuilding this split")
+                self._remove_files()
+                manifest = None
+        self.manifest = manifest or {
+            "format": FORMAT_VERSION,
+            "kind": self.kind.name,
+            "split": split,
+            "config": cfg.to_dict(),
+            "identity": identity,
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "complete": False,
+            "shards": [],
+            "samples": [],
+            "skipped": [],
+        }
         self.entries: dict[str, dict] = {e["id"]: e for e in self.manifest["samples"]}
         self.skips: dict[str, str] = {s["id"]: s["reason"] for s in self.manifest["skipped"]}
+        damage = self._damage()
+        if damage and not repair:
+            where, why = damage[0]
+            more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+            raise CacheError(f"{directory}/{where}: {why}{more}; {hint or 'run `emologic cache build` to repair it'}")
+        if damage:
+            self._drop(damage)
         for stale in directory.glob(".*.tmp"):  # left by a crash in the middle of a write
             stale.unlink()
 
-    def finished(self, sample) -> tuple[bool, bool]:
-        """``(finished, changed)``: cached with the current content of its source file."""
+    def _remove_files(self) -> None:
+        for path in [self.directory / MANIFEST, *self.directory.glob("shard-*.safetensors")]:
+            path.unlink(missing_ok=True)
+
+    def _damage(self) -> list[tuple[str, str]]:
+        """``(shard name or sample id, what is wrong)`` for every damaged part (see the class doc)."""
+        out = []
+        listed = {s["name"] for s in self.manifest["shards"]}
+        for info in self.manifest["shards"]:
+            path = self.directory / info["name"]
+            if not path.is_file():
+                out.append((info["name"], "shard listed in the manifest is missing"))
+            elif sha256_file(path) != info["sha256"]:
+                out.append((info["name"], "shard changed after it was written (sha256 differs)"))
+        seen = set()
+        for e in self.manifest["samples"]:
+            if e["shard"] not in listed:
+                out.append((e["id"], f"its shard {e['shard']!r} is not listed in the manifest"))
+            elif e["id"] in seen:
+                out.append((e["id"], "listed twice in the manifest"))
+            seen.add(e["id"])
+        return out
+
+    def _drop(self, damage: list[tuple[str, str]]) -> None:
+        """Forget the damaged shards and entries (their samples are computed again)."""
+        bad = {where for where, _ in damage}
+        self.manifest["shards"] = [s for s in self.manifest["shards"] if s["name"] not in bad]
+        listed = {s["name"] for s in self.manifest["shards"]}
+        # an id listed twice cannot be trusted in either place: both entries go
+        self.entries = {e["id"]: e for e in self.manifest["samples"] if e["shard"] in listed and e["id"] not in bad}
+        self.log(f"{self.directory}: repairing {len(damage)} damaged part(s): "
+                 + "; ".join(f"{w}: {why}" for w, why in damage[:3]) + (" ..." if len(damage) > 3 else ""))
+        self.n_repaired += len(damage)
+        self.write_manifest()
+        for name in bad:
+            if name.startswith("shard-"):
+                (self.directory / name).unlink(missing_ok=True)
+
+    def finished(self, sample) -> tuple[bool, str | None]:
+        """``(finished, why not)``: cached with the current content of its source file and
+        the data set's current label and annotations; else why not: ``"changed"`` (the
+        file) or ``"relabelled"`` (label or annotations); ``None`` for a new sample."""
         entry = self.entries.get(str(sample.sample_id))
         if entry is None:
-            return False, False
+            return False, None
         path = self.kind.source_path(sample)
         if not path.is_file():  # the file is gone; its cached tensors stay valid
-            return True, False
-        same = sha256_file(path) == entry["sha256"]
-        return same, not same
+            return True, None
+        digest = self.hashes[str(sample.sample_id)] = sha256_file(path)
+        if digest != entry["sha256"]:
+            return False, "changed"
+        label = None if sample.label is None else int(sample.label)
+        # the label sits in the shard too (labels tensor), so a relabelled sample is computed again
+        if entry.get("label") != label or entry.get("annotations") != to_json_value(sample.annotations):
+            return False, "relabelled"
+        if entry.get(self.kind.source_key) != str(path):  # same bytes, moved: point at where it is now
+            entry[self.kind.source_key] = str(path)
+        return True, None
+
+    def prune(self, keep: set[str]) -> int:
+        """Forget entries and skips of samples that are not (any more) in ``keep``: the data
+        set moved them to another split or dropped them. Returns how many went."""
+        gone = [i for i in self.entries if i not in keep]
+        for i in gone:
+            del self.entries[i]
+        stale_skips = [i for i in self.skips if i not in keep]
+        for i in stale_skips:
+            del self.skips[i]
+        return len(gone)
+
+    def drop_unreferenced_shards(self) -> None:
+        """Shards none of whose rows are listed any more (pruned or recomputed) are deleted."""
+        used = {e["shard"] for e in self.entries.values()}
+        unused = [s["name"] for s in self.manifest["shards"] if s["name"] not in used]
+        if unused:
+            self.manifest["shards"] = [s for s in self.manifest["shards"] if s["name"] in used]
+            self.write_manifest()
+            for name in unused:
+                (self.directory / name).unlink(missing_ok=True)
+
+    def _next_shard_name(self) -> str:
+        # never the name of a listed shard (a repair or clean-up leaves gaps in the numbering)
+        taken = {s["name"] for s in self.manifest["shards"]}
+        i = len(taken)
+        while shard_name(i) in taken:
+            i += 1
+        return shard_name(i)
 
     def commit(self, items: list, skips: list[Skip]) -> str | None:
         """Write ``items`` (processed samples) as a new shard, then the manifest that lists it."""
         name = None
         if items:
-            name = shard_name(len(self.manifest["shards"]))
+            name = self._next_shard_name()
             ids = [p.sample_id for p in items]
             digest = write_shard(self.directory / name, self.kind.shard_tensors(items, self.cfg), ids)
             self.manifest["shards"].append(
@@ -201,6 +324,7 @@ class _SplitWriter:
                     "shard": name,
                     "row": row,
                 }
+                self.hashes[p.sample_id] = p.sha256
                 self.skips.pop(p.sample_id, None)
         for s in skips:
             self.skips[s.sample_id] = s.reason
@@ -217,30 +341,6 @@ class _SplitWriter:
         write_json(self.directory / MANIFEST, self.manifest)
 
 
-def check_config(manifest: dict, cfg, identity: dict | None, where) -> None:
-    """Raise :class:`CacheConfigMismatch` when ``manifest`` was built otherwise.
-
-    ``cfg`` is a pipeline config of any kind, or a dict read as the manifest's kind.
-    """
-    kind = kind_of_manifest(manifest)
-    wanted = kind.config_cls.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    if not isinstance(wanted, kind.config_cls):
-        raise CacheConfigMismatch(
-            f"{where}: this is a {kind.name} cache ({kind.config_cls.__name__}); "
-            f"requested a {kind_of_config(wanted).name} pipeline ({type(wanted).__name__}); use another cache directory"
-        )
-    built = kind.config_cls.from_dict(manifest["config"])
-    diffs = config_differences(built.semantic_dict(), wanted.semantic_dict())
-    if identity is not None:  # only the keys given are compared
-        built_identity = manifest.get("identity", {})
-        diffs += config_differences({k: built_identity.get(k, "<absent>") for k in identity}, identity)
-    if diffs:
-        raise CacheConfigMismatch(
-            f"{where}: cache was built with a different pipeline config ({'; '.join(diffs)}); "
-            "use a new cache directory or rebuild with --force"
-        )
-
-
 def build_cache(
     dataset_or_samples,
     cache_dir,
@@ -250,6 +350,11 @@ def build_cache(
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_shard: ShardHook | None = None,
     pipeline=None,
+    repair: bool = True,
+    replace_mismatched: bool = False,
+    hint: str | None = None,
+    wait: bool = True,
+    log=print,
 ) -> BuildReport:
     """Cache the tensors of a data set (or a list of samples) under ``cache_dir/<split>/``.
 
@@ -258,6 +363,14 @@ def build_cache(
     else the default config of the data set's modality. See
     :func:`group_by_split` for which samples go where. Returns per-split counts
     of reused, computed and skipped samples.
+
+    A data set is the truth: a split directory keeps only the samples the data
+    set puts in that split (moved or dropped ones are forgotten), and a sample
+    whose file, label or annotations changed is computed again. The cache
+    directory is locked while it is written (:func:`cache.store.cache_lock`;
+    ``wait=False``: refuse instead of waiting). Damage (see :class:`_SplitWriter`)
+    is repaired, or with ``repair=False`` refused before anything is written;
+    ``hint`` ends such refusals and config mismatches.
     """
     cfg = cfg or (pipeline.cfg if pipeline is not None else kind_of_dataset(dataset_or_samples).config_cls())
     if pipeline is not None and pipeline.cfg != cfg:
@@ -271,33 +384,52 @@ def build_cache(
             f"data set {getattr(dataset_or_samples, 'name', '')!r} holds {modality} samples; "
             f"a {type(cfg).__name__} ({kind.name} pipeline) cannot cache them"
         )
+    is_dataset = hasattr(dataset_or_samples, "by_split") and hasattr(dataset_or_samples, "samples")
     groups = group_by_split(dataset_or_samples, split)
-    pipeline = pipeline or kind.make_pipeline(cfg)
-    reports = {}
     for name, samples in groups.items():
-        reports[name] = _build_split(samples, Path(cache_dir), name, pipeline, progress, shard_size, on_shard)
+        ids = [str(s.sample_id) for s in samples]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise UserError(f"split {name!r}: duplicate sample id {dup!r}; sample ids must be unique")
+    pipeline = pipeline or kind.make_pipeline(cfg)
+    with cache_lock(cache_dir, wait=wait, log=log):
+        # every split is checked before any is written: a damaged cache is not written into
+        writers = {}
+        for name in groups:
+            directory = split_dir(cache_dir, name)
+            directory.mkdir(parents=True, exist_ok=True)
+            writers[name] = _SplitWriter(directory, name, pipeline.cfg, pipeline.identity, repair=repair,
+                                         replace_mismatched=replace_mismatched, hint=hint, log=log)
+            if is_dataset:  # which splits a whole build made, so verify can tell when one goes missing
+                writers[name].manifest["dataset"] = {
+                    "name": getattr(dataset_or_samples, "name", ""),
+                    "splits": sorted(groups) if split is None else [split],
+                }
+        reports = {}
+        for name, samples in groups.items():
+            reports[name] = _build_split(samples, writers[name], pipeline, progress, shard_size, on_shard,
+                                         prune=is_dataset)
     return BuildReport(reports)
 
 
-def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool, shard_size: int, on_shard) -> SplitBuildReport:
+def _build_split(samples, writer: _SplitWriter, pipeline, progress: bool, shard_size: int, on_shard,
+                 prune: bool) -> SplitBuildReport:
     start = time.perf_counter()
+    split = writer.split
     ids = [str(s.sample_id) for s in samples]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise UserError(f"split {split!r}: duplicate sample id {dup!r}; sample ids must be unique")
-    directory = split_dir(cache_dir, split)
-    directory.mkdir(parents=True, exist_ok=True)
-    writer = _SplitWriter(directory, split, pipeline.cfg, pipeline.identity)
+    n_removed = writer.prune(set(ids)) if prune else 0
 
-    todo, n_reused, n_changed = [], 0, 0
+    todo, n_reused, n_changed, n_relabelled = [], 0, 0, 0
     for s in samples:
-        done, changed = writer.finished(s)
+        done, why = writer.finished(s)
         n_reused += done
-        n_changed += changed
+        n_changed += why == "changed"
+        n_relabelled += why == "relabelled"
         if not done:
             todo.append(s)
 
-    report = SplitBuildReport(split, directory, len(samples), n_reused, 0, 0, n_changed=n_changed,
+    report = SplitBuildReport(split, writer.directory, len(samples), n_reused, 0, 0, n_changed=n_changed,
+                              n_relabelled=n_relabelled, n_removed=n_removed, n_repaired=writer.n_repaired,
                               unit="img" if writer.kind.name == "image" else writer.kind.name)
     pending: list = []  # processed samples (ProcessedSample | ProcessedClip) not yet in a shard
     pending_skips: list[Skip] = []
@@ -325,6 +457,8 @@ def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool,
 
     asked = set(ids)
     writer.write_manifest(complete=asked <= (set(writer.entries) | set(writer.skips)))
+    writer.drop_unreferenced_shards()
+    report.hashes = {i: writer.hashes[i] for i in ids if i in writer.hashes}
     report.n_cached = len(asked & set(writer.entries))
     report.skipped = [Skip(i, writer.skips[i]) for i in ids if i in writer.skips]
     report.seconds = time.perf_counter() - start

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from cache.build import build_cache
 from cache.loader import CachedClipSplit
 from experiments.config import HarnessConfig
-from experiments.data import SPLITS, dataset_options, default_cache_dir
+from experiments.data import REBUILD_HINT, SPLITS, dataset_options, default_cache_dir
 from experiments.runs import config_fingerprint
 from neural.errors import UserError
 from neural.files import atomic_write_bytes, sha256_file
@@ -187,7 +187,8 @@ def load_clip_data(cfg: HarnessConfig, progress: bool | None = None) -> ClipExpe
                         f"the harness needs {', '.join(SPLITS)}")
     pipeline = clip_pipeline_config(cfg)
     cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
-    report = build_cache(dataset, cache_dir, pipeline, progress=progress)
+    report = build_cache(dataset, cache_dir, pipeline, progress=progress, repair=cfg.rebuild_cache,
+                         replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT)
     splits = {s: CachedClipSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
     empty = [s for s, split in splits.items() if len(split) == 0]
     if empty:

@@ -52,6 +52,7 @@ class HarnessConfig:
     csv: str | None = None  # csv: the image_path,label[,split] table
     mapping: str | None = None  # findingemo/csv/meld: label mapping file
     cache: str | None = None  # tensor cache directory (default .emologic/cache/<dataset>-<digest>)
+    rebuild_cache: bool = False  # rebuild damaged or otherwise-built parts of the cache instead of refusing
     face_source: str | None = None  # annotations | mtcnn (default: annotations for synthetic, else mtcnn)
     scene_weights: str | None = None  # Places365 checkpoint (file or URL); none: seeded random init
     clip_frames: int | None = None  # clips: video frames per clip (synthetic_clips 8, meld 16)
@@ -162,6 +163,8 @@ _HELP = {
     "csv": "csv: table image_path,label[,split]",
     "mapping": "findingemo/csv/meld: label mapping file (label,emotion)",
     "cache": "tensor cache directory",
+    "rebuild_cache": "rebuild the parts of the cache that are damaged or were built with another pipeline "
+                     "config (default: refuse such a cache)",
     "face_source": "face boxes from 'annotations' or 'mtcnn'",
     "scene_weights": "Places365 ResNet-18 checkpoint (file or URL)",
     "clip_frames": "clips: video frames per clip (default: synthetic_clips 8, meld 16)",

@@ -72,6 +72,18 @@ def _save_stage0(pred: Predicates, directory: Path) -> None:
     atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics})
 
 
+def stage0_key(cfg: HarnessConfig, data, seed: int, needs_va: bool) -> dict:
+    """What stage 0 of ``seed`` depends on, and so what reusing it requires to be equal:
+    the content it was trained and selected on (sample ids, labels, image hashes and
+    annotations of the pretrain and val splits -- not where the data set lives), the
+    pipeline that made the features and the stage-0 settings."""
+    return {k: getattr(cfg, k) for k in STAGE0_KEYS} | {
+        "seed": seed, "va": needs_va, "version": STAGE0_VERSION,
+        "pipeline": data.pipeline.semantic_dict(),
+        "data": {s: data.split(s).content_digest() for s in ("pretrain", "val")},
+    }
+
+
 def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path) -> Predicates:
     """Stage-0 networks of ``seed``: trained once, then reloaded (on --resume, and
     from the tensor cache when another run trained them on the same cached data
@@ -80,12 +92,10 @@ def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path)
     if pred is not None:
         _log(f"[seed {seed}] stage 0 loaded from {directory}")
         return pred
-    key = {k: getattr(cfg, k) for k in STAGE0_KEYS} | {"seed": seed, "va": needs_va, "dataset": data.dataset.source,
-                                                      "version": STAGE0_VERSION}
-    shared = data.cache_dir / "stage0" / config_fingerprint(key)[:16]
+    shared = data.cache_dir / "stage0" / config_fingerprint(stage0_key(cfg, data, seed, needs_va))[:16]
     pred = _load_stage0(shared)
     if pred is not None:
-        _log(f"[seed {seed}] stage 0 reused from {shared} (same cached data, stage-0 settings and seed)")
+        _log(f"[seed {seed}] stage 0 reused from {shared} (same training data, stage-0 settings and seed)")
     else:
         pred = train_stage0(cfg, data, seed, needs_va, log=_log)
         _save_stage0(pred, shared)
