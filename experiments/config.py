@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from neural.errors import UserError
 
@@ -19,6 +20,8 @@ CLIP_REGIMES = ("frozen", "joint")
 MODALITY = {"synthetic": "image", "findingemo": "image", "csv": "image", "synthetic_clips": "clip", "meld": "clip"}
 DATASETS = tuple(MODALITY)
 RULE_INITS = ("uniform", "program")
+#: Every learning-rate field (all must be >= 0; 0 freezes what it trains).
+LEARNING_RATES = ("rule_lr", "net_lr", "baseline_lr", "layer4_lr", "stage0_lr")
 
 #: Defaults of the fields left ``None``, per modality (``HarnessConfig.resolved``).
 MODALITY_DEFAULTS: dict[str, dict] = {
@@ -127,6 +130,14 @@ class HarnessConfig:
             problems.append(f"--rule-init must be one of {', '.join(RULE_INITS)}")
         if not cfg.seeds:
             problems.append("--seeds needs at least one seed")
+        duplicates = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+        if duplicates:
+            problems.append(f"--seeds lists {', '.join(map(str, duplicates))} more than once (a seed runs once)")
+        negative = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in LEARNING_RATES if not getattr(cfg, k) >= 0]
+        if negative:  # a negative rate ascends the loss (and NaN is no rate)
+            problems.append(f"learning rates must be >= 0, got {', '.join(negative)}")
+        if cfg.face_weights and not Path(cfg.face_weights).expanduser().exists():
+            problems.append(f"--face-weights {cfg.face_weights}: no such file or directory")
         if cfg.epochs < 1 or cfg.stage0_epochs < 0 or cfg.head_epochs < 0 or cfg.batch_size < 1:
             problems.append("--epochs and --batch-size must be positive, --stage0-epochs and --head-epochs >= 0")
         if cfg.modality == "clip":

@@ -68,8 +68,13 @@ def dataset_options(cfg: HarnessConfig) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+def default_face_source(dataset: str) -> str:
+    """Where face boxes come from unless told: the synthetic set records them, others need MTCNN."""
+    return "annotations" if dataset == "synthetic" else "mtcnn"
+
+
 def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
-    face_source = cfg.face_source or ("annotations" if cfg.dataset == "synthetic" else "mtcnn")
+    face_source = cfg.face_source or default_face_source(cfg.dataset)
     return PipelineConfig(
         face_source=face_source,
         scene_weights=cfg.scene_weights,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,11 @@ from experiments.runs import (
     TBLogger,
     atomic_write_json,
     atomic_write_text,
+    check_resumable,
     config_fingerprint,
     format_command,
     load_state,
+    mark_latest,
     new_run_dir,
     resolve_run,
     save_state,
@@ -130,10 +133,11 @@ def open_run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> tuple[P
     if resume:
         run_dir = resolve_run(resume, cfg.runs_dir)
         state = load_state(run_dir)
-        state.ensure_config(fingerprint)
+        check_resumable(run_dir, state, cfg.to_dict())
         _log(f"resuming {run_dir} ({len(state.completed())} unit(s) done)")
     else:
-        run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+        run_dir = new_run_dir(cfg.runs_dir, cfg.name, latest=False)  # `latest` moves when it finishes
+        _OPENED.append(run_dir)
         state = RunState(fingerprint=fingerprint, units={})
         save_state(run_dir, state)
     write_resolved_config(run_dir, cfg.to_dict(), argv)
@@ -145,6 +149,8 @@ def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, p
     """Write ``results.json`` and ``report.md`` and print the summary."""
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "report.md", render_report(results, command, cfg.to_dict(), plots=plots))
+    (run_dir / "FAILED").unlink(missing_ok=True)  # a resumed run that failed before
+    mark_latest(run_dir)
     for line in summary_lines(results):
         _log(line)
     _log(f"\nrun directory: {run_dir}")
@@ -184,8 +190,38 @@ def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict,
     return stage0s
 
 
+#: Run directories created by this call of :func:`run` (by :func:`open_run`, for either track).
+_OPENED: list[Path] = []
+
+
+def _abandon(run_dir: Path, exc: BaseException) -> None:
+    """A new run that failed: removed when no (regime, seed) unit finished (nothing in it is
+    worth keeping: stage 0 is also saved beside the cache), else marked failed; ``latest``
+    never points at it. An interrupted run is kept for --resume."""
+    if isinstance(exc, KeyboardInterrupt) or not run_dir.is_dir():
+        return
+    if not load_state(run_dir).completed():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _log(f"run failed before any unit finished; removed {run_dir}")
+    else:
+        atomic_write_text(run_dir / "FAILED", f"{type(exc).__name__}: {exc}\n")
+        _log(f"run failed; finished units are kept in {run_dir} (marked FAILED); continue with --resume {run_dir}")
+
+
 def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`)."""
+    _OPENED.clear()
+    try:
+        return _run(cfg, argv, resume)
+    except BaseException as exc:
+        for run_dir in _OPENED:
+            _abandon(run_dir, exc)
+        raise
+    finally:
+        _OPENED.clear()
+
+
+def _run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> Path:
     cfg.validate()
     cfg = cfg.resolved()
     if cfg.modality == "clip":

@@ -63,6 +63,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
             default = f.default
             shown = (", ".join(f"{v} for {k}s" for k, v in defaults[f.name].items())
                      if len(defaults[f.name]) > 1 else default)
+            if f.name == "face_source":  # chosen per data set (experiments.data.default_face_source)
+                shown = "annotations for synthetic, mtcnn for other data sets"
             helptext = f"{_PIPELINE_HELP.get(f.name) or f.metadata.get('help', '')} (default: {shown})"
             if isinstance(default, bool):
                 g.add_argument(_flag(f.name), action="store_true", dest=f.name, help=helptext)
@@ -158,7 +160,12 @@ def _build(args) -> int:
     from cache.store import cache_lock, split_dir
 
     dataset = _dataset(args)
-    cfg = pipeline_config_from_args(args, kind_of_dataset(dataset).name)
+    kind = kind_of_dataset(dataset).name
+    if kind == "image" and getattr(args, "face_source", None) is None:
+        from experiments.data import default_face_source
+
+        args.face_source = default_face_source(args.dataset)
+    cfg = pipeline_config_from_args(args, kind)
     splits = args.split or [None]
     # one lock from --force's deletion to the end of the build: no other writer in between
     with cache_lock(args.cache, wait=not args.no_wait):
