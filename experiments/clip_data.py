@@ -190,6 +190,8 @@ def load_clip_data(cfg: HarnessConfig, progress: bool | None = None) -> ClipExpe
     report = build_cache(dataset, cache_dir, pipeline, progress=progress, repair=cfg.rebuild_cache,
                          replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT)
     splits = {s: CachedClipSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
+    for s, split in splits.items():  # the data set is the truth: exactly its clips, labels and files
+        split.check_samples(dataset.by_split(s), report.splits[s].hashes, where=f"{cache_dir}/{s}")
     empty = [s for s, split in splits.items() if len(split) == 0]
     if empty:
         raise UserError(f"{cache_dir}: no usable clip in split(s) {', '.join(empty)} (see the skip report)")
