@@ -29,12 +29,12 @@ from experiments.metrics import aggregate_seeds
 from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
 from experiments.regimes import RegimeResult, confusion_sum, get_regime
 from experiments.report import render_report, summary_lines
+from experiments.resume import check_resumable
 from experiments.runs import (
     RunState,
     TBLogger,
     atomic_write_json,
     atomic_write_text,
-    check_resumable,
     config_fingerprint,
     format_command,
     load_state,
