@@ -283,7 +283,10 @@ def clip_features(data: ClipExperimentData, progress: bool = False, log=print) -
     for name in SPLITS:
         split = data.split(name)
         cached = _load_split(directory / f"{name}.safetensors", name)
-        if cached is not None and sorted(cached.sample_ids + [s for s, _ in cached.skipped]) == sorted(split.sample_ids):
+        # reused only for the same clips with the same labels (a relabelled clip's cached row is stale)
+        if (cached is not None and sorted(cached.sample_ids + [s for s, _ in cached.skipped]) == sorted(split.sample_ids)
+                and torch.equal(cached.labels, split.labels(cached.sample_ids))
+                and torch.equal(cached.sentiments, split.sentiments(cached.sample_ids))):
             out[name] = cached
             continue
         out[name] = compute_features(data.base_net(), split, name, progress)
