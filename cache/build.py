@@ -12,10 +12,17 @@ config is given). The manifest records the kind.
 Resuming: a sample is finished when the manifest lists it in a shard, and the
 manifest only lists a shard after the shard file is completely written. A
 rerun after an interruption (or with more samples) computes only what is not
-finished; a finished sample whose image file changed since (other sha256) is
-computed again. Previously skipped samples are retried (their file may have been
-fixed). A rerun with another pipeline config or other backbone weights raises
+finished; a finished sample whose image file changed since (other sha256), or
+whose label or annotations in the data set changed, is computed again, and
+samples the data set no longer puts in a split are forgotten there. Previously
+skipped samples are retried (their file may have been fixed). A rerun with
+another pipeline config or other backbone weights raises
 :class:`CacheConfigMismatch` naming the keys that differ.
+
+One writer at a time: the cache directory is locked while it is written
+(:func:`cache.store.cache_lock`). Damage that ``cache verify`` reports (missing
+or changed shards, a broken manifest) is rebuilt by the next build, or refused
+before anything is written (``repair=False``, the harness without --rebuild-cache).
 """
 from __future__ import annotations
 
