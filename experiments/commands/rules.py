@@ -25,6 +25,16 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="print the program with the learned probabilities written in (default regime: frozen)")
 
 
+def read_json(path, what: str):
+    """The JSON at ``path``; a damaged file (a run killed mid-write, edited by hand) is one clear error."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found (is the run finished?)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: damaged {what} ({exc}); rerun the run or --resume it") from None
+
+
 def load_rules(run_dir, regime: str, seed: int):
     from logic.given import Given
     from logic.program import load_program
@@ -47,7 +57,7 @@ def load_rules(run_dir, regime: str, seed: int):
 
 
 def _model_meta(run_dir, regime: str, seed: int) -> dict:
-    return json.loads((run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json").read_text())
+    return read_json(run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json", "model description")
 
 
 def _learned(program, model) -> dict:
@@ -81,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from logic.inspect import render_sources, render_tables
 
     run_dir = resolve_run(args.run, args.runs_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_json(run_dir / "config.json", "run config")
     cfg = config.get("config", config)
     seed = args.seed if args.seed is not None else cfg["seeds"][0]
     seed_dir = run_dir / "checkpoints" / f"seed{seed}"
@@ -97,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if r not in available:
             raise UserError(f"{run_dir}: no rules for regime {r!r}; available: {', '.join(available)}")
     results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = read_json(results_path, "results file") if results_path.is_file() else {}
     truth = results.get("truth_source_table")
 
     loaded = {r: load_rules(run_dir, r, seed) for r in regimes}
