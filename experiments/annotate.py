@@ -46,10 +46,11 @@ def _label(draw, xy, text: str, font, fill, anchor_bottom: bool = False) -> None
 def _said(result, source: str) -> str:
     if source not in result.source_probs:
         return "?"
+    flag = "" if result.knows(source) else " (no pretrained knowledge)"
     if is_uniform(result.source_probs[source]):
-        return "uniform"
+        return "uniform" + flag
     emotion, p = result.sources[source]
-    return f"{emotion} {p:.2f}"
+    return f"{emotion} {p:.2f}{flag}"
 
 
 def annotate_image(result, out_dir: Path, taken: set[str] | None = None,

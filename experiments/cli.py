@@ -109,4 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m experiments.cli`: this module runs as __main__, while the commands
+    # register themselves with the importable experiments.cli; dispatch through that one
+    from experiments.cli import main as _main
+
+    sys.exit(_main())

@@ -45,7 +45,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -131,6 +131,7 @@ class TrainedProgram:
         self._pipelines: dict = {}
         self._synthetic: dict[Path, object] | None = None
         self._trust: dict[str, dict[str, float]] = {}
+        self._records: dict[str, dict] | None = None
 
     run_dir = property(lambda self: self.origin.run_dir)
     regime = property(lambda self: self.origin.regime)
@@ -206,25 +207,15 @@ class TrainedProgram:
         return (f"no trained run ({o.why}): program {self.program.name} with its documented prior trust; "
                 f"face predicate {provenance_of(self.pred.face_net).summary()}; scene: {scene}")
 
-    def network_provenance(self) -> dict[str, str]:
-        """Where the networks behind each kind of source came from: ``scene``
-        (backbone and head), ``face`` and, when the program reads one, ``va``."""
-        from neural.provenance import provenance_of
+    def source_records(self) -> dict[str, dict]:
+        """Per source of the program: where its networks' knowledge came from
+        (:func:`neural.provenance.source_provenance`; the scene backbone's from
+        the pipeline config, the networks' from their checkpoints)."""
+        if self._records is None:
+            from pipelines.pipeline import feature_provenance
 
-        pipeline = next(iter(self._pipelines.values()), None) or self.pipeline("annotations")
-        backbone = provenance_of(self.pred.scene_layer4 or pipeline.scene.net).summary()
-        out = {"scene": f"backbone: {backbone}; head: {provenance_of(self.pred.scene_head).summary()}",
-               "face": provenance_of(self.pred.face_net).summary()}
-        if self.binding.uses_va and self.pred.va_regressor is not None:
-            va_backbone = (f"CLIP image encoder ({self.pipeline_config.clip_model})"
-                           if self.pipeline_config.va_backbone == "clip" else backbone)
-            out["va"] = f"regressor: {provenance_of(self.pred.va_regressor).summary()}; backbone: {va_backbone}"
-        return out
-
-    def source_provenance(self, sources: Iterable[str]) -> dict[str, str]:
-        """:meth:`network_provenance` per source (face1..face3 share the face net)."""
-        nets = self.network_provenance()
-        return {s: nets["face" if s in FACE_SLOTS else s] for s in sources if (s in FACE_SLOTS or s in nets)}
+            self._records = self.binding.provenance(feature_provenance(self.pipeline_config))
+        return self._records
 
     def model_record(self) -> dict:
         """What answers, for ``--json``: origin, program, trust and network provenance."""
@@ -232,7 +223,7 @@ class TrainedProgram:
         return {"kind": o.kind, "program": self.program.name, "why": o.why,
                 "trust": "learned" if o.kind == "run" else "the program's documented t(p) values",
                 "run": None if o.run_dir is None else str(o.run_dir), "regime": o.regime, "seed": o.seed,
-                "networks": self.network_provenance()}
+                "sources": self.source_records()}
 
     # -- pieces -----------------------------------------------------------------
     def pipeline(self, face_source: str):
@@ -393,7 +384,7 @@ class TrainedProgram:
                 source_probs=source_probs,
                 trust=dict(self.trust(ctx)),
                 posterior=dict(sorted(post.items(), key=lambda kv: -kv[1])),
-                provenance=self.source_provenance(existing),
+                provenance={src: self.source_records()[src] for src in existing if src in self.source_records()},
                 va=va[b] if va is not None else None,
             ))
         return results

@@ -44,8 +44,8 @@ class QueryResult:
     posterior: dict[str, float]  # P(source | image, prediction) over the existing sources, largest first
     annotated: str | None = None  # path of the annotated PNG (``annotate=``)
     faces_found: int | None = None  # faces the detector found; the (up to three) largest are ``faces``
-    #: existing source -> where its networks' weights came from (Provenance.summary() of each)
-    provenance: dict[str, str] = field(default_factory=dict)
+    #: existing source -> where its networks' knowledge came from (neural.provenance.source_provenance record)
+    provenance: dict[str, dict] = field(default_factory=dict)
     #: programs with a V/A source: per dimension the MC-dropout estimate ``mean``, its ``std``
     #: and the Gaussian mass per bin the logic reads, ``{"valence": {"mean", "std", "bins"}, "arousal": ...}``
     va: dict | None = None
@@ -61,12 +61,19 @@ class QueryResult:
         without faces): then ``prediction`` is only the first of equals."""
         return not is_uniform(self.probs)
 
+    def knows(self, source: str) -> bool:
+        """Whether any network behind ``source`` started from weights learned on real data."""
+        record = self.provenance.get(source)
+        return record is None or record["pretrained"]
+
     def says(self, source: str) -> str:
-        """A source's own answer in words: ``happy (1.00)``, or ``nothing (uniform)``."""
+        """A source's own answer in words: ``happy (1.00)``, ``nothing (uniform)``, flagged
+        ``[no pretrained knowledge]`` when none of its networks started from real-data weights."""
+        flag = "" if self.knows(source) else " [no pretrained knowledge]"
         if is_uniform(self.source_probs[source]):
-            return "nothing (uniform)"
+            return "nothing (uniform)" + flag
         emotion, p = self.sources[source]
-        return f"{emotion} ({p:.2f})"
+        return f"{emotion} ({p:.2f}){flag}"
 
     @property
     def sources(self) -> dict[str, tuple[str, float]]:
@@ -97,6 +104,8 @@ class QueryResult:
             "sources": {s: {"emotion": None if is_uniform(self.source_probs[s]) else e, "p": p}
                         for s, (e, p) in self.sources.items()},
             "source_probs": self.source_probs,
+            # whether each source's networks started from weights learned on real data (details: "model")
+            "pretrained_knowledge": {s: self.knows(s) for s in self.source_probs},
             "trust": self.trust,
             "posterior": self.posterior,
             "trusted": self.trusted,

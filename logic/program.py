@@ -256,6 +256,8 @@ class Program:
         """Every ``nn(Net, ...)`` must name a registered network (or one in ``available``)."""
         from neural.registry import list_networks
 
+        from neural.registry import default_output_size
+
         known = set(list_networks()) if available is None else set(available)
         for n in self.neural:
             if n.network not in known:
@@ -263,6 +265,17 @@ class Program:
                     f"{self.path.name}:{n.line}: nn({n.network}, ...) names no registered network; "
                     f"known networks: {', '.join(sorted(known))}"
                 )
+            if available is None:
+                self._check_width(n, default_output_size(n.network))
+
+    def _check_width(self, n, width: int | None) -> None:
+        """An ``nn`` atom must list one value per network output: refused here, at load or
+        bind time, rather than as a shape error in the middle of training."""
+        if width is not None and width != len(n.domain):
+            raise ProgramError(
+                f"{self.path.name}:{n.line}: nn({n.network}, ...) lists {len(n.domain)} values "
+                f"({', '.join(n.domain)}), but the network outputs {width}"
+            )
 
     def bind(self, networks: dict):
         """The modules bound to the program's ``nn(Net, ...)`` names, as an
@@ -273,6 +286,10 @@ class Program:
         if missing:
             raise ProgramError(f"{self.path.name}: no network bound to {', '.join(missing)}; "
                                f"bound: {', '.join(sorted(networks)) or 'none'}")
+        from neural.registry import output_size
+
+        for n in self.neural:
+            self._check_width(n, output_size(networks[n.network]))
         return nn.ModuleDict({k: networks[k] for k in self.networks})
 
     def domain_of(self, network: str) -> tuple[str, ...]:

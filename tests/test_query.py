@@ -227,6 +227,11 @@ def test_results_carry_the_provenance_of_their_sources(tiny_run, synth):
     image = next(p for p, a in synth if len(a["boxes"]) == 2)
     (r,) = tp.answer([image], face_source="annotations")
     assert set(r.provenance) == set(r.source_probs) == {"scene", "face1", "face2"}
-    head = provenance_of(tp.pred.scene_head).summary()
-    assert r.provenance["scene"] == f"backbone: NO PRETRAINED KNOWLEDGE -- random init (seed 0); head: {head}"
-    assert r.provenance["face1"] == r.provenance["face2"] == provenance_of(tp.pred.face_net).summary()
+    head = provenance_of(tp.pred.scene_head)
+    assert head.steps == ("trained in stage 0 on synthetic",) and not r.provenance["scene"]["pretrained"]
+    assert r.provenance["scene"]["parts"]["scene2emotion"] == head.to_dict()
+    assert r.provenance["scene"]["parts"]["scene backbone"]["description"] == "random init (seed 0)"
+    face = provenance_of(tp.pred.face_net)
+    assert face.origin == "fer2013" and face.steps == ("fine-tuned in stage 0 on synthetic",)
+    assert r.provenance["face1"] == r.provenance["face2"] == {"pretrained": True, "parts": {"face_emotion": face.to_dict()}}
+    assert r.says("scene").endswith("[no pretrained knowledge]") and "[" not in r.says("face1")

@@ -65,8 +65,13 @@ def test_prior_answers_the_astronaut_with_fer2013_in_proportion_to_its_trust(ast
     for e in EMOTIONS:
         assert r.probs[e] == pytest.approx(0.5 / len(EMOTIONS) + 0.5 * face[e], abs=1e-6)
     assert r.trusted == "face1" and r.posterior["face1"] == pytest.approx(0.5 * face["happy"] / r.probs["happy"])
-    assert "FER2013" in r.provenance["face1"] and "no scene knowledge" in r.provenance["scene"]
-    assert "NO PRETRAINED KNOWLEDGE -- random init" in r.provenance["scene"]  # the backbone, said as it is
+    face_net = r.provenance["face1"]["parts"]["face_emotion"]
+    assert r.provenance["face1"]["pretrained"] and face_net["origin"] == "fer2013" and not face_net["steps"]
+    scene = r.provenance["scene"]
+    assert not scene["pretrained"] and not r.knows("scene") and r.knows("face1")
+    assert scene["parts"]["scene backbone"]["description"] == "random init (seed 0)"  # said as it is
+    assert "no scene knowledge" in scene["parts"]["scene2emotion"]["description"]
+    assert r.says("scene") == "nothing (uniform) [no pretrained knowledge]"
 
 
 def test_without_runs_the_cli_uses_the_prior_and_says_so(real_photos, tmp_path, capsys, monkeypatch):
@@ -78,7 +83,9 @@ def test_without_runs_the_cli_uses_the_prior_and_says_so(real_photos, tmp_path, 
                              "prior trust; face predicate FER2013 mini-XCEPTION")
     assert "scene: no scene knowledge (uniform)" in header
     assert "  answer   happy: trusted face1 (" in out
-    assert "  sources  scene says nothing (uniform); face1 says happy (1.00)" in out
+    assert "  sources  scene says nothing (uniform) [no pretrained knowledge]; face1 says happy (1.00)" in out
+    assert "  knowledge scene: NO PRETRAINED KNOWLEDGE (scene backbone: random init (seed 0)" in out
+    assert "  knowledge face1, face2, face3: face_emotion: FER2013 mini-XCEPTION" in out
     assert "SceneBackbone" not in err  # the header already says the scene knows nothing
 
     rc, out, err = query(capsys, real_photos["astronaut"], "--prior", "--json")
@@ -89,7 +96,9 @@ def test_without_runs_the_cli_uses_the_prior_and_says_so(real_photos, tmp_path, 
     model = record["model"]
     assert model["kind"] == "prior" and model["program"] == "context_selection"
     assert model["trust"] == "the program's documented t(p) values"
-    assert "FER2013" in model["networks"]["face"] and "no scene knowledge" in model["networks"]["scene"]
+    assert model["sources"]["face1"]["parts"]["face_emotion"]["origin"] == "fer2013"
+    assert not model["sources"]["scene"]["pretrained"]
+    assert record["pretrained_knowledge"] == {"scene": False, "face1": True}
 
 
 def test_prior_options_are_checked_by_name(real_photos, tmp_path, capsys, monkeypatch):
@@ -126,7 +135,8 @@ def test_scene_weights_make_a_real_backbone_but_the_untrained_head_stays_uniform
     tp = TrainedProgram.prior(scene_weights=str(weights))
     (r,) = tp.answer([real_photos["astronaut"]])
     assert "over a backbone from " + str(weights) in tp.describe()
-    assert r.provenance["scene"].startswith("backbone: Places365 ResNet-18 (resnet18_places365.pth.tar)")
+    backbone = r.provenance["scene"]["parts"]["scene backbone"]
+    assert backbone["origin"] == "places365" and backbone["description"] == "Places365 ResNet-18 (resnet18_places365.pth.tar)"
     assert r.source_probs["scene"] == pytest.approx({e: 1 / len(EMOTIONS) for e in EMOTIONS}, abs=1e-7)
     assert r.prediction == "happy"
 

@@ -91,6 +91,7 @@ def format_result(r, min_face_size: int | None = None) -> list[str]:
 )
 def run(args: argparse.Namespace) -> int:
     from experiments.query import QueryError, open_program
+    from neural.provenance import describe_sources
 
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UserError(f"--max-pixels must be positive, got {args.max_pixels}")
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     tp.pipeline(args.face_source)  # scene weights and detector load (or fail) before the header promises them
     header = f"{tp.describe()} | faces from {args.face_source}"
     print(header, file=sys.stderr if args.json else sys.stdout, flush=True)
+    if not args.json:  # where each source's knowledge came from, once (JSON: the "model" record)
+        print("\n".join(f"  knowledge {line}" for line in describe_sources(tp.source_records())), flush=True)
     min_face = tp.pipeline_config.min_face_size if args.face_source == "mtcnn" else None
     failed = 0
     model = None
