@@ -79,7 +79,8 @@ def section_va(results: Mapping) -> list[str]:
                   "(MAE over all cells; weighted: each row by how often its bins occur):", ""]
         lines += markdown_table(_header("regime") + ["circumplex MAE", "weighted MAE"], rows) + [""]
     truth = results.get("truth_circumplex")
-    tables = {r: _first_seed(results, r).get("va", {}).get("circumplex") for r in regimes}
+    # late_fusion has no logic, so no V/A results ("va": None)
+    tables = {r: (_first_seed(results, r).get("va") or {}).get("circumplex") for r in regimes}
     tables = {r: t for r, t in tables.items() if t}
     if tables:
         rows = []

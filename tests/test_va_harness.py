@@ -69,6 +69,16 @@ def test_va_metrics_circumplex_error_and_trust_are_reported(clip_run):
         assert heading in report
 
 
+def test_the_report_takes_regimes_without_a_va_part(clip_run):
+    from experiments.report import render_report, summary_lines
+
+    run_dir, _ = clip_run
+    results = json.loads((run_dir / "results.json").read_text())
+    results["regimes"]["late_fusion"] = {"per_seed": {"0": {"metrics": {"accuracy": 0.5}, "va": None}}}
+    assert "## The valence/arousal source" in render_report(results, "cmd", {})
+    assert any(line.startswith("stage-0 V/A (test): CCC") for line in summary_lines(results))
+
+
 def test_rule_init_program_starts_from_the_circumplex_prior(clip_run):
     from logic.given import Given
     from logic.model import LogicModel
