@@ -169,6 +169,10 @@ class _SplitWriter:
         self.skips: dict[str, str] = {s["id"]: s["reason"] for s in self.manifest["skipped"]}
         for stale in directory.glob(".*.tmp"):  # left by a crash in the middle of a write
             stale.unlink()
+        listed = {s["name"] for s in self.manifest["shards"]}
+        for orphan in directory.glob("shard-*.safetensors"):  # written, never listed: an interrupted build's
+            if orphan.name not in listed:
+                orphan.unlink()
 
     def finished(self, sample) -> tuple[bool, bool]:
         """``(finished, changed)``: cached with the current content of its source file."""
@@ -181,27 +185,31 @@ class _SplitWriter:
         same = sha256_file(path) == entry["sha256"]
         return same, not same
 
+    def new_shard_names(self, n: int) -> list[str]:
+        """``n`` shard names not listed in the manifest (a name is never reused for other samples)."""
+        used = {s["name"] for s in self.manifest["shards"]}
+        names, i = [], len(self.manifest["shards"])
+        while len(names) < n:
+            if shard_name(i) not in used:
+                names.append(shard_name(i))
+            i += 1
+        return names
+
     def commit(self, items: list, skips: list[Skip]) -> str | None:
         """Write ``items`` (processed samples) as a new shard, then the manifest that lists it."""
+        written = write_items_shard(self.directory, self.new_shard_names(1)[0], items, self.kind, self.cfg)
+        return self.record(written, skips)
+
+    def record(self, written: "WrittenShard | None", skips: list[Skip]) -> str | None:
+        """List a shard written by :func:`write_items_shard` (here or by a worker) and ``skips``
+        in the manifest, then write the manifest."""
         name = None
-        if items:
-            name = shard_name(len(self.manifest["shards"]))
-            ids = [p.sample_id for p in items]
-            digest = write_shard(self.directory / name, self.kind.shard_tensors(items, self.cfg), ids)
-            self.manifest["shards"].append(
-                {"name": name, "sha256": digest, "n_samples": len(items), "bytes": (self.directory / name).stat().st_size}
-            )
-            for row, p in enumerate(items):
-                self.entries[p.sample_id] = {
-                    "id": p.sample_id,
-                    "sha256": p.sha256,
-                    **self.kind.manifest_entry(p),
-                    "label": p.label,
-                    "annotations": to_json_value(p.annotations),
-                    "shard": name,
-                    "row": row,
-                }
-                self.skips.pop(p.sample_id, None)
+        if written is not None:
+            name = written.record["name"]
+            self.manifest["shards"].append(written.record)
+            for entry in written.entries:
+                self.entries[entry["id"]] = entry
+                self.skips.pop(entry["id"], None)
         for s in skips:
             self.skips[s.sample_id] = s.reason
             self.entries.pop(s.sample_id, None)  # its file changed and is now unusable
@@ -215,6 +223,39 @@ class _SplitWriter:
         self.manifest["skipped"] = [{"id": k, "reason": v} for k, v in self.skips.items()]
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(self.directory / MANIFEST, self.manifest)
+
+
+@dataclass
+class WrittenShard:
+    """A shard file on disk and what the manifest says about it (its record and sample entries)."""
+
+    record: dict  # {"name", "sha256", "n_samples", "bytes"}
+    entries: list[dict]  # per sample: id, sha256, kind fields, label, annotations, shard, row
+
+
+def write_items_shard(directory: Path, name: str, items: list, kind: CacheKind, cfg) -> WrittenShard | None:
+    """Write processed samples as shard ``name`` (atomically); ``None`` when there are none.
+
+    Pure in its inputs, so a Ray worker can call it: only the writer of the
+    manifest (the build's driver) decides whether the shard is listed.
+    """
+    if not items:
+        return None
+    digest = write_shard(directory / name, kind.shard_tensors(items, cfg), [p.sample_id for p in items])
+    record = {"name": name, "sha256": digest, "n_samples": len(items), "bytes": (directory / name).stat().st_size}
+    entries = [
+        {
+            "id": p.sample_id,
+            "sha256": p.sha256,
+            **kind.manifest_entry(p),
+            "label": p.label,
+            "annotations": to_json_value(p.annotations),
+            "shard": name,
+            "row": row,
+        }
+        for row, p in enumerate(items)
+    ]
+    return WrittenShard(record, entries)
 
 
 def check_config(manifest: dict, cfg, identity: dict | None, where) -> None:
@@ -250,6 +291,8 @@ def build_cache(
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_shard: ShardHook | None = None,
     pipeline=None,
+    ray=None,
+    device: str = "cpu",
 ) -> BuildReport:
     """Cache the tensors of a data set (or a list of samples) under ``cache_dir/<split>/``.
 
@@ -258,6 +301,11 @@ def build_cache(
     else the default config of the data set's modality. See
     :func:`group_by_split` for which samples go where. Returns per-split counts
     of reused, computed and skipped samples.
+
+    ``ray``: a :class:`cache.distributed.RayBuild` computes the samples on Ray
+    workers (this process still lists them in the manifest); the result equals a
+    serial build's. ``device``: where MTCNN and the backbones run here (a
+    ``RayBuild`` has its own).
     """
     cfg = cfg or (pipeline.cfg if pipeline is not None else kind_of_dataset(dataset_or_samples).config_cls())
     if pipeline is not None and pipeline.cfg != cfg:
@@ -272,14 +320,16 @@ def build_cache(
             f"a {type(cfg).__name__} ({kind.name} pipeline) cannot cache them"
         )
     groups = group_by_split(dataset_or_samples, split)
-    pipeline = pipeline or kind.make_pipeline(cfg)
+    # with Ray, this process only needs the pipeline's identity (the weights' ids): it stays on the CPU
+    pipeline = pipeline or kind.make_pipeline(cfg, device="cpu" if ray is not None else device)
     reports = {}
     for name, samples in groups.items():
-        reports[name] = _build_split(samples, Path(cache_dir), name, pipeline, progress, shard_size, on_shard)
+        reports[name] = _build_split(samples, Path(cache_dir), name, pipeline, progress, shard_size, on_shard, ray)
     return BuildReport(reports)
 
 
-def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool, shard_size: int, on_shard) -> SplitBuildReport:
+def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool, shard_size: int, on_shard,
+                 ray=None) -> SplitBuildReport:
     start = time.perf_counter()
     ids = [str(s.sample_id) for s in samples]
     if len(set(ids)) != len(ids):
@@ -299,6 +349,22 @@ def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool,
 
     report = SplitBuildReport(split, directory, len(samples), n_reused, 0, 0, n_changed=n_changed,
                               unit="img" if writer.kind.name == "image" else writer.kind.name)
+    if ray is not None:
+        ray.build(writer, todo, report, shard_size, progress, on_shard)
+    else:
+        _compute_serially(writer, todo, report, pipeline, progress, shard_size, on_shard)
+
+    asked = set(ids)
+    writer.write_manifest(complete=asked <= (set(writer.entries) | set(writer.skips)))
+    report.n_cached = len(asked & set(writer.entries))
+    report.skipped = [Skip(i, writer.skips[i]) for i in ids if i in writer.skips]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _compute_serially(writer: _SplitWriter, todo: list, report: SplitBuildReport, pipeline, progress: bool,
+                      shard_size: int, on_shard) -> None:
+    split = writer.split
     pending: list = []  # processed samples (ProcessedSample | ProcessedClip) not yet in a shard
     pending_skips: list[Skip] = []
 
@@ -322,10 +388,3 @@ def _build_split(samples, cache_dir: Path, split: str, pipeline, progress: bool,
             flush()
             pending.extend(rest)
     flush()
-
-    asked = set(ids)
-    writer.write_manifest(complete=asked <= (set(writer.entries) | set(writer.skips)))
-    report.n_cached = len(asked & set(writer.entries))
-    report.skipped = [Skip(i, writer.skips[i]) for i in ids if i in writer.skips]
-    report.seconds = time.perf_counter() - start
-    return report

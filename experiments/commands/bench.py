@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.cli import command
+from neural.cluster import add_device_argument, add_ray_arguments, connect_ray, resolve_device
 from neural.errors import UserError
 
 
@@ -33,13 +34,21 @@ def _bytes_of(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def _time_build(samples, cache_dir: Path, cfg, progress: bool) -> dict:
+def _time_build(samples, cache_dir: Path, cfg, progress: bool, device: str, ray=None) -> dict:
     from cache.build import build_cache
     from pipelines.pipeline import ImagePipeline
 
-    pipeline = ImagePipeline(cfg)  # model construction is not part of the throughput
+    if ray is None:
+        pipeline = ImagePipeline(cfg, device=device)  # model construction is not part of the throughput
+    else:
+        pipeline = ImagePipeline(cfg)  # the driver's only needs the weights' ids
+        # every worker builds its pipeline once, on a few images: not part of the throughput either
+        warm = [s for s in samples[: 2 * (ray.workers or 1)]]
+        build_cache(warm, cache_dir.with_name(cache_dir.name + "-warmup"), cfg, split="bench", progress=False,
+                    pipeline=pipeline, ray=ray, shard_size=1)
     start = time.perf_counter()
-    report = build_cache(samples, cache_dir, cfg, split="bench", progress=progress, pipeline=pipeline)
+    report = build_cache(samples, cache_dir, cfg, split="bench", progress=progress, pipeline=pipeline, ray=ray,
+                         device=device, shard_size=_shard_size(len(samples), ray, cfg))
     seconds = time.perf_counter() - start
     n = report.n_cached
     faces = sum(e["n_faces"] for e in json.loads((cache_dir / "bench" / "manifest.json").read_text())["samples"])
@@ -52,6 +61,16 @@ def _time_build(samples, cache_dir: Path, cfg, progress: bool) -> dict:
         "images_per_s": round(len(samples) / seconds, 2),
         "bytes_per_image": round(_bytes_of(cache_dir / "bench") / max(n, 1)),
     }
+
+
+def _shard_size(n: int, ray, cfg) -> int:
+    """Serial: the default. Ray: a few chunks per worker (a multiple of the batch size), so all of them work."""
+    from cache.build import DEFAULT_SHARD_SIZE
+
+    if ray is None:
+        return DEFAULT_SHARD_SIZE
+    per_chunk = -(-n // (4 * (ray.workers or 1)))  # ceil: about 4 chunks per worker
+    return max(cfg.batch_size, -(-per_chunk // cfg.batch_size) * cfg.batch_size)
 
 
 def _mtcnn_images(samples, out: Path, size: int, seed: int) -> list:
@@ -85,6 +104,7 @@ def bench_cache(args: argparse.Namespace) -> dict:
     from pipelines.pipeline import PipelineConfig
 
     progress = not args.json
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="emologic-bench-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="SceneBackbone")
         tmp = Path(tmp)
@@ -92,17 +112,38 @@ def bench_cache(args: argparse.Namespace) -> dict:
         ds = get_dataset("synthetic", root=tmp / "synthetic", n_images=n, seed=args.seed)
         small = ds.samples[: args.n_small]
         large = _mtcnn_images(ds.samples[: args.n_large], tmp / "mtcnn640", 640, args.seed)
+        sets = {"synthetic_128px_annotations": (small, PipelineConfig(face_source="annotations")),
+                "photo_faces_640px_mtcnn": (large, PipelineConfig(face_source="mtcnn"))}
         results = {
+            "device": device,
             "cpu_threads": __import__("torch").get_num_threads(),
             "load_average_1min": round(os.getloadavg()[0], 2),
-            "synthetic_128px_annotations": _time_build(
-                small, tmp / "cache128", PipelineConfig(face_source="annotations"), progress
-            ),
-            "photo_faces_640px_mtcnn": _time_build(
-                large, tmp / "cache640", PipelineConfig(face_source="mtcnn"), progress
-            ),
         }
+        for name, (samples, cfg) in sets.items():
+            results[name] = _time_build(samples, tmp / name, cfg, progress, device)
+        for workers in _worker_counts(args):
+            from cache.distributed import RayBuild
+
+            connect_ray(args.ray, num_cpus=max(_worker_counts(args)) if args.ray is None else None)
+            # each worker: the serial build's thread count, so the numbers compare like for like
+            ray = RayBuild(address=args.ray, workers=workers, device=device,
+                           threads=results["cpu_threads"], cpus_per_worker=1)
+            for name, (samples, cfg) in sets.items():
+                timed = _time_build(samples, tmp / f"{name}-ray{workers}", cfg, progress, device, ray)
+                timed["speedup_vs_serial"] = round(timed["images_per_s"] / results[name]["images_per_s"], 2)
+                results[f"{name}_ray_{workers}_worker{'s' if workers > 1 else ''}"] = timed
     return results
+
+
+def _worker_counts(args) -> list[int]:
+    """``--workers N``: Ray with 1 worker and with N (the serial build is always measured)."""
+    if args.workers is None:
+        if args.ray is not None:
+            raise UserError("bench: --ray needs --workers N (Ray with 1 and with N workers, against serial)")
+        return []
+    if args.workers < 1:
+        raise UserError(f"--workers must be positive, got {args.workers}")
+    return sorted({1, args.workers})
 
 
 def bench_engines(args: argparse.Namespace) -> dict:
@@ -136,6 +177,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dpl-samples", type=int, default=64,
                    help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
     p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
+    add_device_argument(p)
+    add_ray_arguments(p, "cache: the build; sweep: the (seed, regime) units")
 
 
 @command(

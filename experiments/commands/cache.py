@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from experiments.cli import command
+from neural.cluster import add_device_argument, add_ray_arguments, resolve_device
 from neural.errors import UserError
 
 #: Options of ``cache build`` that are pipeline config fields (help text per field).
@@ -111,6 +112,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard file (default: 256)")
     p.add_argument("--force", action="store_true", help="delete the cached splits first and rebuild them")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(p)
+    add_ray_arguments(p, "the samples (one task per shard)")
     _pipeline_args(p)
 
 
@@ -153,6 +156,16 @@ def _build(args) -> int:
 
     dataset = _dataset(args)
     cfg = pipeline_config_from_args(args, kind_of_dataset(dataset).name)
+    device = resolve_device(args.device)
+    ray_build = None
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be positive, got {args.workers}")
+    if args.ray is not None:
+        from cache.distributed import RayBuild
+
+        ray_build = RayBuild(address=args.ray, workers=args.workers, device=device)
+    elif args.workers is not None:
+        raise UserError("--workers applies to --ray builds; add --ray (a local Ray) or --ray ADDRESS")
     splits = args.split or [None]
     if args.force:
         for split in splits:
@@ -161,7 +174,8 @@ def _build(args) -> int:
                 if target.is_dir():
                     shutil.rmtree(target)
     reports = [
-        build_cache(dataset, args.cache, cfg, split=split, progress=not args.no_progress, shard_size=args.shard_size)
+        build_cache(dataset, args.cache, cfg, split=split, progress=not args.no_progress, shard_size=args.shard_size,
+                    ray=ray_build, device=device)
         for split in splits
     ]
     if getattr(dataset, "skipped", None):  # left out by the data set itself (e.g. images not downloaded)
