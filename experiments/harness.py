@@ -145,7 +145,8 @@ def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, p
     _log(f"report: {run_dir / 'report.md'}")
 
 
-def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict, make_stage0, run_unit) -> dict:
+def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict, make_stage0, run_unit,
+              sweep=None, remote_unit=None, shared=None) -> dict:
     """The seeds x regimes loop of both tracks: stage 0 once (or once per seed with
     ``--stage0-per-seed``), then every unfinished (regime, seed) unit, each saved
     and marked done as it finishes, so Ctrl-C keeps them for ``--resume``.
@@ -153,7 +154,16 @@ def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict,
     make_stage0(stage0_seed, directory) -> stage-0 networks
     run_unit(regime, seed, stage0, stage0_directory, unit_directory) -> result with ``to_json()``
     Returns the stage-0 networks by their seed (as a string).
+
+    ``sweep`` (:class:`experiments.sweep.RaySweep`): the units run as Ray tasks,
+    ``remote_unit(shared, stage0, regime, seed, unit_dir, tb_dir, device)`` on ``shared``.
     """
+    if sweep is not None:
+        try:
+            return sweep.run_units(cfg, state, run_dir, timings, make_stage0, remote_unit, shared, save_state)
+        except KeyboardInterrupt:
+            _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
+            raise
     stage0s: dict = {}
     try:
         current = current_dir = None
@@ -178,11 +188,33 @@ def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict,
     return stage0s
 
 
-def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
-    """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`)."""
+def train_unit(cfg: HarnessConfig, data, program, features: dict, pred: Predicates, regime: str, seed: int,
+               unit_dir: Path, tb) -> RegimeResult:
+    """One (regime, seed) unit of the image track, its checkpoint saved in ``unit_dir``."""
+    own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
+    result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
+    result.provenance = Binding(program, own).provenance(features)
+    save_regime(result, own, cfg, data, unit_dir, regime)
+    return result
+
+
+def remote_image_unit(shared: dict, pred: Predicates, regime: str, seed: int, unit_dir: Path, tb_dir: Path,
+                      device: str) -> RegimeResult:
+    """:func:`train_unit` on a Ray worker (:mod:`experiments.sweep`): its own program and TensorBoard log."""
+    with TBLogger(tb_dir) as tb:
+        return train_unit(shared["cfg"], shared["data"], load_program(shared["cfg"].program), shared["features"],
+                          pred, regime, seed, unit_dir, tb)
+
+
+def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=None) -> Path:
+    """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`).
+
+    ``sweep``: a :class:`experiments.sweep.RaySweep` runs the units on Ray (same run directory)."""
     cfg.validate()
     cfg = cfg.resolved()
     if cfg.modality == "clip":
+        if sweep is not None:
+            raise UserError(f"--ray runs the units of image data sets; {cfg.dataset} (clips) runs on this machine")
         from experiments.clip_harness import run_clips
 
         return run_clips(cfg, argv, resume)
@@ -206,14 +238,11 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
     tb = TBLogger(run_dir / "tb")
 
     def run_unit(regime: str, seed: int, pred: Predicates, stage0_dir: Path, unit_dir: Path) -> RegimeResult:
-        own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
-        result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
-        result.provenance = Binding(program, own).provenance(features)
-        save_regime(result, own, cfg, data, unit_dir, regime)
-        return result
+        return train_unit(cfg, data, program, features, pred, regime, seed, unit_dir, tb)
 
     try:
-        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d: stage0(cfg, data, s0, needs_va, d), run_unit)
+        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d: stage0(cfg, data, s0, needs_va, d), run_unit,
+                            sweep, remote_image_unit, {"cfg": cfg, "data": data, "features": features})
     finally:
         tb.close()
     stage0_metrics = {s: pred.metrics for s, pred in stage0s.items()}
