@@ -91,7 +91,7 @@ def load_data(cfg: HarnessConfig) -> ExperimentData:
         )
     pipeline = pipeline_config(cfg)
     cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
-    report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress)
+    report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress, device=cfg.device)
     splits = {s: CachedSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
     truth = None
     if cfg.dataset == "synthetic":

@@ -17,6 +17,7 @@ directory holds:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -218,6 +219,8 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=No
         from experiments.clip_harness import run_clips
 
         return run_clips(cfg, argv, resume)
+    if sweep is not None:  # the units train where the config says (a GPU per unit when it is cuda)
+        sweep = dataclasses.replace(sweep, device=cfg.device)
     run_dir, state, command = open_run(cfg, argv, resume)
 
     timings: dict[str, float] = {}

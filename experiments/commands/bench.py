@@ -13,6 +13,14 @@ construction excluded) and bytes per image:
 * synthetic 128 px images, faces from the annotations;
 * 640 px images through MTCNN: upscaled synthetic scenes with 0-3 real faces
   (matplotlib's ``grace_hopper.jpg`` sample photo) pasted at random sizes.
+
+With ``--workers N`` the same builds also run on Ray with 1 and with N workers
+(``--ray ADDRESS``: on a cluster; else a local Ray), each worker with the serial
+build's torch thread count, and report their speed-up over the serial build.
+
+``bench sweep --workers N`` times the main job's (seed, regime) units on a small
+synthetic run: serially, then on Ray with 1 and N workers (units per hour, and
+whether the figures equal the serial run's).
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -146,6 +155,54 @@ def _worker_counts(args) -> list[int]:
     return sorted({1, args.workers})
 
 
+def bench_sweep(args: argparse.Namespace) -> dict:
+    """Units per hour of the main job's (seed, regime) units: serially, then on Ray with 1 and N workers.
+
+    One small synthetic run (``--sweep-images``, seeds 0 1, frozen and joint, 1 epoch); the data, cache and
+    stage 0 come from the first run and are reused by the others, so what is timed is the units alone."""
+    import json as _json
+
+    from experiments.config import HarnessConfig
+    from experiments.harness import run
+    from experiments.sweep import RaySweep
+
+    if not _worker_counts(args):
+        raise UserError("bench sweep needs --workers N (units on Ray with 1 and N workers, against serial)")
+    with tempfile.TemporaryDirectory(prefix="emologic-bench-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SceneBackbone")
+        tmp = Path(tmp)
+        cfg = HarnessConfig(n_images=args.sweep_images, seeds=[0, 1], regimes=["frozen", "joint"], epochs=1,
+                            progress=False, cache=str(tmp / "cache"), data_root=str(tmp / "data"))
+
+        def timed(name: str, sweep=None) -> tuple[dict, dict]:
+            start = time.perf_counter()
+            run_dir = run(replace(cfg, runs_dir=str(tmp / name)), argv=[], sweep=sweep)
+            seconds = time.perf_counter() - start
+            results = _json.loads((run_dir / "results.json").read_text())
+            t = results["timings"]
+            units_s = seconds - t["data_and_cache"] - t.get("stage0", 0.0) - t.get("report", 0.0)
+            n = sum(len(r["per_seed"]) for r in results["regimes"].values())
+            return {"units": n, "seconds": round(units_s, 2), "units_per_hour": round(3600 * n / units_s, 1)}, results
+
+        run(replace(cfg, runs_dir=str(tmp / "warmup"), regimes=["frozen"], seeds=[0]), argv=[])  # data, cache, stage 0
+        out = {"cpu_threads": __import__("torch").get_num_threads(),
+               "load_average_1min": round(os.getloadavg()[0], 2)}
+        out["serial"], serial = timed("serial")
+        for workers in _worker_counts(args):
+            connect_ray(args.ray, num_cpus=max(_worker_counts(args)) if args.ray is None else None)
+            name = f"ray_{workers}_worker{'s' if workers > 1 else ''}"
+            out[name], results = timed(name, RaySweep(address=args.ray, workers=workers, device=resolve_device(args.device)))
+            out[name]["speedup_vs_serial"] = round(out[name]["units_per_hour"] / out["serial"]["units_per_hour"], 2)
+            out[name]["same_figures_as_serial"] = _figures(results) == _figures(serial)
+    return out
+
+
+def _figures(results: dict) -> dict:
+    """Per regime and seed, the test metrics and learned source probabilities (what must not change)."""
+    return {r: {s: (v["metrics"], v.get("source_probs")) for s, v in reg["per_seed"].items()}
+            for r, reg in results["regimes"].items()}
+
+
 def bench_engines(args: argparse.Namespace) -> dict:
     from logic.bench import bench_engines as run_bench
 
@@ -154,7 +211,8 @@ def bench_engines(args: argparse.Namespace) -> dict:
 
 
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
-BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines}
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines,
+                                                             "sweep": bench_sweep}
 
 
 def _print_table(name: str, results: dict) -> None:
@@ -177,14 +235,16 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dpl-samples", type=int, default=64,
                    help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
     p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
+    p.add_argument("--sweep-images", type=int, default=200, help="sweep: synthetic images of the timed run (default: 200)")
     add_device_argument(p)
     add_ray_arguments(p, "cache: the build; sweep: the (seed, regime) units")
 
 
 @command(
     "bench",
-    help="Benchmarks: engines (compiled vs DeepProbLog queries/s) and cache (images/s, bytes/image)",
-    example="emologic bench engines --json",
+    help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image; "
+         "--workers N: also on Ray) and sweep (the main job's units/hour, serial and on Ray)",
+    example="emologic bench engines --json\n  emologic bench cache --workers 2\n  emologic bench sweep --workers 2",
     configure=_configure,
 )
 def run(args: argparse.Namespace) -> int:
