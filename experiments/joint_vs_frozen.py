@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--workers must be positive, got {args.workers}")
         if args.ray is not None:
             from experiments.sweep import RaySweep
+            from neural.cluster import import_ray
 
+            import_ray()  # before the data and stage 0: without Ray, say so at once
             sweep = RaySweep(address=args.ray, workers=args.workers)
         elif args.workers is not None:
             raise UserError("--workers applies to --ray runs; add --ray (a local Ray) or --ray ADDRESS")

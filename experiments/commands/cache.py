@@ -162,7 +162,9 @@ def _build(args) -> int:
         raise UserError(f"--workers must be positive, got {args.workers}")
     if args.ray is not None:
         from cache.distributed import RayBuild
+        from neural.cluster import import_ray
 
+        import_ray()  # before any network is loaded: without Ray, say so at once
         ray_build = RayBuild(address=args.ray, workers=args.workers, device=device)
     elif args.workers is not None:
         raise UserError("--workers applies to --ray builds; add --ray (a local Ray) or --ray ADDRESS")
