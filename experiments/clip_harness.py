@@ -8,7 +8,7 @@ synthetic_clips`` (or ``--dataset meld --root DIR``) does, called by
    cache, and the frozen-encoder features of every split, cached next to it
    (:mod:`experiments.clip_data`);
 2. stage 0: the fusion net trained with the source's recipe on ``pretrain``,
-   once (or per seed with ``--stage0-per-seed``), reused from the cache by later
+   per seed (or once with ``--no-stage0-per-seed``), reused from the cache by later
    runs with the same data, features, settings and seed;
 3. the regimes (``frozen``, ``joint``: :mod:`experiments.clip_regimes`) per seed;
 4. results, report, plots, as the image track.
@@ -271,6 +271,7 @@ def collect_clip_results(cfg: HarnessConfig, state: RunState, data: ClipExperime
         "stage0": first.metrics if first else {},
         "stage0_test": ({k: first.test[k] for k in ("metrics", "sentiment_metrics", "joint_nll")} if first else None),
         "stage0_per_seed": {s: {"metrics": st.metrics, "info": st.info} for s, st in stage0s.items()},
+        "stage0_shared": not cfg.stage0_per_seed,
         "skipped": skipped_summary(data, feats),
         "timings": timings,
     }

@@ -78,7 +78,7 @@ class HarnessConfig:
     unfreeze_layer4: bool = False  # joint: also train the scene backbone's last block
     layer4_lr: float = 1e-5
     # -- stage 0 -------------------------------------------------------------
-    stage0_per_seed: bool = False  # retrain stage 0 for every seed (default: once, from the first seed)
+    stage0_per_seed: bool = True  # stage 0 for every seed, so the spread over seeds includes stage 0's
     stage0_epochs: int | None = None  # the face net's epochs (default 10); clips: the fusion net's (default 30)
     head_epochs: int = 100  # the scene head's and VA regressor's epochs (cheap: cached features)
     stage0_lr: float = 2e-3
@@ -200,7 +200,8 @@ _HELP = {
     "class_weights": "weight the loss by inverse class frequency (default: off; clips: on)",
     "unfreeze_layer4": "joint: also train the scene backbone's last block",
     "layer4_lr": "learning rate of layer4 when unfrozen",
-    "stage0_per_seed": "retrain stage 0 for every seed (default: once, shared by all seeds and regimes)",
+    "stage0_per_seed": "train stage 0 for every seed, so ± over seeds includes stage 0's own variation; "
+                       "--no-stage0-per-seed trains it once (first seed) and shares it, which hides that part",
     "stage0_epochs": "epochs of stage-0 training of each network (default: 10; clips: the fusion net's, 30)",
     "head_epochs": "stage-0 epochs of the scene head and VA regressor (cached features, cheap)",
     "stage0_lr": "stage-0 learning rate (scene head, VA regressor, a face net trained from scratch)",

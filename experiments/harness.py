@@ -26,6 +26,7 @@ from pathlib import Path
 
 from experiments.config import HarnessConfig
 from experiments.data import load_data
+from experiments.face_zero_shot import face_reading
 from experiments.metrics import aggregate_seeds
 from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
 from experiments.regimes import Binding, RegimeResult, confusion_sum, get_regime
@@ -252,6 +253,8 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=No
 
     t = time.time()
     results = collect_results(cfg, state, data, stage0_metrics, timings)
+    if "face_emotion" in program.networks:
+        results["face_reading"] = face_reading(data, next(iter(stage0s.values())).face_net)
     plots = write_plots(results, run_dir)
     timings["report"] = time.time() - t
     results["timings"] = timings
@@ -282,6 +285,7 @@ def collect_results(cfg: HarnessConfig, state: RunState, data, stage0_metrics: d
         # {network: validation metrics} of the (first) stage-0 networks
         "stage0": next(iter(stage0_metrics.values()), {}),
         "stage0_per_seed": stage0_metrics,
+        "stage0_shared": not cfg.stage0_per_seed,
         "skipped": {"n": len(data.skipped),
                     "by_reason": dict(Counter(reason.split(":", 1)[0] for _, reason in data.skipped).most_common()),
                     "images": [list(item) for item in data.skipped]},

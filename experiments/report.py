@@ -239,7 +239,7 @@ def _section_main(results: Mapping) -> list[str]:
     n_test = _n_test(results)
     where = f"test split, n = {n_test}" if n_test is not None else "test split"
     n_seeds = _n_seeds(results)
-    lines = [f"## Main results ({where}; mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})", ""]
+    lines = [f"## Main results ({where}; mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}{_stage0_note(results)})", ""]
     header, rows = _main_rows(results)
     if not rows:
         return lines + ["No regime has results.", ""]
@@ -278,6 +278,23 @@ def _section_stage0(results: Mapping) -> list[str]:
                 row.append(DASH)
         rows.append(row)
     return ["## Stage-0 networks (validation)", ""] + markdown_table(["network", *keys], rows) + [""]
+
+
+def _section_face_reading(results: Mapping) -> list[str]:
+    """Per-class recall of the face predicate on the labelled faces: FER2013 unchanged, and after stage 0."""
+    reading = results.get("face_reading")
+    if not reading:
+        return []
+    emotions = list(next(iter(next(iter(reading.values())).values()))["per_class_recall"])
+    rows = []
+    for who, per_split in reading.items():
+        for split, rep in per_split.items():
+            rows.append([f"{who}, {split} ({rep['n_faces']} faces)",
+                         *(fmt_number(rep["per_class_recall"][e]) for e in emotions), fmt_number(rep["macro_recall"])])
+    return (["## How the face predicate reads the data set's faces (recall per class)", "",
+             "FER2013 as published (zero-shot), and the run's stage-0 face net (FER2013 fine-tuned on the "
+             "pretrain split's faces, which carry a domain shift).", ""]
+            + markdown_table(["face net, split", *emotions, "macro"], rows) + [""])
 
 
 def _section_provenance(results: Mapping) -> list[str]:
@@ -567,6 +584,7 @@ def render_report(
         _section_main,
         _section_clip_heads,
         _section_stage0,
+        _section_face_reading,
         _section_provenance,
         _section_sources,
         _section_polarity,
@@ -595,6 +613,15 @@ def render_report(
     return "\n".join(lines)
 
 
+def _stage0_note(results: Mapping) -> str:
+    """What the ± covers: stage 0 is retrained per seed, or shared (then its variation is not in the ±)."""
+    if _n_seeds(results) < 2 or "stage0_shared" not in results:
+        return ""
+    if results["stage0_shared"]:
+        return " (stage 0 SHARED by all seeds: ± leaves out its variation; --stage0-per-seed includes it)"
+    return " (stage 0 retrained per seed)"
+
+
 def summary_lines(results: Mapping) -> list[str]:
     """The console summary printed at the end of a run: the main table in plain text.
 
@@ -606,7 +633,7 @@ def summary_lines(results: Mapping) -> list[str]:
     title = (
         f"{results.get('dataset', '?')} / {results.get('engine', '?')}: "
         f"test{f' n={n_test}' if n_test is not None else ''}, "
-        f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+        f"mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}{_stage0_note(results)}"
     )
     header, rows = _main_rows(results)
     if not rows:
@@ -622,6 +649,10 @@ def summary_lines(results: Mapping) -> list[str]:
         s = stat(reg, ("source_table_mae",)) if reg else None
         if s is not None:
             lines.append(f"{name}: source-table MAE vs generator {fmt_stat(s)}")
+    reading = results.get("face_reading")
+    if reading:
+        lines.append("face predicate on the test faces, macro recall: " + ", ".join(
+            f"{who} {fmt_number(per_split['test']['macro_recall'])}" for who, per_split in reading.items()))
     if _is_clip(results):
         lines += _clip_summary_lines(results)
     return lines

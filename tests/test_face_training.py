@@ -29,7 +29,7 @@ from neural.facetrain.trainer import seed_everything
 from neural.vocabulary import EMOTIONS
 
 FAST = dict(  # a recipe that learns in a few epochs on ~150 crops
-    batch_size=16, freeze_backbone_epochs=1, warmup_epochs=1, lr_backbone=1e-3, lr_head=3e-3,
+    batch_size=8, freeze_backbone_epochs=1, warmup_epochs=1, lr_backbone=1e-3, lr_head=3e-3,
     train_splits=("pretrain", "train"), val_split="test", test_split=None, patience=0, ema_decay=0.9,
 )
 

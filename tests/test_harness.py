@@ -44,6 +44,12 @@ def test_run_directory_is_complete(finished):
             assert (unit / "networks" / "face_emotion" / "config.json").is_file()
     report = (run_dir / "report.md").read_text()
     assert "experiments/joint_vs_frozen.py" in report and "frozen" in report and "joint" in report
+    # how FER2013 (as published) and the stage-0 face net read the benchmark's labelled faces
+    reading = json.loads((run_dir / "results.json").read_text())["face_reading"]
+    assert set(reading) == {"FER2013 zero-shot", "stage-0 face net"}
+    assert reading["FER2013 zero-shot"]["test"]["n_faces"] > 0
+    assert 0 <= reading["stage-0 face net"]["test"]["macro_recall"] <= 1
+    assert "How the face predicate reads the data set's faces" in report
 
 
 def test_every_number_is_finite_and_in_range(finished):

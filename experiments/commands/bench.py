@@ -21,6 +21,11 @@ build's torch thread count, and report their speed-up over the serial build.
 ``bench sweep --workers N`` times the main job's (seed, regime) units on a small
 synthetic run: serially, then on Ray with 1 and N workers (units per hour, and
 whether the figures equal the serial run's).
+
+``bench faces`` loads (generating and caching if needed, exactly as the harness
+does) the synthetic benchmark of ``--n-images`` images and reports how well the
+real FER2013 recogniser, unchanged, reads the face crops of one split:
+per-class recall, macro average, accuracy (``experiments/face_zero_shot.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from typing import Callable
 
 from experiments.cli import command
 from neural.cluster import add_device_argument, add_ray_arguments, connect_ray, resolve_device
+from pipelines.splits import DEFAULT_SPLIT_FRACTIONS  # light: the harness's splits, without torch
 from neural.errors import UserError
 
 
@@ -202,6 +208,24 @@ def _figures(results: dict) -> dict:
     return {r: {s: (v["metrics"], v.get("source_probs")) for s, v in reg["per_seed"].items()}
             for r, reg in results["regimes"].items()}
 
+def bench_faces(args: argparse.Namespace) -> dict:
+    from experiments.config import HarnessConfig
+    from experiments.data import load_data
+    from experiments.face_zero_shot import fer_zero_shot
+
+    cfg = HarnessConfig(n_images=args.n_images, data_seed=args.seed, progress=not args.json)
+    cfg.validate()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SceneBackbone")  # the scene backbone is irrelevant here
+        data = load_data(cfg)
+    return {"dataset": str(data.dataset.source), "split": args.split, **fer_zero_shot(data.split(args.split))}
+
+
+def _faces_table(results: dict) -> None:
+    from experiments.face_zero_shot import format_recall
+
+    print(format_recall(results, f"FER2013 zero-shot on {results['split']} faces of {results['dataset']}"))
+
 
 def bench_engines(args: argparse.Namespace) -> dict:
     from logic.bench import bench_engines as run_bench
@@ -211,8 +235,11 @@ def bench_engines(args: argparse.Namespace) -> dict:
 
 
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
-BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {"cache": bench_cache, "engines": bench_engines,
-                                                             "sweep": bench_sweep}
+BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "cache": bench_cache, "engines": bench_engines, "faces": bench_faces, "sweep": bench_sweep,
+}
+#: name -> text printer of its results, where the generic key: value listing does not fit.
+TABLES: dict[str, Callable[[dict], None]] = {"faces": _faces_table}
 
 
 def _print_table(name: str, results: dict) -> None:
@@ -238,12 +265,17 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-images", type=int, default=200, help="sweep: synthetic images of the timed run (default: 200)")
     add_device_argument(p)
     add_ray_arguments(p, "cache: the build; sweep: the (seed, regime) units")
+    p.add_argument("--n-images", type=int, default=2000,
+                   help="faces: images of the synthetic benchmark, as the harness's --n-images (default: 2000)")
+    p.add_argument("--split", choices=list(DEFAULT_SPLIT_FRACTIONS), default="test",
+                   help="faces: the split whose crops are read (default: test)")
 
 
 @command(
     "bench",
     help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image; "
-         "--workers N: also on Ray) and sweep (the main job's units/hour, serial and on Ray)",
+         "--workers N: also on Ray), faces (FER2013's zero-shot recall on the synthetic faces) and "
+         "sweep (the main job's units/hour, serial and on Ray)",
     example="emologic bench engines --json\n  emologic bench cache --workers 2\n  emologic bench sweep --workers 2",
     configure=_configure,
 )
@@ -253,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
     results = BENCHES[args.what](args)
     if args.json:
         print(json.dumps({args.what: results}, indent=1))
+    elif args.what in TABLES:
+        TABLES[args.what](results)
     else:
         _print_table(args.what, results)
     return 0

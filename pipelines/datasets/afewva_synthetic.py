@@ -30,7 +30,7 @@ from pipelines.datasets.base import DatasetError
 from pipelines.datasets.synthetic import VA_CENTRES
 from pipelines.datasets.synthetic_draw import FACE_ASPECT, SUPERSAMPLE, FaceStyle, draw_face
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CONFIG_FILE = "synthetic_config.json"
 
 
@@ -76,7 +76,9 @@ def nearest_expression(valence: float, arousal: float) -> str:
 def render_frame(valence: float, arousal: float, person_seed: list[int], background: tuple[int, int, int],
                  offset: tuple[float, float], size: int, noise: float, noise_rng: np.random.Generator) -> bytes:
     """PNG bytes of one frame of a clip (``person_seed`` fixes who is drawn)."""
-    style = FaceStyle(eye_scale=1.0 + 0.3 * arousal, brow_lift=0.03 * arousal, mouth_scale=1.0 + 0.3 * valence)
+    # arousal opens the eyes and lifts the brows, valence widens the mouth: strong
+    # enough to read at 48 px on the shaded faces, whose features are subtler than ink strokes
+    style = FaceStyle(eye_scale=1.0 + 0.5 * arousal, brow_lift=0.04 * arousal, mouth_scale=1.0 + 0.4 * valence)
     canvas = Image.new("RGB", (size * SUPERSAMPLE, size * SUPERSAMPLE), background)
     w = 0.6 * size
     h = w * FACE_ASPECT

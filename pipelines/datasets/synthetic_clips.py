@@ -81,7 +81,7 @@ from pipelines.datasets.synthetic_clips_draw import (
 )
 
 #: Bumped whenever sampling or drawing changes, so an old set on disk is not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 TRUTH_FILE = "truth.json"
 

@@ -1,4 +1,5 @@
-"""Drawing for the synthetic benchmark: scene textures and schematic faces.
+"""Drawing for the synthetic benchmark: scene textures; faces come from
+:mod:`pipelines.datasets.synthetic_faces` (re-exported here).
 
 Everything is drawn on a canvas ``SUPERSAMPLE`` times the image size and
 box-filtered down, so thin strokes survive at small face sizes. All randomness
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from neural.vocabulary import EMOTIONS
+from pipelines.datasets.synthetic_faces import EXPRESSIONS, FaceStyle, draw_face, face_style  # noqa: F401  (re-exported)
 
 SUPERSAMPLE = 2
 #: Head height / head width of every face (the box is the head ellipse's box).
@@ -131,130 +133,6 @@ def draw_scene(category: int, size: int, rng: np.random.Generator, scale: int = 
 
 
 # --------------------------------------------------------------------------- faces
-
-#: How each expression is drawn: (eyebrows, eyes, mouth). Every pair of
-#: expressions differs in at least two of the three parts.
-EXPRESSIONS: dict[str, tuple[str, str, str]] = {
-    "angry": ("v", "narrow", "tight"),
-    "disgust": ("low", "narrow", "wavy"),
-    "fear": ("inner_up", "wide", "small_o"),
-    "happy": ("raised", "normal", "smile"),
-    "sad": ("inner_up", "normal", "frown"),
-    "surprise": ("high", "wide", "big_o"),
-    "neutral": ("flat", "normal", "flat"),
-}
-assert set(EXPRESSIONS) == set(EMOTIONS)
-
-#: (inner end, outer end) vertical offset of each eyebrow, in head heights (+ is down).
-_BROWS = {"flat": (0.0, 0.0), "v": (0.05, -0.03), "low": (0.035, 0.025), "inner_up": (-0.05, 0.02), "raised": (-0.02, -0.025)}
-
-
-@dataclass(frozen=True)
-class FaceStyle:
-    """How faces are rendered; the ``pretrain`` split uses a shifted style."""
-
-    skin_shift: float = 0.0  # 0: natural skin tones, 1: pale blue-grey tones
-    stroke: float = 1.0  # stroke width multiplier
-    contrast: float = 1.0  # 1: dark features; lower pulls them toward the skin colour
-    eye_scale: float = 1.0
-    brow_lift: float = 0.0  # extra eyebrow height, in head heights
-    mouth_scale: float = 1.0
-    blur: float = 0.0  # Gaussian blur radius on the face, in output pixels
-
-
-def face_style(shift: float) -> FaceStyle:
-    """The face style at domain-shift strength ``shift`` (0: standard, 1: fully shifted)."""
-    s = float(shift)
-    return FaceStyle(
-        skin_shift=s,
-        stroke=1.0 - 0.45 * s,
-        contrast=1.0 - 0.5 * s,
-        eye_scale=1.0 + 0.35 * s,
-        brow_lift=0.04 * s,
-        mouth_scale=1.0 - 0.25 * s,
-        blur=0.9 * s,
-    )
-
-
-_SKIN_STANDARD = (np.array([241, 206, 176], np.float32), np.array([96, 62, 42], np.float32))
-_SKIN_SHIFTED = (np.array([214, 222, 236], np.float32), np.array([132, 140, 160], np.float32))
-_INK = np.array([30, 22, 20], np.float32)
-_HAIR = ((30, 25, 20), (90, 60, 30), (200, 170, 90), (120, 120, 120), (150, 50, 20))
-
-
-def draw_face(
-    draw: ImageDraw.ImageDraw,
-    box: tuple[float, float, float, float],
-    expression: str,
-    style: FaceStyle,
-    rng: np.random.Generator,
-    scale: int = SUPERSAMPLE,
-) -> None:
-    """Draw one schematic face filling ``box`` (output pixels) on a canvas ``scale`` x larger."""
-    brows, eyes, mouth = EXPRESSIONS[expression]
-    x1, y1, x2, y2 = (v * scale for v in box)
-    w, h = x2 - x1, y2 - y1
-    cx = (x1 + x2) / 2
-
-    t = rng.random()
-    skin_std = _SKIN_STANDARD[0] * (1 - t) + _SKIN_STANDARD[1] * t
-    skin_alt = _SKIN_SHIFTED[0] * (1 - t) + _SKIN_SHIFTED[1] * t
-    skin = skin_std * (1 - style.skin_shift) + skin_alt * style.skin_shift + rng.normal(0, 6, 3)
-    ink = _c(_INK * style.contrast + skin * (1 - style.contrast))
-    white = _c(np.full(3, 245.0) * style.contrast + skin * (1 - style.contrast))
-    sw = max(1, int(round(w * 0.055 * style.stroke * rng.uniform(0.8, 1.2))))
-
-    draw.ellipse([x1, y1, x2, y2], fill=_c(skin), outline=_c(skin * 0.7), width=max(1, sw // 2))
-    if rng.random() < 0.7:
-        draw.chord([x1, y1, x2, y2], 195, 345, fill=_HAIR[int(rng.integers(len(_HAIR)))])
-
-    eye_y = y1 + h * (0.45 + rng.normal(0, 0.012))
-    eye_dx = w * (0.2 + rng.normal(0, 0.01))
-    brow_y = eye_y - h * (0.12 + style.brow_lift + rng.normal(0, 0.008))
-    es = style.eye_scale
-    for side in (-1, 1):
-        ex = cx + side * eye_dx
-        # eyebrow: inner end near the nose, outer end above the eye's outer corner
-        if brows == "high":
-            top = brow_y - 0.07 * h
-            draw.arc([ex - 0.13 * w, top - 0.04 * h, ex + 0.13 * w, top + 0.08 * h], 200, 340, fill=ink, width=sw)
-        else:
-            inner_dy, outer_dy = _BROWS[brows]
-            inner = (cx + side * w * 0.07, brow_y + (inner_dy + rng.normal(0, 0.006)) * h)
-            outer = (cx + side * w * 0.33, brow_y + (outer_dy + rng.normal(0, 0.006)) * h)
-            draw.line([inner, outer], fill=ink, width=sw)
-        # eye
-        if eyes == "narrow":
-            draw.line([(ex - 0.08 * w, eye_y), (ex + 0.08 * w, eye_y)], fill=ink, width=sw)
-        else:
-            rx, ry, rp = (0.075, 0.05, 0.035) if eyes == "normal" else (0.09, 0.085, 0.03)
-            rx, ry, rp = rx * w * es, ry * h * es, rp * w * es
-            draw.ellipse([ex - rx, eye_y - ry, ex + rx, eye_y + ry], fill=white)
-            draw.ellipse([ex - rp, eye_y - rp, ex + rp, eye_y + rp], fill=ink)
-
-    draw.line([(cx, y1 + 0.53 * h), (cx - 0.03 * w, y1 + 0.61 * h)], fill=_c(skin * 0.6), width=max(1, sw // 2))
-
-    my = y1 + h * (0.74 + rng.normal(0, 0.012))
-    mw = w * 0.18 * style.mouth_scale * rng.uniform(0.85, 1.15)  # half width
-    if mouth == "smile":
-        draw.arc([cx - mw, my - 0.12 * h, cx + mw, my + 0.05 * h], 15, 165, fill=ink, width=sw)
-    elif mouth == "frown":
-        draw.arc([cx - mw, my - 0.02 * h, cx + mw, my + 0.13 * h], 195, 345, fill=ink, width=sw)
-    elif mouth == "big_o":
-        draw.ellipse([cx - 0.09 * w, my - 0.08 * h, cx + 0.09 * w, my + 0.09 * h], fill=ink)
-    elif mouth == "small_o":
-        draw.ellipse([cx - 0.05 * w, my - 0.035 * h, cx + 0.05 * w, my + 0.045 * h], fill=ink)
-    elif mouth == "flat":
-        draw.line([(cx - mw, my), (cx + mw, my)], fill=ink, width=max(1, int(sw * 0.7)))
-    elif mouth == "tight":  # pressed lips, corners down
-        pts = [(cx - mw, my + 0.035 * h), (cx - 0.6 * mw, my), (cx + 0.6 * mw, my), (cx + mw, my + 0.035 * h)]
-        draw.line(pts, fill=ink, width=sw + 1, joint="curve")
-    elif mouth == "wavy":
-        xs = np.linspace(-mw, mw, 11)
-        ys = my + 0.025 * h * np.sin(xs / mw * 2 * np.pi)
-        draw.line([(cx + float(x), float(y)) for x, y in zip(xs, ys)], fill=ink, width=sw, joint="curve")
-    else:  # pragma: no cover - EXPRESSIONS is a constant
-        raise ValueError(f"unknown mouth {mouth!r}")
 
 
 def blur_regions(img: Image.Image, boxes, radius: float) -> Image.Image:
