@@ -77,25 +77,34 @@ def _save_stage0(pred: Predicates, directory: Path) -> None:
     atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics})
 
 
-def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path) -> Predicates:
+def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path, train: bool = True,
+           trained: Predicates | None = None) -> Predicates | None:
     """Stage-0 networks of ``seed``: trained once, then reloaded (on --resume, and
     from the tensor cache when another run trained them on the same cached data
-    with the same stage-0 settings and seed: stage 0 is deterministic in those)."""
-    pred = _load_stage0(directory)
-    if pred is not None:
-        _log(f"[seed {seed}] stage 0 loaded from {directory}")
-        return pred
+    with the same stage-0 settings and seed: stage 0 is deterministic in those).
+
+    ``train=False``: ``None`` where they would be trained; ``trained``: networks
+    trained elsewhere (a Ray worker, :mod:`experiments.sweep`), saved as these."""
+    if trained is None:
+        pred = _load_stage0(directory)
+        if pred is not None:
+            _log(f"[seed {seed}] stage 0 loaded from {directory}")
+            return pred
     key = {k: getattr(cfg, k) for k in STAGE0_KEYS} | {"seed": seed, "va": needs_va, "dataset": data.dataset.source,
                                                       "version": STAGE0_VERSION}
     shared = data.cache_dir / "stage0" / config_fingerprint(key)[:16]
-    pred = _load_stage0(shared)
-    if pred is not None:
-        _log(f"[seed {seed}] stage 0 reused from {shared} (same cached data, stage-0 settings and seed)")
-    else:
-        pred = train_stage0(cfg, data, seed, needs_va, log=_log)
-        _save_stage0(pred, shared)
-    _save_stage0(pred, directory)
-    return pred
+    if trained is None:
+        pred = _load_stage0(shared)
+        if pred is not None:
+            _log(f"[seed {seed}] stage 0 reused from {shared} (same cached data, stage-0 settings and seed)")
+            _save_stage0(pred, directory)
+            return pred
+        if not train:
+            return None
+        trained = train_stage0(cfg, data, seed, needs_va, log=_log)
+    _save_stage0(trained, shared)
+    _save_stage0(trained, directory)
+    return trained
 
 
 def save_regime(result: RegimeResult, pred: Predicates, cfg: HarnessConfig, data, directory: Path, regime: str) -> None:
@@ -148,7 +157,7 @@ def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, p
 
 
 def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict, make_stage0, run_unit,
-              sweep=None, remote_unit=None, shared=None) -> dict:
+              sweep=None, remote_unit=None, shared=None, remote_stage0=None) -> dict:
     """The seeds x regimes loop of both tracks: stage 0 once (or once per seed with
     ``--stage0-per-seed``), then every unfinished (regime, seed) unit, each saved
     and marked done as it finishes, so Ctrl-C keeps them for ``--resume``.
@@ -158,11 +167,14 @@ def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict,
     Returns the stage-0 networks by their seed (as a string).
 
     ``sweep`` (:class:`experiments.sweep.RaySweep`): the units run as Ray tasks,
-    ``remote_unit(shared, stage0, regime, seed, unit_dir, tb_dir, device)`` on ``shared``.
+    ``remote_unit(shared, stage0, regime, seed, unit_dir, tb_dir, device)`` on ``shared``, and so does
+    the training of stage 0 (``remote_stage0(shared, seed)``) where ``make_stage0(seed, directory,
+    train=False)`` finds none to load; ``make_stage0(seed, directory, trained=networks)`` saves it.
     """
     if sweep is not None:
         try:
-            return sweep.run_units(cfg, state, run_dir, timings, make_stage0, remote_unit, shared, save_state)
+            return sweep.run_units(cfg, state, run_dir, timings, make_stage0, remote_unit, shared, save_state,
+                                   remote_stage0)
         except KeyboardInterrupt:
             _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
             raise
@@ -198,6 +210,11 @@ def train_unit(cfg: HarnessConfig, data, program, features: dict, pred: Predicat
     result.provenance = Binding(program, own).provenance(features)
     save_regime(result, own, cfg, data, unit_dir, regime)
     return result
+
+
+def remote_image_stage0(shared: dict, seed: int) -> Predicates:
+    """Stage 0 of ``seed`` on a Ray worker (:mod:`experiments.sweep`); the driver saves it."""
+    return train_stage0(shared["cfg"], shared["data"], seed, shared["needs_va"], log=_log)
 
 
 def remote_image_unit(shared: dict, pred: Predicates, regime: str, seed: int, unit_dir: Path, tb_dir: Path,
@@ -245,8 +262,10 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=No
         return train_unit(cfg, data, program, features, pred, regime, seed, unit_dir, tb)
 
     try:
-        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d: stage0(cfg, data, s0, needs_va, d), run_unit,
-                            sweep, remote_image_unit, {"cfg": cfg, "data": data, "features": features})
+        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d, **kw: stage0(cfg, data, s0, needs_va, d, **kw),
+                            run_unit, sweep, remote_image_unit,
+                            {"cfg": cfg, "data": data, "features": features, "needs_va": needs_va},
+                            remote_image_stage0)
     finally:
         tb.close()
     stage0_metrics = {s: pred.metrics for s, pred in stage0s.items()}

@@ -1,10 +1,11 @@
-"""The main job's units on a local Ray (2 CPUs, started here): the same run directory
-and results.json figures as a serial run, a worker that dies is retried, and
---resume finishes a run interrupted serially or on Ray."""
+"""The main job's units (and stage 0) on a local Ray (2 CPUs, started here): the same
+run directory and results.json figures as a serial run, a worker that dies is
+retried, and --resume finishes a run interrupted serially or on Ray."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -78,6 +79,7 @@ def test_distributed_run_equals_serial_and_survives_a_dead_worker(shared, serial
     from experiments.sweep import RaySweep
 
     marker = tmp_path / "killed"
+    shutil.rmtree(shared / "cache" / "stage0")  # so stage 0 is trained on Ray workers, not reused
     run_dir = run(tiny(shared, tmp_path / "runs"), argv=[], sweep=RaySweep(workers=2, hook=die_once(str(marker))))
     assert marker.exists()  # a worker did die, and its unit was run again
     results = json.loads((run_dir / "results.json").read_text())
@@ -89,6 +91,9 @@ def test_distributed_run_equals_serial_and_survives_a_dead_worker(shared, serial
             unit = run_dir / "checkpoints" / f"seed{seed}" / regime
             assert (unit / "model.json").is_file() and (unit / "rules.json").is_file()
             assert (unit / "networks" / "face_emotion" / "config.json").is_file()
+    for seed in SEEDS:  # stage 0 per seed, trained on a worker and saved by the driver
+        assert (run_dir / "checkpoints" / f"stage0-seed{seed}" / "stage0.json").is_file()
+    assert list((shared / "cache" / "stage0").iterdir())  # and kept for the next run, as a serial run does
     assert list((run_dir / "tb").iterdir())  # the workers' TensorBoard events came back
     assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "confusions.png").is_file()
 
