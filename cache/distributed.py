@@ -55,8 +55,8 @@ def compute_chunk(kind_name: str, cfg_dict: dict, device: str, threads: int, dir
     """One worker's job: process ``samples``, write shard ``name``; ``(WrittenShard | None, skips, seconds)``."""
     import torch
 
-    from cache.build import write_items_shard
     from cache.kinds import get_cache_kind
+    from cache.writer import write_items_shard
 
     # the serial build's thread count: float sums (hence tensors) do not depend on who computed them
     torch.set_num_threads(threads)

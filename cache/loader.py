@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from cache.batch import _CLIP_TENSORS, Batch, ClipBatch
-from cache.build import check_config
 from cache.kinds import get_cache_kind, kind_of_manifest
-from cache.store import MANIFEST, CacheError, read_manifest, read_shard_bytes
+from cache.store import MANIFEST, CacheError, check_config, read_manifest, read_shard_bytes
 from neural.errors import UserError
 from neural.files import sha256_file
 from neural.vocabulary import MAX_FACES
@@ -163,6 +162,8 @@ class _CachedSplits:
             check_config(m, self.config if expected_cfg is None else expected_cfg, expected_identity, d)
             check_config(m, self.config, self.identity, d)
         self.skipped: list[tuple[str, str]] = [(s["id"], s["reason"]) for m in self.manifests for s in m["skipped"]]
+        #: the source file's sha256 of every cached sample, by id
+        self.hashes: dict[str, str] = {e["id"]: e["sha256"] for m in self.manifests for e in m["samples"]}
         ids, self._annotations, self._labels = self._load()
         self._ids: list[str] = ids
         self._pos = {sid: i for i, sid in enumerate(ids)}
@@ -228,6 +229,38 @@ class _CachedSplits:
 
     def annotations(self, sample_id: str) -> dict:
         return self._annotations[self.positions([sample_id])[0]]
+
+    def content_digest(self) -> str:
+        """sha256 over what the cached samples are: ids, labels, source-file hashes and
+        annotations (order-free). Equal digests: trained on the same data."""
+        labels = self._labels.tolist()
+        rows = sorted((sid, labels[i], self.hashes[sid], self._annotations[i]) for i, sid in enumerate(self._ids))
+        return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+    def check_samples(self, samples: Sequence, hashes: dict[str, str] | None = None, where: str = "") -> None:
+        """Refuse (:class:`CacheError`, one line naming the sample) unless this cache holds
+        exactly ``samples`` (data-set samples; those the cache skipped excepted), with
+        their labels and, where ``hashes`` gives one, their source files' sha256."""
+        where = where or ", ".join(map(str, self.directories))
+        skipped = dict(self.skipped)
+        wanted = {str(s.sample_id): s for s in samples if str(s.sample_id) not in skipped}
+        extra = [sid for sid in self._ids if sid not in wanted]
+        if extra:
+            raise CacheError(f"{where}: the cache holds sample {extra[0]!r}, which the data set does not put "
+                             f"in this split ({len(extra)} such); rebuild the cache")
+        missing = [sid for sid in wanted if sid not in self._pos]
+        if missing:
+            raise CacheError(f"{where}: sample {missing[0]!r} of the data set is not in the cache "
+                             f"({len(missing)} missing); rebuild the cache")
+        labels = self._labels.tolist()
+        for sid, s in wanted.items():
+            cached = labels[self._pos[sid]]
+            label = -1 if s.label is None else int(s.label)
+            if cached != label:
+                raise CacheError(f"{where}: sample {sid!r} has label {label} in the data set, {cached} in the "
+                                 "cache; rebuild the cache")
+            if hashes and sid in hashes and hashes[sid] != self.hashes[sid]:
+                raise CacheError(f"{where}: the file of sample {sid!r} changed since it was cached; rebuild the cache")
 
 
 class CachedSplit(_CachedSplits):

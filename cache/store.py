@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ class CacheError(UserError):
 class CacheConfigMismatch(CacheError):
     """The cache was built with another pipeline config or other weights."""
 
+
+class CacheBusy(CacheError):
+    """Another process is writing the cache and the caller chose not to wait."""
 
 
 def split_dir(cache_dir: str | os.PathLike, split: str | None) -> Path:
@@ -98,11 +102,98 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CacheError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path}: malformed manifest (a JSON {type(manifest).__name__}, expected an object)")
     if manifest.get("format") != FORMAT_VERSION:
         raise CacheError(
             f"{path}: cache format {manifest.get('format')!r}, this emologic reads format {FORMAT_VERSION}; rebuild it"
         )
+    _check_manifest_shape(manifest, path)
     return manifest
+
+
+#: The manifest's lists and the keys every one of their items must have.
+_MANIFEST_LISTS = {"shards": ("name", "sha256"), "samples": ("id", "sha256", "shard", "row"), "skipped": ("id", "reason")}
+
+
+def _check_manifest_shape(manifest: dict, path) -> None:
+    """Refuse a manifest whose lists are not lists of objects with their keys (hand-edited,
+    or written by something else), so readers can index it without tracebacks."""
+    if not isinstance(manifest.get("config"), dict):
+        raise CacheError(f"{path}: malformed manifest ('config' is not an object)")
+    for key, needed in _MANIFEST_LISTS.items():
+        items = manifest.get(key)
+        if not isinstance(items, list):
+            raise CacheError(f"{path}: malformed manifest ({key!r} is a {type(items).__name__}, expected a list)")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or any(k not in item for k in needed):
+                raise CacheError(f"{path}: malformed manifest ({key}[{i}] is not an object with {', '.join(needed)})")
+            if key == "samples" and not isinstance(item["row"], int):
+                raise CacheError(f"{path}: malformed manifest (samples[{i}].row is not an integer)")
+
+
+def check_config(manifest: dict, cfg, identity: dict | None, where, hint: str | None = None) -> None:
+    """Raise :class:`CacheConfigMismatch` when ``manifest`` was built otherwise.
+
+    ``cfg`` is a pipeline config of any kind, or a dict read as the manifest's kind.
+    ``hint`` ends the message (what the caller's user can do about it).
+    """
+    from cache.kinds import kind_of_config, kind_of_manifest
+    from pipelines.pipeline import config_differences
+
+    kind = kind_of_manifest(manifest)
+    wanted = kind.config_cls.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    if not isinstance(wanted, kind.config_cls):
+        raise CacheConfigMismatch(
+            f"{where}: this is a {kind.name} cache ({kind.config_cls.__name__}); "
+            f"requested a {kind_of_config(wanted).name} pipeline ({type(wanted).__name__}); use another cache directory"
+        )
+    built = kind.config_cls.from_dict(manifest["config"])
+    diffs = config_differences(built.semantic_dict(), wanted.semantic_dict())
+    if identity is not None:  # only the keys given are compared
+        built_identity = manifest.get("identity", {})
+        diffs += config_differences({k: built_identity.get(k, "<absent>") for k in identity}, identity)
+    if diffs:
+        raise CacheConfigMismatch(
+            f"{where}: cache was built with a different pipeline config ({'; '.join(diffs)}); "
+            + (hint or "use a new cache directory or rebuild it with `emologic cache build --force`")
+        )
+
+
+# One FileLock object per cache directory and process: FileLock counts nested
+# acquisitions of the same object, so `cache build --force` (delete, then build)
+# and the harness (build, then load) can hold the lock around code that takes it again.
+_LOCKS: dict[str, Any] = {}
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def cache_lock(cache_dir: str | os.PathLike, wait: bool = True, log=print):
+    """Hold the write lock of ``cache_dir`` (created if needed) for the ``with`` block.
+
+    Another process holding it: wait (saying so once) or, with ``wait=False``,
+    raise :class:`CacheBusy`. ``filelock`` rather than raw ``fcntl``: the same
+    code works on Windows, and the OS drops the lock when its holder dies, so a
+    killed build never leaves a stale lock behind.
+    """
+    from filelock import FileLock, Timeout
+
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    key = str(root.resolve())
+    lock = _LOCKS.setdefault(key, FileLock(str(root / LOCK_FILE)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise CacheBusy(f"{root}: another process is writing this cache; wait for it to finish "
+                            "(or drop --no-wait to wait)") from None
+        log(f"{root}: another process is writing this cache; waiting for it to finish ...")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_shard(path: str | os.PathLike, tensors: dict[str, torch.Tensor], sample_ids: list[str]) -> str:

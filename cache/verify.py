@@ -12,7 +12,11 @@ Problems found (``Problem.kind``):
 * ``nonfinite``       NaN or inf in a stored tensor (where it is present: a clip
                       without audio stores NaN rows on purpose);
 * ``image_changed``   the source image's sha256 differs from the one cached
-                      (``clip_changed`` in a clip cache).
+                      (``clip_changed`` in a clip cache);
+* ``config_disagreement``  a split built with another pipeline config or identity
+                      than the first split (the harness would refuse the cache);
+* ``split_missing``   a split that a whole-data-set build wrote is not there;
+* ``duplicate``       one sample id cached in two splits.
 
 Warnings (not failures): the source file is not on disk any more (the cached
 tensors stay usable), or the build did not finish (rerun it to resume).
@@ -28,10 +32,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache.build import check_config
 from cache.kinds import CacheKind, kind_of_manifest
 from cache.loader import split_dirs
-from cache.store import read_manifest, read_shard_bytes
+from cache.store import MANIFEST, check_config, read_manifest, read_shard_bytes
 from neural.errors import UserError
 from neural.files import sha256_file
 
@@ -88,7 +91,8 @@ def _shape_ok(shape: tuple, want: tuple) -> bool:
     return len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want))
 
 
-def _verify_split(directory: Path, expected_cfg, check_images: bool, report: VerifyReport) -> None:
+def _verify_split(directory: Path, expected_cfg, check_images: bool, report: VerifyReport) -> dict | None:
+    """Check one split directory; returns its manifest (None when unreadable)."""
     split = directory.name
 
     def problem(kind, where, msg):
@@ -102,7 +106,7 @@ def _verify_split(directory: Path, expected_cfg, check_images: bool, report: Ver
         entries = manifest["samples"]
     except (UserError, KeyError, TypeError) as exc:
         problem("manifest", "manifest.json", str(exc))
-        return
+        return None
     if expected_cfg is not None:
         try:
             check_config(manifest, expected_cfg, None, directory)
@@ -140,6 +144,32 @@ def _verify_split(directory: Path, expected_cfg, check_images: bool, report: Ver
             kind.check_entry(e, sid, row, tensors, problem)
             if check_images:
                 _check_source(kind, e, sid, split, report, problem)
+    return manifest
+
+
+def _check_across_splits(root: Path, manifests: dict[str, dict], report: VerifyReport) -> None:
+    """What no single split shows: configs that disagree, splits gone, ids in two splits."""
+    if not manifests:
+        return
+    first_split, first = next(iter(manifests.items()))
+    for split, m in list(manifests.items())[1:]:
+        try:
+            check_config(m, kind_of_manifest(first).config_cls.from_dict(first["config"]), first.get("identity", {}),
+                         root / split, hint=f"split {first_split!r} was built otherwise; rebuild one of them")
+        except UserError as exc:
+            report.problems.append(Problem(split, "config_disagreement", "manifest.json", str(exc)))
+    built = {s for m in manifests.values() for s in (m.get("dataset") or {}).get("splits", [])}
+    for split in sorted(built - set(manifests)):
+        where = root / split
+        report.problems.append(Problem(split, "split_missing", str(where),
+                                       f"the build wrote this split but {where / MANIFEST} is gone; rerun `emologic cache build`"))
+    owner: dict[str, str] = {}
+    for split, m in manifests.items():
+        for e in m["samples"]:
+            if e["id"] in owner and owner[e["id"]] != split:
+                report.problems.append(Problem(split, "duplicate", str(e["id"]),
+                                               f"also cached in split {owner[e['id']]!r}"))
+            owner.setdefault(e["id"], split)
 
 
 def _check_shard(directory: Path, name: str, info: dict, kind: CacheKind, cfg, problem) -> tuple[dict, list[str]] | None:
@@ -194,6 +224,13 @@ def verify_cache(
 ) -> VerifyReport:
     """Check every split (or ``split``) under ``cache_dir``; see the module doc."""
     report = VerifyReport()
-    for directory in split_dirs(cache_dir, split):
-        _verify_split(directory, expected_cfg, check_images, report)
+    directories = split_dirs(cache_dir, split)
+    manifests = {}
+    for directory in directories:
+        manifest = _verify_split(directory, expected_cfg, check_images, report)
+        if manifest is not None:
+            manifests[directory.name] = manifest
+    root = Path(cache_dir)
+    if split is None and not (root / MANIFEST).is_file():  # the whole cache, not one split's directory
+        _check_across_splits(root, manifests, report)
     return report

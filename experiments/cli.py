@@ -58,7 +58,10 @@ def _load_commands() -> None:
         importlib.import_module(f"{pkg.__name__}.{mod.name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``only``, only that command's options
+    are set up (a command's ``configure`` may import what its options list,
+    e.g. cache kinds or face backbones, which another command need not pay for)."""
     _load_commands()
     parser = argparse.ArgumentParser(
         prog="emologic",
@@ -75,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"Example:\n  {cmd.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        cmd.configure(p)
+        if only is None or only == cmd.name:
+            cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _load_commands()
+    parser = build_parser(argv[0]) if argv and argv[0] in _COMMANDS else build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
@@ -103,4 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m experiments.cli`: this module runs as __main__, while the commands
+    # register themselves with the importable experiments.cli; dispatch through that one
+    from experiments.cli import main as _main
+
+    sys.exit(_main())

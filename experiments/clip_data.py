@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from cache.build import build_cache
 from cache.loader import CachedClipSplit
 from experiments.config import HarnessConfig
-from experiments.data import SPLITS, dataset_options, default_cache_dir
+from experiments.data import REBUILD_HINT, SPLITS, dataset_options, default_cache_dir
 from experiments.runs import config_fingerprint
 from neural.errors import UserError
 from neural.files import atomic_write_bytes, sha256_file
@@ -187,8 +187,11 @@ def load_clip_data(cfg: HarnessConfig, progress: bool | None = None) -> ClipExpe
                         f"the harness needs {', '.join(SPLITS)}")
     pipeline = clip_pipeline_config(cfg)
     cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
-    report = build_cache(dataset, cache_dir, pipeline, progress=progress)
+    report = build_cache(dataset, cache_dir, pipeline, progress=progress, repair=cfg.rebuild_cache,
+                         replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT)
     splits = {s: CachedClipSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
+    for s, split in splits.items():  # the data set is the truth: exactly its clips, labels and files
+        split.check_samples(dataset.by_split(s), report.splits[s].hashes, where=f"{cache_dir}/{s}")
     empty = [s for s, split in splits.items() if len(split) == 0]
     if empty:
         raise UserError(f"{cache_dir}: no usable clip in split(s) {', '.join(empty)} (see the skip report)")
@@ -285,7 +288,10 @@ def clip_features(data: ClipExperimentData, progress: bool = False, log=print, d
     for name in SPLITS:
         split = data.split(name)
         cached = _load_split(directory / f"{name}.safetensors", name)
-        if cached is not None and sorted(cached.sample_ids + [s for s, _ in cached.skipped]) == sorted(split.sample_ids):
+        # reused only for the same clips with the same labels (a relabelled clip's cached row is stale)
+        if (cached is not None and sorted(cached.sample_ids + [s for s, _ in cached.skipped]) == sorted(split.sample_ids)
+                and torch.equal(cached.labels, split.labels(cached.sample_ids))
+                and torch.equal(cached.sentiments, split.sentiments(cached.sample_ids))):
             out[name] = cached
             continue
         out[name] = compute_features(data.base_net(), split, name, progress, device)

@@ -118,7 +118,9 @@ def clip_stage0(cfg: HarnessConfig, data: ClipExperimentData, feats: dict[str, C
         _log(f"[seed {seed}] stage 0 loaded from {directory}")
         return stage0
     key = {"stage0_epochs": cfg.stage0_epochs, "class_weights": cfg.class_weights, "seed": seed,
-           "dataset": data.dataset.source, "features": config_fingerprint(features_key(data)),
+           # the content it learns and selects on (ids, labels, clip hashes), not where the data set lives
+           "data": {s: data.split(s).content_digest() for s in ("pretrain", "val")},
+           "features": config_fingerprint(features_key(data)),
            "version": CLIP_STAGE0_VERSION}
     shared = data.cache_dir / "stage0" / f"clip-{config_fingerprint(key)}"
     stage0 = _load_stage0(shared)

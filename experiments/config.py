@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from neural.errors import UserError
 
@@ -21,6 +22,8 @@ DATASETS = tuple(MODALITY)
 RULE_INITS = ("uniform", "program")
 #: Where the face predicate starts (``--face-init``): the real FER2013 weights, or a random init.
 FACE_INITS = ("fer2013", "scratch")
+#: Every learning-rate field (all must be >= 0; 0 freezes what it trains).
+LEARNING_RATES = ("rule_lr", "net_lr", "baseline_lr", "layer4_lr", "stage0_lr", "face_lr")
 
 #: Defaults of the fields left ``None``, per modality (``HarnessConfig.resolved``).
 MODALITY_DEFAULTS: dict[str, dict] = {
@@ -54,6 +57,7 @@ class HarnessConfig:
     csv: str | None = None  # csv: the image_path,label[,split] table
     mapping: str | None = None  # findingemo/csv/meld: label mapping file
     cache: str | None = None  # tensor cache directory (default .emologic/cache/<dataset>-<digest>)
+    rebuild_cache: bool = False  # rebuild damaged or otherwise-built parts of the cache instead of refusing
     face_source: str | None = None  # annotations | mtcnn (default: annotations for synthetic, else mtcnn)
     scene_weights: str | None = None  # Places365 checkpoint (file or URL); none: seeded random init
     clip_frames: int | None = None  # clips: video frames per clip (synthetic_clips 8, meld 16)
@@ -135,6 +139,14 @@ class HarnessConfig:
             problems.append(f"--rule-init must be one of {', '.join(RULE_INITS)}")
         if not cfg.seeds:
             problems.append("--seeds needs at least one seed")
+        duplicates = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+        if duplicates:
+            problems.append(f"--seeds lists {', '.join(map(str, duplicates))} more than once (a seed runs once)")
+        negative = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in LEARNING_RATES if not getattr(cfg, k) >= 0]
+        if negative:  # a negative rate ascends the loss (and NaN is no rate)
+            problems.append(f"learning rates must be >= 0, got {', '.join(negative)}")
+        if cfg.face_weights and not Path(cfg.face_weights).expanduser().exists():
+            problems.append(f"--face-weights {cfg.face_weights}: no such file or directory")
         if cfg.epochs < 1 or cfg.stage0_epochs < 0 or cfg.head_epochs < 0 or cfg.batch_size < 1:
             problems.append("--epochs and --batch-size must be positive, --stage0-epochs and --head-epochs >= 0")
         if cfg.modality == "clip":
@@ -178,6 +190,8 @@ _HELP = {
     "csv": "csv: table image_path,label[,split]",
     "mapping": "findingemo/csv/meld: label mapping file (label,emotion)",
     "cache": "tensor cache directory",
+    "rebuild_cache": "rebuild the parts of the cache that are damaged or were built with another pipeline "
+                     "config (default: refuse such a cache)",
     "face_source": "face boxes from 'annotations' or 'mtcnn'",
     "scene_weights": "Places365 ResNet-18 checkpoint (file or URL)",
     "clip_frames": "clips: video frames per clip (default: synthetic_clips 8, meld 16)",

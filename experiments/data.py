@@ -1,6 +1,10 @@
 """Data for the harness: the data set, its verified tensor cache, per split.
 
-All regimes read the same cached tensors by sample id; nothing is recomputed
+The data set is the truth: its split lists and labels decide what a run trains
+and evaluates on. The cache is derived data, brought up to date with it on
+every run (moved, dropped or relabelled samples are rebuilt or forgotten), then
+checked to hold exactly the data set's samples, labels and image hashes. All
+regimes read the same cached tensors by sample id; nothing is recomputed
 between regimes or seeds.
 """
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from cache.build import build_cache
 from cache.loader import CachedSplit
+from cache.store import cache_lock
 from experiments.config import HarnessConfig
 from neural.errors import UserError
 from pipelines.datasets import get_dataset
@@ -19,6 +24,8 @@ from pipelines.datasets.base import Dataset
 from pipelines.pipeline import PipelineConfig
 
 SPLITS = ("pretrain", "train", "val", "test")
+#: What the harness's cache refusals tell the user to do (flags of experiments/joint_vs_frozen.py).
+REBUILD_HINT = "rerun with --rebuild-cache to rebuild it, or give another --cache directory"
 
 
 @dataclass
@@ -64,8 +71,13 @@ def dataset_options(cfg: HarnessConfig) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+def default_face_source(dataset: str) -> str:
+    """Where face boxes come from unless told: the synthetic set records them, others need MTCNN."""
+    return "annotations" if dataset == "synthetic" else "mtcnn"
+
+
 def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
-    face_source = cfg.face_source or ("annotations" if cfg.dataset == "synthetic" else "mtcnn")
+    face_source = cfg.face_source or default_face_source(cfg.dataset)
     return PipelineConfig(
         face_source=face_source,
         scene_weights=cfg.scene_weights,
@@ -91,8 +103,15 @@ def load_data(cfg: HarnessConfig) -> ExperimentData:
         )
     pipeline = pipeline_config(cfg)
     cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
-    report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress, device=cfg.device)
-    splits = {s: CachedSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
+    # locked from build to load: another run's build cannot change the cache in between
+    with cache_lock(cache_dir):
+        report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress, repair=cfg.rebuild_cache,
+                             replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT,
+                             device=cfg.device)
+        splits = {}
+        for s in SPLITS:
+            splits[s] = CachedSplit(cache_dir, s, expected_cfg=pipeline)
+            splits[s].check_samples(dataset.by_split(s), report.splits[s].hashes, where=f"{cache_dir}/{s}")
     truth = None
     if cfg.dataset == "synthetic":
         from pipelines.datasets.synthetic import read_synthetic_config

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ from experiments.metrics import aggregate_seeds
 from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
 from experiments.regimes import Binding, RegimeResult, confusion_sum, get_regime
 from experiments.report import render_report, summary_lines
+from experiments.resume import check_resumable
 from experiments.runs import (
     RunState,
     TBLogger,
@@ -39,6 +41,7 @@ from experiments.runs import (
     config_fingerprint,
     format_command,
     load_state,
+    mark_latest,
     new_run_dir,
     resolve_run,
     save_state,
@@ -77,6 +80,18 @@ def _save_stage0(pred: Predicates, directory: Path) -> None:
     atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics})
 
 
+def stage0_key(cfg: HarnessConfig, data, seed: int, needs_va: bool) -> dict:
+    """What stage 0 of ``seed`` depends on, and so what reusing it requires to be equal:
+    the content it was trained and selected on (sample ids, labels, image hashes and
+    annotations of the pretrain and val splits -- not where the data set lives), the
+    pipeline that made the features and the stage-0 settings."""
+    return {k: getattr(cfg, k) for k in STAGE0_KEYS} | {
+        "seed": seed, "va": needs_va, "version": STAGE0_VERSION,
+        "pipeline": data.pipeline.semantic_dict(),
+        "data": {s: data.split(s).content_digest() for s in ("pretrain", "val")},
+    }
+
+
 def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path, train: bool = True,
            trained: Predicates | None = None) -> Predicates | None:
     """Stage-0 networks of ``seed``: trained once, then reloaded (on --resume, and
@@ -90,13 +105,11 @@ def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path,
         if pred is not None:
             _log(f"[seed {seed}] stage 0 loaded from {directory}")
             return pred
-    key = {k: getattr(cfg, k) for k in STAGE0_KEYS} | {"seed": seed, "va": needs_va, "dataset": data.dataset.source,
-                                                      "version": STAGE0_VERSION}
-    shared = data.cache_dir / "stage0" / config_fingerprint(key)[:16]
+    shared = data.cache_dir / "stage0" / config_fingerprint(stage0_key(cfg, data, seed, needs_va))[:16]
     if trained is None:
         pred = _load_stage0(shared)
         if pred is not None:
-            _log(f"[seed {seed}] stage 0 reused from {shared} (same cached data, stage-0 settings and seed)")
+            _log(f"[seed {seed}] stage 0 reused from {shared} (same training data, stage-0 settings and seed)")
             _save_stage0(pred, directory)
             return pred
         if not train:
@@ -135,10 +148,11 @@ def open_run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> tuple[P
     if resume:
         run_dir = resolve_run(resume, cfg.runs_dir)
         state = load_state(run_dir)
-        state.ensure_config(fingerprint)
+        check_resumable(run_dir, state, cfg.to_dict())
         _log(f"resuming {run_dir} ({len(state.completed())} unit(s) done)")
     else:
-        run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+        run_dir = new_run_dir(cfg.runs_dir, cfg.name, latest=False)  # `latest` moves when it finishes
+        _OPENED.append(run_dir)
         state = RunState(fingerprint=fingerprint, units={})
         save_state(run_dir, state)
     write_resolved_config(run_dir, cfg.to_dict(), argv)
@@ -150,6 +164,8 @@ def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, p
     """Write ``results.json`` and ``report.md`` and print the summary."""
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "report.md", render_report(results, command, cfg.to_dict(), plots=plots))
+    (run_dir / "FAILED").unlink(missing_ok=True)  # a resumed run that failed before
+    mark_latest(run_dir)
     for line in summary_lines(results):
         _log(line)
     _log(f"\nrun directory: {run_dir}")
@@ -225,10 +241,40 @@ def remote_image_unit(shared: dict, pred: Predicates, regime: str, seed: int, un
                           pred, regime, seed, unit_dir, tb)
 
 
+#: Run directories created by this call of :func:`run` (by :func:`open_run`, for either track).
+_OPENED: list[Path] = []
+
+
+def _abandon(run_dir: Path, exc: BaseException) -> None:
+    """A new run that failed: removed when no (regime, seed) unit finished (nothing in it is
+    worth keeping: stage 0 is also saved beside the cache), else marked failed; ``latest``
+    never points at it. An interrupted run is kept for --resume."""
+    if isinstance(exc, KeyboardInterrupt) or not run_dir.is_dir():
+        return
+    if not load_state(run_dir).completed():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _log(f"run failed before any unit finished; removed {run_dir}")
+    else:
+        atomic_write_text(run_dir / "FAILED", f"{type(exc).__name__}: {exc}\n")
+        _log(f"run failed; finished units are kept in {run_dir} (marked FAILED); continue with --resume {run_dir}")
+
+
 def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=None) -> Path:
     """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`).
 
     ``sweep``: a :class:`experiments.sweep.RaySweep` runs the units on Ray (same run directory)."""
+    _OPENED.clear()
+    try:
+        return _run(cfg, argv, resume, sweep)
+    except BaseException as exc:
+        for run_dir in _OPENED:
+            _abandon(run_dir, exc)
+        raise
+    finally:
+        _OPENED.clear()
+
+
+def _run(cfg: HarnessConfig, argv: list[str], resume: str | None, sweep=None) -> Path:
     cfg.validate()
     cfg = cfg.resolved()
     if cfg.modality == "clip":

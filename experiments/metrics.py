@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
 
 #: Number of equal-width confidence bins of the expected calibration error.
 ECE_BINS = 15
@@ -118,6 +117,8 @@ def classification_metrics(probs: Any, labels: Any, n_classes: int = 7) -> dict[
         present scores 0), ``nll`` is the mean ``-log max(p[label], 1e-12)``, and
         ``ece`` uses :data:`ECE_BINS` equal-width bins.
     """
+    from sklearn.metrics import f1_score  # imported here: sklearn + scipy take ~1-3 s, a query never needs them
+
     p, y = _check_inputs(probs, labels, n_classes)
     pred = p.argmax(axis=1)
     p_true = np.clip(p[np.arange(len(y)), y], NLL_EPS, None)
@@ -134,6 +135,8 @@ def classification_metrics(probs: Any, labels: Any, n_classes: int = 7) -> dict[
 
 def confusion(probs: Any, labels: Any, n_classes: int = 7) -> np.ndarray:
     """``[K, K]`` confusion counts: row = true class, column = argmax prediction."""
+    from sklearn.metrics import confusion_matrix
+
     p, y = _check_inputs(probs, labels, n_classes)
     return confusion_matrix(y, p.argmax(axis=1), labels=list(range(n_classes)))
 

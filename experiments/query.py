@@ -1,334 +1,256 @@
-"""Query a trained program on new images: what ``emologic query`` does, as a library.
+"""Answer new images with a program: what ``emologic query`` does, as a library.
 
-    tp = TrainedProgram.load("runs/latest")            # default regime and seed, see below
-    print(tp.describe())                                # which run, regime and seed
+    tp = open_program()                   # runs/latest if there is one, else the untrained program
+    tp = TrainedProgram.load("runs/latest", regime="joint")       # a trained run
+    tp = TrainedProgram.prior("context_selection")                # the untrained program
+    print(tp.describe())                  # what answers: run, regime and seed, or the prior
     for r in tp.answer(["photo.jpg", "more_photos/"], top=3, annotate="out/"):
         if isinstance(r, QueryError):
             print(r.input, r.error)
         else:
             print(r.prediction, r.context, r.explanation())
 
-A run directory (``experiments/harness.py``) holds, per seed and regime,
-``checkpoints/seed<S>/<regime>/{model.json, networks/, rules.json}``.
-:meth:`TrainedProgram.load` rebuilds the networks and the learned program from
-it; the default regime is the logic regime (not ``late_fusion``, which has no
-program to explain) with the lowest final validation NLL of that seed.
+Two ways to get a program's parameters, one way to answer:
 
-Each image goes through the run's own image pipeline (same scene backbone and
-crops), with faces from MTCNN (default) or, for images of the run's synthetic
+* :meth:`TrainedProgram.load`: a run's networks and learned rules for one seed
+  and regime (``experiments/query_runs.py`` says which);
+* :meth:`TrainedProgram.prior`: the untrained program, so that a fresh install
+  answers photos. Faces from MTCNN, the FER2013 face predicate, the trust the
+  program documents (its ``t(p)::`` values), and a scene head that knows
+  nothing and says so: it outputs the uniform distribution
+  (:func:`neural.scene.uniform_scene_head`), so the random scene backbone
+  injects no noise and a photo with a face is answered by FER2013 in
+  proportion to the face's trust.
+
+Each image goes through the program's image pipeline (scene backbone and face
+crops), with faces from MTCNN (default) or, for images of a run's synthetic
 data set, from its recorded boxes. A bad input never raises: it becomes a
 :class:`QueryError` with a one-line reason, and the other inputs are answered.
 
 What a :class:`QueryResult` holds per image: the faces (boxes, detection
-probabilities, relative sizes), the context the program used, P(emotion | image),
-each source's own top emotion (the scene head's and the face net's outputs), the
-learned trust P(source selected | context), and the source posterior
-P(source | image, predicted emotion) over the sources that exist in the image.
+probabilities, relative sizes; how many were found when more than three were),
+the context the program used, P(emotion | image), each source's own emotion
+distribution (the scene head's and the face net's outputs), the trust
+P(source selected | context), the source posterior P(source | image, predicted
+emotion) over the sources that exist in the image, and where each source's
+networks came from (``provenance``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import io
-import json
+import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from experiments.runs import atomic_write_bytes, load_state, resolve_run
+from experiments.annotate import annotate_image
+from experiments.query_results import (  # noqa: F401  (re-exported: the query API in one place)
+    IMAGE_EXTENSIONS, Face, QueryError, QueryResult, expand_inputs, is_image_name)
+from experiments.query_runs import NON_LOGIC_REGIMES, locate_checkpoint, synthetic_root  # noqa: F401
 from neural.errors import UserError
 from neural.vocabulary import EMOTIONS, FACE_SLOTS
 
-#: File name endings ``emologic query DIR`` treats as images (case-insensitive).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FACE_SOURCES = ("mtcnn", "annotations")
-#: Regimes whose checkpoints hold no program (nothing to explain).
-NON_LOGIC_REGIMES = ("late_fusion",)
-#: Annotated pictures are upscaled by an integer factor until their short side reaches this.
-ANNOTATE_MIN_SIDE = 384
+DEFAULT_PROGRAM = "context_selection"
+#: The networks the untrained program has; any other (va_selection's VA regressor) only a trained run has.
+PRIOR_NETWORKS = ("scene2emotion", "face_emotion")
 
 
 # --------------------------------------------------------------------------- #
-# Results
+# The program that answers
 # --------------------------------------------------------------------------- #
-@dataclass
-class Face:
-    slot: str  # face1 (largest) .. face3
-    box: tuple[float, float, float, float]  # (x1, y1, x2, y2) pixels of the image as displayed
-    prob: float  # detection probability (1.0 for boxes from annotations)
-    size: float  # sqrt(box area / image area), what the context's size bucket reads
+@dataclass(frozen=True)
+class Origin:
+    """Where a program's parameters came from."""
+
+    kind: str  # "run": a trained run's checkpoint | "prior": the untrained program
+    why: str  # run: why this regime; prior: why no trained run answers
+    run_dir: Path | None = None
+    regime: str | None = None
+    seed: int | None = None
 
 
-@dataclass
-class QueryResult:
-    input: str  # the path as given (or as found in a given directory)
-    image_size: tuple[int, int]  # (width, height)
-    faces: list[Face]
-    context: str  # the program's context key, e.g. n1_large
-    probs: dict[str, float]  # P(emotion | image), every emotion in EMOTIONS order
-    top: list[tuple[str, float]]  # the top-K emotions, most probable first
-    source_probs: dict[str, dict[str, float]]  # existing source -> its own emotion distribution
-    trust: dict[str, float]  # learned P(source selected | context)
-    posterior: dict[str, float]  # P(source | image, prediction) over the existing sources, largest first
-    annotated: str | None = None  # path of the annotated PNG (``annotate=``)
+def _face_predicate(face_weights: str):
+    from neural.facetrain.backbones import load_face_predicate
 
-    @property
-    def prediction(self) -> str:
-        return self.top[0][0]
-
-    @property
-    def sources(self) -> dict[str, tuple[str, float]]:
-        """Each existing source's own top emotion and its probability."""
-        return {s: max(d.items(), key=lambda kv: kv[1]) for s, d in self.source_probs.items()}
-
-    @property
-    def trusted(self) -> str:
-        """The source most probably behind the prediction."""
-        return next(iter(self.posterior))
-
-    def explanation(self) -> str:
-        """The posterior in words, e.g. ``trusted face1 (81%), scene (19%)``."""
-        return "trusted " + ", ".join(f"{s} ({p:.0%})" for s, p in self.posterior.items())
-
-    def to_dict(self) -> dict:
-        return {
-            "input": self.input,
-            "image_size": list(self.image_size),
-            "faces": [dataclasses.asdict(f) | {"box": list(f.box)} for f in self.faces],
-            "context": self.context,
-            "prediction": self.prediction,
-            "top": [{"emotion": e, "p": p} for e, p in self.top],
-            "probs": self.probs,
-            "sources": {s: {"emotion": e, "p": p} for s, (e, p) in self.sources.items()},
-            "source_probs": self.source_probs,
-            "trust": self.trust,
-            "posterior": self.posterior,
-            "trusted": self.trusted,
-            "annotated": self.annotated,
-        }
+    return load_face_predicate(face_weights)
 
 
-@dataclass
-class QueryError:
-    input: str
-    error: str  # one line, without the input
+@contextlib.contextmanager
+def _quiet_random_scene_backbone():
+    """Silence the scene backbone's no-weights warning (both its forms): the
+    untrained program's description already says the scene has no knowledge."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SceneBackbone: NO PLACES365")
 
-    def to_dict(self) -> dict:
-        return {"input": self.input, "error": self.error}
-
-    def __str__(self) -> str:
-        return f"{self.input}: {self.error}"
-
-
-# --------------------------------------------------------------------------- #
-# Inputs
-# --------------------------------------------------------------------------- #
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str | QueryError]:
-    """Files as given, directories replaced by their image files (sorted, not
-    recursive); a missing path or a directory without images becomes a
-    :class:`QueryError`. Whether a file really is an image is found out when it is read."""
-    out: list[str | QueryError] = []
-    for item in inputs:
-        text = os.fspath(item)
-        p = Path(text)
-        if p.is_dir():
-            images = sorted(c for c in p.iterdir() if c.is_file() and is_image_name(c))
-            if images:
-                out += [str(c) for c in images]
-            else:
-                kinds = ", ".join(IMAGE_EXTENSIONS)
-                sub = " (subdirectories are not searched)" if any(c.is_dir() for c in p.iterdir()) else ""
-                out.append(QueryError(text, f"directory has no image files ({kinds}){sub}"))
-        elif p.exists():
-            out.append(text)
-        else:
-            out.append(QueryError(text, "no such file or directory"))
-    return out
-
-
-# --------------------------------------------------------------------------- #
-# Run layout
-# --------------------------------------------------------------------------- #
-def _read_json(path: Path) -> dict:
+    logger = logging.getLogger("neural.scene")
+    logger.addFilter(keep)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing; is this a finished emologic run?") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="SceneBackbone: NO PLACES365")
+            yield
+    finally:
+        logger.removeFilter(keep)
 
 
-def _seeds_with_checkpoints(run_dir: Path) -> list[int]:
-    found = []
-    for d in (run_dir / "checkpoints").glob("seed*"):
-        if d.is_dir() and d.name[4:].isdigit():
-            found.append(int(d.name[4:]))
-    return sorted(found)
-
-
-def _logic_regimes(seed_dir: Path) -> list[str]:
-    """Regimes of a seed with a complete program checkpoint."""
-    if not seed_dir.is_dir():
-        return []
-    return sorted(d.name for d in seed_dir.iterdir() if d.name not in NON_LOGIC_REGIMES
-                  and (d / "model.json").is_file() and (d / "rules.json").is_file())
-
-
-def final_val_nll(run_dir: Path, seed: int) -> dict[str, float]:
-    """Regime -> validation NLL after the last epoch, from ``results.json``
-    (or, for an unfinished run, from ``state.json``)."""
-    per_regime: dict[str, dict] = {}
-    results = run_dir / "results.json"
-    if results.is_file():
-        for regime, r in _read_json(results).get("regimes", {}).items():
-            if str(seed) in r.get("per_seed", {}):
-                per_regime[regime] = r["per_seed"][str(seed)]
-    else:
-        for (regime, s), r in load_state(run_dir).units.items():
-            if s == seed:
-                per_regime[regime] = r
-    out = {}
-    for regime, r in per_regime.items():
-        history = r.get("history") or []
-        if history and history[-1].get("val_nll") is not None and math.isfinite(history[-1]["val_nll"]):
-            out[regime] = float(history[-1]["val_nll"])
-    return out
-
-
-def choose_regime(run_dir: Path, seed: int, regime: str | None) -> tuple[str, str]:
-    """The regime to load and why (for :meth:`TrainedProgram.describe`)."""
-    if regime in NON_LOGIC_REGIMES:
-        raise UserError(
-            f"regime {regime!r} is a purely neural baseline with no program to query or explain; "
-            "choose a logic regime (e.g. frozen or joint)"
-        )
-    seed_dir = run_dir / "checkpoints" / f"seed{seed}"
-    available = _logic_regimes(seed_dir)
-    if not available:
-        raise UserError(f"{run_dir}: no trained program for seed {seed} (is the run finished?)")
-    if regime is not None:
-        if regime not in available:
-            raise UserError(f"{run_dir}: no checkpoint of regime {regime!r} for seed {seed}; "
-                            f"available: {', '.join(available)}")
-        return regime, "as requested"
-    nll = {r: v for r, v in final_val_nll(run_dir, seed).items() if r in available}
-    if not nll:
-        return available[0], "no validation results recorded; first available"
-    best = min(nll, key=nll.get)
-    listed = ", ".join(f"{r} {v:.3f}" for r, v in sorted(nll.items()))
-    return best, f"lowest final val NLL: {listed}"
-
-
-def _synthetic_root(cfg: dict) -> Path:
-    """Where the run's synthetic data set lives (its data_root, else the harness's default)."""
-    if cfg.get("data_root"):
-        return Path(cfg["data_root"])
-    from experiments.config import HarnessConfig
-    from experiments.data import dataset_options
-    from pipelines.datasets.synthetic import SyntheticConfig, default_root
-
-    known = {f.name for f in dataclasses.fields(HarnessConfig)}
-    options = dataset_options(HarnessConfig(**{k: v for k, v in cfg.items() if k in known}))
-    return default_root(SyntheticConfig.from_dict(options))
-
-
-# --------------------------------------------------------------------------- #
-# The trained program
-# --------------------------------------------------------------------------- #
 class TrainedProgram:
-    """A run's networks and learned program for one regime and seed, ready to answer queries."""
+    """A program bound to its networks and trust, ready to answer queries: a
+    trained run's (:meth:`load`) or the untrained program (:meth:`prior`)."""
 
-    def __init__(self, run_dir: Path, regime: str, seed: int, why: str, config: dict, meta: dict,
-                 face_weights: str | None = None):
+    def __init__(self, program, pred, pipeline_config, origin: Origin, face_size_threshold: float | None = None,
+                 rules: Path | None = None, config: dict | None = None, max_pixels: int | None = None):
+        """``program``: a :class:`logic.program.Program`; ``pred``: its
+        :class:`experiments.stage0.Predicates`; ``rules``: a saved ``rules.json``,
+        or None for the program's own ``t(p)`` values; ``config``: the run's
+        harness config (``--face-source annotations`` finds its data set there)."""
         from experiments.regimes import Binding
-        from experiments.stage0 import load_predicates
         from logic.model import LogicModel
-        from logic.program import load_program
-        from pipelines.pipeline import PipelineConfig
+        from pipelines.context import DEFAULT_LARGE_FACE
 
-        self.run_dir, self.regime, self.seed, self.why = run_dir, regime, seed, why
-        self.config, self.meta = config, meta
-        directory = run_dir / "checkpoints" / f"seed{seed}" / regime
-        self.program = load_program(meta["program"], check_bindings=False)
-        pred = load_predicates(directory / meta.get("networks", "networks"), meta["face_source"])
-        if face_weights:  # another face predicate (emologic train-face) in place of the run's
-            from neural.facetrain.backbones import load_face_predicate
-
-            pred.face_net = load_face_predicate(face_weights)
-            self.why += f"; face predicate from {face_weights}"
-        self.binding = Binding(self.program, pred)
+        self.program, self.pred, self.origin, self.config = program, pred, origin, dict(config or {})
+        self.binding = Binding(program, pred)
         # The compiled engine evaluates whole batches; both engines share one semantics (tested in logic/).
-        self.model = LogicModel(self.program, self.binding.networks, engine="compiled",
-                                face_size_threshold=meta["face_size_threshold"])
-        self.model.load_rules(directory / (meta.get("rules") or "rules.json"))
+        # Answers need no gradients: KLay's circuit, no numba start-up (see CompiledEngine._answers).
+        self.model = LogicModel(program, self.binding.networks, engine="compiled", evaluator="circuit",
+                                face_size_threshold=DEFAULT_LARGE_FACE if face_size_threshold is None
+                                else face_size_threshold)
+        if rules is None:
+            self.model.reset_rules("program")  # the trust the program documents
+        else:
+            self.model.load_rules(rules)
         self.model.eval()
-        self.pipeline_config = PipelineConfig.from_dict(meta["pipeline"])
+        if max_pixels is not None:
+            pipeline_config = dataclasses.replace(pipeline_config, max_pixels=max_pixels)
+        self.pipeline_config = pipeline_config
         self._pipelines: dict = {}
         self._synthetic: dict[Path, object] | None = None
         self._trust: dict[str, dict[str, float]] = {}
+        self._records: dict[str, dict] | None = None
+
+    run_dir = property(lambda self: self.origin.run_dir)
+    regime = property(lambda self: self.origin.regime)
+    seed = property(lambda self: self.origin.seed)
+    why = property(lambda self: self.origin.why)
 
     @classmethod
     def load(cls, run: str | os.PathLike | None = None, regime: str | None = None, seed: int | None = None,
-             runs_root: str | os.PathLike = "runs", face_weights: str | None = None) -> "TrainedProgram":
+             runs_root: str | os.PathLike = "runs", face_weights: str | None = None,
+             max_pixels: int | None = None) -> "TrainedProgram":
         """Load ``run`` (a run directory, a run name under ``runs_root``, or ``None``/"latest").
 
         ``seed`` defaults to the run's first seed; ``regime`` to the logic regime with
         the lowest final validation NLL of that seed. ``late_fusion`` is refused.
+        ``face_weights``: another face predicate (``emologic train-face`` output) in place of the run's.
         """
-        run_dir = resolve_run(run, runs_root)
-        config = _read_json(run_dir / "config.json")
-        cfg = config.get("config", config)
-        from experiments.config import modality_of
+        from experiments.stage0 import load_predicates
+        from logic.program import load_program
+        from pipelines.pipeline import PipelineConfig
 
-        if modality_of(cfg.get("dataset", "synthetic")) == "clip":
-            raise UserError(f"{run_dir} is a video-clip run ({cfg.get('dataset')}); emologic query answers image "
-                            "runs (see its learned rules with: emologic rules " + str(run_dir) + ")")
-        seeds = _seeds_with_checkpoints(run_dir)
-        if seed is None:
-            listed = [s for s in cfg.get("seeds", []) if s in seeds]
-            if not (listed or seeds):
-                raise UserError(f"{run_dir}: no checkpoints yet (is the run finished?)")
-            seed = (listed or seeds)[0]
-        elif seed not in seeds:
-            raise UserError(f"{run_dir}: no checkpoints for seed {seed}; seeds: "
-                            f"{', '.join(map(str, seeds)) or 'none'}")
-        regime, why = choose_regime(run_dir, seed, regime)
-        meta = _read_json(run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json")
-        return cls(run_dir, regime, seed, why, cfg, meta, face_weights=face_weights)
+        ck = locate_checkpoint(run, regime, seed, runs_root)
+        meta = ck.meta
+        program = load_program(meta["program"], check_bindings=False)
+        pred = load_predicates(ck.directory / meta.get("networks", "networks"), meta["face_source"])
+        why = ck.why
+        if face_weights:
+            pred.face_net = _face_predicate(face_weights)
+            why += f"; face predicate from {face_weights}"
+        return cls(program, pred, PipelineConfig.from_dict(meta["pipeline"]),
+                   Origin("run", why, ck.run_dir, ck.regime, ck.seed), meta["face_size_threshold"],
+                   rules=ck.directory / (meta.get("rules") or "rules.json"), config=ck.config, max_pixels=max_pixels)
 
+    @classmethod
+    def prior(cls, program: str = DEFAULT_PROGRAM, scene_weights: str | None = None, face_weights: str | None = None,
+              why: str = "--prior", max_pixels: int | None = None) -> "TrainedProgram":
+        """The untrained ``program`` (a name or a ``.pl`` path of an image
+        program): its documented trust, FER2013 (or ``face_weights``) for faces,
+        a uniform scene head over a random (or ``scene_weights``) backbone, MTCNN."""
+        from experiments.stage0 import Predicates
+        from logic.program import load_program
+        from neural.scene import uniform_scene_head
+        from pipelines.pipeline import PipelineConfig
+
+        prog = load_program(program, check_bindings=False)
+        if prog.kind != "image":
+            raise UserError(f"program {prog.name} is a {prog.kind} program; emologic query answers images")
+        missing = [n for n in prog.networks if n not in PRIOR_NETWORKS]
+        if missing:
+            raise UserError(f"program {prog.name} reads {', '.join(missing)}, which only a trained run has; "
+                            f"query a run of it (--run RUN) or an untrained program of {', '.join(PRIOR_NETWORKS)}")
+        if face_weights:
+            face = _face_predicate(face_weights)
+        else:
+            from neural.fer_weights import pretrained_face_net
+
+            face = pretrained_face_net()
+        pred = Predicates(scene_head=uniform_scene_head(), face_net=face.eval(), face_source=face_weights or "fer2013")
+        # Real photos: the harness's scene resolution for photo data sets (224, Places365's).
+        cfg = PipelineConfig(face_source="mtcnn", scene_weights=scene_weights, scene_size=224)
+        return cls(prog, pred, cfg, Origin("prior", why), max_pixels=max_pixels)
+
+    # -- what answers -----------------------------------------------------------
     def describe(self) -> str:
-        """Which run, regime and seed answer the queries, in one line."""
-        return (f"run {self.run_dir} | regime {self.regime} ({self.why}) | seed {self.seed} | "
-                f"program {self.program.name}")
+        """What answers the queries, in one line."""
+        o = self.origin
+        if o.kind == "run":
+            return f"run {o.run_dir} | regime {o.regime} ({o.why}) | seed {o.seed} | program {self.program.name}"
+        from neural.provenance import provenance_of
 
-    # -- pieces ---------------------------------------------------------------
+        scene = "no scene knowledge (uniform)"
+        if self.pipeline_config.scene_weights:
+            scene += f" over a backbone from {self.pipeline_config.scene_weights}"
+        return (f"no trained run ({o.why}): program {self.program.name} with its documented prior trust; "
+                f"face predicate {provenance_of(self.pred.face_net).summary()}; scene: {scene}")
+
+    def source_records(self) -> dict[str, dict]:
+        """Per source of the program: where its networks' knowledge came from
+        (:func:`neural.provenance.source_provenance`; the scene backbone's from
+        the pipeline config, the networks' from their checkpoints)."""
+        if self._records is None:
+            from pipelines.pipeline import feature_provenance
+
+            self._records = self.binding.provenance(feature_provenance(self.pipeline_config))
+        return self._records
+
+    def model_record(self) -> dict:
+        """What answers, for ``--json``: origin, program, trust and network provenance."""
+        o = self.origin
+        return {"kind": o.kind, "program": self.program.name, "why": o.why,
+                "trust": "learned" if o.kind == "run" else "the program's documented t(p) values",
+                "run": None if o.run_dir is None else str(o.run_dir), "regime": o.regime, "seed": o.seed,
+                "sources": self.source_records()}
+
+    # -- pieces -----------------------------------------------------------------
     def pipeline(self, face_source: str):
-        """The run's image pipeline with faces from ``face_source`` (built once)."""
+        """The image pipeline with faces from ``face_source`` (built once)."""
         from pipelines.pipeline import ImagePipeline
 
         if face_source not in FACE_SOURCES:
             raise UserError(f"unknown face source {face_source!r}; known: {', '.join(FACE_SOURCES)}")
         if face_source not in self._pipelines:
             cfg = dataclasses.replace(self.pipeline_config, face_source=face_source)
-            self._pipelines[face_source] = ImagePipeline(cfg)
+            quiet = self.origin.kind == "prior" and not cfg.scene_weights
+            with _quiet_random_scene_backbone() if quiet else contextlib.nullcontext():
+                self._pipelines[face_source] = ImagePipeline(cfg)
         return self._pipelines[face_source]
 
     def synthetic_samples(self) -> dict[Path, object]:
         """Resolved image path -> sample of the run's synthetic data set (for recorded boxes)."""
         if self._synthetic is None:
+            if self.origin.kind != "run":
+                raise UserError("--face-source annotations reads the recorded boxes of a trained run's synthetic "
+                                "data set; the untrained program finds faces with MTCNN (--face-source mtcnn)")
             if self.config.get("dataset", "synthetic") != "synthetic":
                 raise UserError(f"--face-source annotations needs a run on the synthetic data set; "
                                 f"{self.run_dir} used {self.config.get('dataset')!r} (use --face-source mtcnn)")
             from pipelines.datasets.synthetic import load_synthetic_dir, read_synthetic_config
 
-            root = _synthetic_root(self.config)
+            root = synthetic_root(self.config)
             if read_synthetic_config(root) is None:
                 raise UserError(f"the run's synthetic data set is not at {root} any more; "
                                 "--face-source annotations needs its recorded boxes (use --face-source mtcnn)")
@@ -336,7 +258,7 @@ class TrainedProgram:
         return self._synthetic
 
     def trust(self, context: str) -> dict[str, float]:
-        """Learned P(source selected | context)."""
+        """P(source selected | context): learned, or the program's prior."""
         if context not in self._trust:
             self._trust[context] = self.model.source_probabilities_for(context)
         return self._trust[context]
@@ -353,7 +275,7 @@ class TrainedProgram:
 
         ``top``: how many emotions ``QueryResult.top`` lists. ``annotate``: a
         directory for one annotated PNG per image. Configuration problems
-        (unknown face source, annotations on a non-synthetic run) raise
+        (unknown face source, annotations without a synthetic run) raise
         :class:`UserError` before any image is read.
         """
         if top < 1:
@@ -370,6 +292,26 @@ class TrainedProgram:
         for start in range(0, len(items), chunk):
             yield from self._answer_chunk(items[start:start + chunk], pipeline, known, min(top, len(EMOTIONS)),
                                           out_dir, taken)
+
+    def _process(self, pipeline, samples) -> tuple[list, list]:
+        """``pipeline.process(samples)``. Should it fail in a way no check
+        foresaw (a library breaking on one odd image), each image is retried
+        alone, so one image gets the error line and the others their answers."""
+        from pipelines.pipeline import Skip
+
+        try:
+            return pipeline.process(samples)
+        except UserError:
+            raise  # configuration problems concern every image alike
+        except Exception as exc:  # noqa: BLE001 - isolate the image that breaks, answer the rest
+            if len(samples) == 1:
+                return [], [Skip(samples[0].sample_id, f"could not be processed ({type(exc).__name__}: {exc})")]
+        processed, skipped = [], []
+        for s in samples:
+            done, skips = self._process(pipeline, [s])
+            processed += done
+            skipped += skips
+        return processed, skipped
 
     def _answer_chunk(self, items, pipeline, known, top, out_dir, taken) -> list[QueryResult | QueryError]:
         from cache.loader import collate
@@ -390,15 +332,21 @@ class TrainedProgram:
                     continue
                 annotations = {"boxes": sample.annotations.get("boxes", [])}
             samples.append(Sample(str(i), Path(item), None, None, annotations))
-        processed, skipped = pipeline.process(samples)
+        processed, skipped = self._process(pipeline, samples) if samples else ([], [])
         for skip in skipped:
             answers[int(skip.sample_id)] = QueryError(items[int(skip.sample_id)], skip.reason)
         if processed:
             batch = collate(processed, pipeline.cfg)
-            for pos, result in zip((int(p.sample_id) for p in processed), self._explain(batch, top)):
-                answers[pos] = dataclasses.replace(result, input=items[pos])
+            for p, result in zip(processed, self._explain(batch, top)):
+                pos = int(p.sample_id)
+                answers[pos] = dataclasses.replace(result, input=items[pos], faces_found=p.faces_found)
                 if out_dir is not None:
-                    answers[pos].annotated = str(annotate_image(answers[pos], out_dir, taken))
+                    try:
+                        answers[pos].annotated = str(annotate_image(answers[pos], out_dir, taken,
+                                                                    pipeline.cfg.max_pixels))
+                    except (UserError, OSError) as exc:
+                        answers[pos] = QueryError(items[pos], f"answered, but the annotated picture could not "
+                                                              f"be written ({exc})")
         return answers
 
     @torch.no_grad()
@@ -433,6 +381,7 @@ class TrainedProgram:
                 source_probs=source_probs,
                 trust=dict(self.trust(ctx)),
                 posterior=dict(sorted(post.items(), key=lambda kv: -kv[1])),
+                provenance={src: self.source_records()[src] for src in existing if src in self.source_records()},
             ))
         return results
 
@@ -463,72 +412,36 @@ class TrainedProgram:
         return own
 
 
-# --------------------------------------------------------------------------- #
-# Annotated pictures
-# --------------------------------------------------------------------------- #
-_SLOT_COLOURS = {"face1": (255, 140, 0), "face2": (0, 200, 255), "face3": (255, 60, 200)}
+def open_program(run: str | os.PathLike | None = None, *, prior: bool = False, runs_root: str | os.PathLike = "runs",
+                 regime: str | None = None, seed: int | None = None, program: str | None = None,
+                 scene_weights: str | None = None, face_weights: str | None = None,
+                 max_pixels: int | None = None) -> TrainedProgram:
+    """What ``emologic query`` answers with: ``run`` when given; else the latest
+    run under ``runs_root``; the untrained program (:meth:`TrainedProgram.prior`)
+    with ``prior=True`` or when there is no latest run. Options that only mean
+    something for the other kind are refused by name."""
+    if prior and run is not None:
+        raise UserError("--prior answers with the untrained program and --run with a trained one; give one of them")
+    why = "--prior" if prior else None
+    if not prior and run is None:
+        from experiments.runs import RunNotFoundError, resolve_run
 
-
-def annotation_scale(width: int, height: int) -> int:
-    """Integer upscaling that makes small images legible once text is drawn on them."""
-    return max(1, math.ceil(ANNOTATE_MIN_SIDE / max(1, min(width, height))))
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable default font
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def _label(draw, xy, text: str, font, fill, anchor_bottom: bool = False) -> None:
-    """``text`` on a dark box at ``xy`` (its top-left, or bottom-left with ``anchor_bottom``)."""
-    x, y = xy
-    l, t, r, b = draw.textbbox((0, 0), text, font=font)
-    pad = max(2, (b - t) // 5)
-    w, h = r - l + 2 * pad, b - t + 2 * pad
-    if anchor_bottom:
-        y -= h
-    draw.rectangle([x, y, x + w, y + h], fill=(0, 0, 0))
-    draw.text((x + pad - l, y + pad - t), text, font=font, fill=fill)
-
-
-def annotate_image(result: QueryResult, out_dir: Path, taken: set[str] | None = None) -> Path:
-    """Write ``out_dir/<image stem>.png``: the image with its face boxes, each
-    source's own top emotion and the final answer drawn on it. Returns the path."""
-    from PIL import ImageDraw
-
-    from pipelines.images import load_image
-
-    image = load_image(result.input)  # RGB, EXIF-oriented like the boxes
-    scale = annotation_scale(*image.size)
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), resample=3)  # bicubic
-    draw = ImageDraw.Draw(image)
-    font = _font(max(11, min(image.size) // 28))
-    line = max(2, min(image.size) // 160)
-    for face in result.faces:
-        x1, y1, x2, y2 = (v * scale for v in face.box)
-        colour = _SLOT_COLOURS.get(face.slot, (255, 255, 0))
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
-        emotion, p = result.sources.get(face.slot, ("?", float("nan")))
-        _label(draw, (x1, max(0.0, y1)), f"{face.slot} {emotion} {p:.2f}", font, colour, anchor_bottom=y1 > 20)
-    if "scene" in result.sources:
-        emotion, p = result.sources["scene"]
-        _label(draw, (0, 0), f"scene {emotion} {p:.2f}", font, (255, 255, 255))
-    answer, p = result.top[0]
-    trusted = result.trusted
-    _label(draw, (0, image.height), f"{answer} {p:.2f} | trusted {trusted} {result.posterior[trusted]:.0%}",
-           font, (120, 255, 120), anchor_bottom=True)
-
-    stem = Path(result.input).stem or "image"
-    name, n = f"{stem}.png", 2
-    taken = taken if taken is not None else set()
-    while name in taken:
-        name, n = f"{stem}-{n}.png", n + 1
-    taken.add(name)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return atomic_write_bytes(out_dir / name, buf.getvalue())
+        try:
+            run = resolve_run(None, runs_root)
+        except RunNotFoundError:
+            why = f"no {Path(runs_root) / 'latest'}"
+    if why is None:
+        prior_only = [flag for flag, v in (("--program", program), ("--scene-weights", scene_weights)) if v]
+        if prior_only:
+            verb = "set" if len(prior_only) > 1 else "sets"
+            raise UserError(f"{' and '.join(prior_only)} {verb} up the untrained program (--prior); a trained run "
+                            "answers with its own program and scene backbone")
+        return TrainedProgram.load(run, regime=regime, seed=seed, runs_root=runs_root, face_weights=face_weights,
+                                   max_pixels=max_pixels)
+    run_only = [flag for flag, v in (("--regime", regime), ("--seed", seed)) if v is not None]
+    if run_only:
+        verb = "choose" if len(run_only) > 1 else "chooses"
+        raise UserError(f"{' and '.join(run_only)} {verb} within a trained run, and none is used ({why}); "
+                        "pass --run RUN")
+    return TrainedProgram.prior(program or DEFAULT_PROGRAM, scene_weights=scene_weights, face_weights=face_weights,
+                                why=why, max_pixels=max_pixels)

@@ -106,8 +106,15 @@ def _update_latest(root: Path, run_dir: Path) -> None:
             pass
 
 
-def new_run_dir(root: str | os.PathLike = "runs", name: str | None = None) -> Path:
-    """Create a fresh run directory ``root/YYYYmmdd-HHMMSS[-name]`` and point ``latest`` at it.
+def mark_latest(run_dir: str | os.PathLike) -> None:
+    """Point ``latest`` (and ``latest.txt``) of the runs root at ``run_dir``."""
+    run_dir = Path(run_dir)
+    _update_latest(run_dir.parent, run_dir)
+
+
+def new_run_dir(root: str | os.PathLike = "runs", name: str | None = None, latest: bool = True) -> Path:
+    """Create a fresh run directory ``root/YYYYmmdd-HHMMSS[-name]`` and, with ``latest``, point
+    ``latest`` at it (the harness points it only when the run finishes: :func:`mark_latest`).
 
     The name is made unique with ``-2``, ``-3``... when the directory exists
     (creation is race-free: ``mkdir`` without ``exist_ok``). ``name`` may only
@@ -126,7 +133,8 @@ def new_run_dir(root: str | os.PathLike = "runs", name: str | None = None) -> Pa
             run_dir.mkdir()
         except FileExistsError:
             continue
-        _update_latest(root, run_dir)
+        if latest:
+            _update_latest(root, run_dir)
         return run_dir
     raise RuntimeError(f"could not create a unique run directory under {root}")
 

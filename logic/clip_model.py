@@ -25,7 +25,8 @@ from problog.engine import DefaultEngine
 from problog.logic import Term, Var
 from torch import nn
 
-from logic.engines.compiled import FALSE, PLACEHOLDER, compile_queries
+from logic.engines.compile_cache import load_or_build
+from logic.engines.compiled import FALSE, PLACEHOLDER, CompiledQueries, compile_queries
 from logic.engines.cone import PackedLeaves
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, ProgramError, load_program
@@ -120,9 +121,11 @@ class CompiledClipEngine(nn.Module):
         key = (str(program.path), program.text, emotions, sentiments)
         self.terms = clip_terms(emotions, sentiments, sources)
         self.shape = (len(emotions), len(sentiments), len(sources))
-        if key not in _COMPILED:  # about a second; once per program text in this process
+        if key not in _COMPILED:  # about a second; once per program text in this process, and on disk
             domains = {n.network: n.domain for n in program.neural}
-            _COMPILED[key] = compile_queries(program, self.terms, domains)
+            options = ("clip", tuple(self.terms), tuple(sorted((k, tuple(v)) for k, v in domains.items())))
+            _COMPILED[key] = load_or_build(program.name, program.text, options,
+                                           lambda: compile_queries(program, self.terms, domains), CompiledQueries)
         self.cq = _COMPILED[key]
         self.terms = [t if t in self.cq.roots else FALSE for t in self.terms]
         # every answer (one key), and the label(E, S) query (key E * S_count + S)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from logic.engines.compiled import compile_program
+from logic.engines.compile_cache import load_or_build
+from logic.engines.compiled import CompiledProgram, compile_program
 from logic.engines.cone import PackedLeaves
 from logic.engines.deepproblog_engine import DeepProbLogEngine
 from logic.program import Program, load_program
@@ -32,6 +33,9 @@ from neural.vocabulary import EMOTIONS, emotion_index
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE
 
 ENGINES = ("compiled", "deepproblog")
+#: How the compiled engine evaluates: per-sample cones (numba), or KLay's whole
+#: circuit for answers without gradients (see CompiledEngine._answers).
+EVALUATORS = ("cones", "circuit")
 
 
 @dataclass
@@ -49,10 +53,13 @@ _COMPILED: dict = {}
 
 
 def _compiled_program(program: Program, contexts, emotions, domains):
-    """Compile once per program text and contexts in this process (about a second each)."""
-    key = (str(program.path), program.text, contexts, emotions, tuple(sorted((k, tuple(v)) for k, v in domains.items())))
+    """Compile once per program text and options: in this process (a dict) and
+    across processes (``engines/compile_cache.py``, about a second saved per program)."""
+    options = (contexts, emotions, tuple(sorted((k, tuple(v)) for k, v in domains.items())))
+    key = (str(program.path), program.text, options)
     if key not in _COMPILED:
-        _COMPILED[key] = compile_program(program, contexts, emotions, domains)
+        _COMPILED[key] = load_or_build(program.name, program.text, ("program", *options),
+                                       lambda: compile_program(program, contexts, emotions, domains), CompiledProgram)
     return _COMPILED[key]
 
 
@@ -64,8 +71,13 @@ class CompiledEngine(nn.Module):
     #: CPU (leaf values copied there and the results back, gradients too): not measured on a GPU, so kept.
     placement = "circuit on the CPU (numba cone walker; leaves copied from the networks' device and back)"
 
-    def __init__(self, program: Program, networks: dict[str, nn.Module], contexts=CONTEXTS, emotions=EMOTIONS):
+    def __init__(self, program: Program, networks: dict[str, nn.Module], contexts=CONTEXTS, emotions=EMOTIONS,
+                 evaluator: str = "cones"):
         super().__init__()
+        if evaluator not in EVALUATORS:
+            raise UserError(f"unknown evaluator {evaluator!r}; known evaluators: {', '.join(EVALUATORS)}")
+        self.evaluator = evaluator
+        self._circuit_terms: dict[str, tuple[list, torch.Tensor]] = {}
         self.program = program
         self.networks = networks
         self.emotions = tuple(emotions)
@@ -124,17 +136,38 @@ class CompiledEngine(nn.Module):
         except KeyError as exc:
             raise UserError(f"context {exc.args[0]!r} is not one of {', '.join(self.compiled.contexts)}") from None
 
+    def _answers(self, family: str, leaves: PackedLeaves, keys: torch.Tensor) -> torch.Tensor:
+        """[B, K]: each sample's answers of a query family (see CompiledProgram.key_terms) for its key.
+
+        Cones by default. With ``evaluator="circuit"``, answers without gradients
+        come from KLay's module instead, which evaluates every root for every
+        sample and then keeps each sample's own: more arithmetic, but plain torch,
+        so a process that only answers a few images never starts numba (about
+        2 s in a fresh process). Same circuit, same numbers (tested)."""
+        cp = self.compiled
+        if self.evaluator == "cones" or torch.is_grad_enabled():
+            return cp.cone(family)(leaves, keys)
+        if family not in self._circuit_terms:
+            rows = cp.key_terms(family)
+            terms = list(dict.fromkeys(t for row in rows for t in row))
+            column = {t: i for i, t in enumerate(terms)}
+            self._circuit_terms[family] = (terms, torch.tensor([[column[t] for t in row] for row in rows]))
+        terms, index = self._circuit_terms[family]
+        # Roots of other contexts read blocks not evaluated for a sample (zeros)
+        # and may be 0/0; only the sample's own context's columns are kept.
+        return cp.queries.evaluate(leaves, terms).gather(1, index[keys])
+
     def query(self, batch, contexts, sources, explain: bool, rule_probs=None):
         """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
         cp = self.compiled
         ctx = self._context_index(contexts)
         leaves = self._leaves(batch, ctx, rule_probs)
-        r = cp.cone("main")(leaves, ctx)  # [B, E + 1]
+        r = self._answers("main", leaves, ctx)  # [B, E + 1]
         emotion, valid = r[:, :-1], r[:, -1]
         via = None
         if explain:
             order = torch.tensor([cp.sources.index(s) for s in sources])
-            rv = cp.cone("explain")(leaves, ctx)  # [B, S_all * E]
+            rv = self._answers("explain", leaves, ctx)  # [B, S_all * E]
             via = rv.view(len(batch), len(cp.sources), -1)[:, order]
         return emotion, valid, via
 
@@ -143,7 +176,7 @@ class CompiledEngine(nn.Module):
         cp = self.compiled
         ctx = self._context_index(contexts)
         leaves = self._leaves(batch, ctx, rule_probs)
-        r = cp.cone("label")(leaves, ctx * len(self.emotions) + batch.labels.cpu())  # [B, 2]
+        r = self._answers("label", leaves, ctx * len(self.emotions) + batch.labels.cpu())  # [B, 2]
         return r[:, 0], r[:, 1]
 
     def selection(self, context: str, sources) -> dict[str, float]:
@@ -167,6 +200,7 @@ class LogicModel(RulesMixin, nn.Module):
         face_size_threshold: float = DEFAULT_LARGE_FACE,
         param_lr: float = 0.01,
         contexts: tuple[str, ...] = CONTEXTS,
+        evaluator: str = "cones",
     ):
         super().__init__()
         self.program = program if isinstance(program, Program) else load_program(program, check_bindings=False)
@@ -175,7 +209,10 @@ class LogicModel(RulesMixin, nn.Module):
         self.face_size_threshold = face_size_threshold
         self.contexts = tuple(contexts)
         if engine == "compiled":
-            self.engine = CompiledEngine(self.program, dict(self.networks), contexts=self.contexts)
+            self.engine = CompiledEngine(self.program, dict(self.networks), contexts=self.contexts,
+                                         evaluator=evaluator)
+        elif evaluator != "cones":
+            raise UserError(f"evaluator {evaluator!r} is an option of the compiled engine, not of {engine!r}")
         elif engine == "deepproblog":
             self.engine = DeepProbLogEngine(self.program, dict(self.networks), param_lr=param_lr)
         else:

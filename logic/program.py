@@ -129,10 +129,15 @@ class Program:
         self.init: list[float | None] = []
         self.translated = SimpleProgram()
         self._sources_cache: dict[str, list[str]] = {}
+        self._prepared = None  # ProbLog's database of ``translated``, built on first use
         for stmt in statements:
             for out in self._translate(stmt):
                 self.translated.add_statement(out)
         self._check_interface()
+
+    def __getstate__(self) -> dict:
+        # ProbLog's prepared database does not pickle (Ray sends programs to workers); it is rebuilt on use
+        return {**self.__dict__, "_prepared": None}
 
     # -- translation --------------------------------------------------------
     def _new_param(self, prob: Term) -> int:
@@ -251,6 +256,8 @@ class Program:
         """Every ``nn(Net, ...)`` must name a registered network (or one in ``available``)."""
         from neural.registry import list_networks
 
+        from neural.registry import default_output_size
+
         known = set(list_networks()) if available is None else set(available)
         for n in self.neural:
             if n.network not in known:
@@ -258,6 +265,17 @@ class Program:
                     f"{self.path.name}:{n.line}: nn({n.network}, ...) names no registered network; "
                     f"known networks: {', '.join(sorted(known))}"
                 )
+            if available is None:
+                self._check_width(n, default_output_size(n.network))
+
+    def _check_width(self, n, width: int | None) -> None:
+        """An ``nn`` atom must list one value per network output: refused here, at load or
+        bind time, rather than as a shape error in the middle of training."""
+        if width is not None and width != len(n.domain):
+            raise ProgramError(
+                f"{self.path.name}:{n.line}: nn({n.network}, ...) lists {len(n.domain)} values "
+                f"({', '.join(n.domain)}), but the network outputs {width}"
+            )
 
     def bind(self, networks: dict):
         """The modules bound to the program's ``nn(Net, ...)`` names, as an
@@ -268,6 +286,10 @@ class Program:
         if missing:
             raise ProgramError(f"{self.path.name}: no network bound to {', '.join(missing)}; "
                                f"bound: {', '.join(sorted(networks)) or 'none'}")
+        from neural.registry import output_size
+
+        for n in self.neural:
+            self._check_width(n, output_size(networks[n.network]))
         return nn.ModuleDict({k: networks[k] for k in self.networks})
 
     def domain_of(self, network: str) -> tuple[str, ...]:
@@ -283,8 +305,9 @@ class Program:
             from problog.logic import Var
 
             engine = DefaultEngine()
-            db = engine.prepare(self.translated)
-            gp = engine.ground(db, Term("selected", Term("img"), Term(context), Var("S")), label="query")
+            if self._prepared is None:  # preparing is most of the cost; grounding does not change the database
+                self._prepared = engine.prepare(self.translated)
+            gp = engine.ground(self._prepared, Term("selected", Term("img"), Term(context), Var("S")), label="query")
             self._sources_cache[context] = [str(t.args[2]) for t, _ in gp.queries()]
         return self._sources_cache[context]
 

@@ -142,3 +142,10 @@ def grouped_sources(provenance: dict[str, dict]) -> list[tuple[list[str], dict]]
         else:
             groups.append(([source], record))
     return groups
+
+
+def describe_sources(provenance: dict[str, dict] | None) -> list[str]:
+    """One line per group of sources with the same networks: ``face1, face2, face3: ...``."""
+    if not provenance:
+        return ["(not recorded: made by an emologic without provenance records)"]
+    return [f"{', '.join(names)}: {describe_source(record)}" for names, record in grouped_sources(provenance)]

@@ -77,6 +77,27 @@ def make_config(name: str, **cfg: Any):
     return config_cls(**cfg)
 
 
+def output_size(module: nn.Module) -> int | None:
+    """How many values ``module`` outputs (the last dim of its probabilities), where it
+    says so: ``n_classes`` on the module or its config, or its ``bins``; else ``None``."""
+    for value in (getattr(module, "n_classes", None), getattr(getattr(module, "config", None), "n_classes", None)):
+        if isinstance(value, int):
+            return value
+    bins = getattr(module, "bins", None)
+    return len(bins) if isinstance(bins, tuple) else None
+
+
+def default_output_size(name: str) -> int | None:
+    """:func:`output_size` of the registered network ``name`` built with its default config
+    (read from the class and config, nothing is built); ``None`` when it does not say."""
+    cls, config_cls = network_class(name)
+    bins = getattr(cls, "bins", None)
+    if isinstance(bins, tuple):
+        return len(bins)
+    field = next((f for f in dataclasses.fields(config_cls) if f.name == "n_classes"), None)
+    return field.default if field is not None and isinstance(field.default, int) else None
+
+
 def get_network(name: str, **cfg: Any) -> nn.Module:
     """Build the registered network ``name`` from keyword config values."""
     cls, _ = network_class(name)

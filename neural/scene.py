@@ -75,8 +75,9 @@ def _read_checkpoint(weights: str) -> tuple[object, str]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to many lines; one is enough
         raise SceneWeightsError(
-            f"{path}: not a loadable torch checkpoint of tensors ({type(exc).__name__}: {exc})"
+            f"{path}: not a loadable torch checkpoint of tensors ({type(exc).__name__}: {first})"
         ) from None
     return ckpt, sha256_file(path)
 
@@ -234,3 +235,19 @@ class Scene2EmotionNet(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.parameters()), "lr": lr}]
+
+
+def uniform_scene_head() -> Scene2EmotionNet:
+    """A scene head that knows nothing, and says so: its last layer is zero, so
+    it outputs softmax(0) = the uniform distribution over the emotions for any
+    input, exactly. The untrained program (``emologic query --prior``) reads
+    the scene through it, so a random backbone injects no noise and a photo is
+    answered by the sources that know something, in proportion to their trust."""
+    head = Scene2EmotionNet(Scene2EmotionConfig())
+    last = head.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    head.provenance = Provenance("untrained", "no scene knowledge: untrained head (last layer zero), "
+                                              "outputs the uniform distribution")
+    return head.eval()

@@ -32,9 +32,15 @@ class FaceError(UserError):
 class Faces:
     boxes: np.ndarray  # [n, 4] float32, pixels (x1, y1, x2, y2), largest area first
     probs: np.ndarray  # [n] float32 detection probability
+    found: int | None = None  # faces detected before the largest max_faces were kept (None: n)
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    @property
+    def n_found(self) -> int:
+        """How many faces the detector found (``len(self)`` of them are kept)."""
+        return len(self.boxes) if self.found is None else self.found
 
     @classmethod
     def none(cls) -> "Faces":
@@ -51,7 +57,7 @@ def select_largest(boxes, probs, max_faces: int) -> Faces:
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     probs = np.asarray(probs, np.float32).reshape(-1)
     order = np.argsort(-box_areas(boxes), kind="stable")[:max_faces]
-    return Faces(boxes[order].copy(), probs[order].copy())
+    return Faces(boxes[order].copy(), probs[order].copy(), len(boxes))
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -89,7 +89,8 @@ def decode_image(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: i
             raise BadImageError(
                 path,
                 f"image is {width}x{height} = {width * height:,} pixels, above the limit of "
-                f"{max_pixels:,} (raise max_pixels to accept it)",
+                f"{max_pixels:,}, refused unread as a possible decompression bomb (raise max_pixels, "
+                "or emologic query --max-pixels, to accept it)",
             )
         n_frames = getattr(im, "n_frames", 1)
         if getattr(im, "is_animated", False) and n_frames > 1:

@@ -143,6 +143,7 @@ class ProcessedSample:
     #: "scene": [512]; "scene_layer3": [256, h, w] if configured; "va": [D] only when
     #: va_backbone != "scene" (otherwise the VA features *are* the scene features).
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    faces_found: int | None = None  # faces the detector found; the largest max_faces are kept (None: n_faces)
 
     @property
     def n_faces(self) -> int:
@@ -251,6 +252,7 @@ class ImagePipeline:
                     boxes=faces.boxes,
                     probs=faces.probs,
                     features={k: v[i].clone() for k, v in feats.items()},
+                    faces_found=faces.n_found,
                 )
             )
         return out, skipped

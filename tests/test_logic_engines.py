@@ -166,3 +166,38 @@ def test_engine_benchmark_json_is_json(capsys):
     assert main(["bench", "engines", "--json", "--batch-size", "16", "--dpl-samples", "2", "--repeats", "1"]) == 0
     out = json.loads(capsys.readouterr().out)["engines"]
     assert out["batch_size"] == 16 and out["deepproblog_samples_timed"] == 2
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_circuit_evaluator_answers_like_the_cones(name):
+    """evaluator="circuit" (KLay's whole circuit, for answering without numba)
+    gives the cones' numbers; with gradients enabled it uses the cones."""
+    program = load_program(name, check_bindings=False)
+    g = torch.Generator().manual_seed(11)
+    layout = ALL_LAYOUTS * 2
+    outputs = random_outputs(program, len(layout), g)
+    labels = torch.randint(0, len(EMOTIONS), (len(layout),), generator=g)
+    rule_probs = random_rule_probs(program, g)
+    answers = {}
+    for evaluator in ("cones", "circuit"):
+        model = LogicModel(program, given_networks(program), engine="compiled", evaluator=evaluator)
+        model.set_rule_probabilities(rule_probs)
+        batch = make_batch(layout, outputs, labels)
+        with torch.no_grad():
+            answers[evaluator] = (model(batch, explain=True), model.label_log_probs(batch))
+    (a, a_ll), (b, b_ll) = answers["cones"], answers["circuit"]
+    assert not torch.isnan(b.probs).any() and not torch.isnan(b.posterior).any()
+    assert (a.probs - b.probs).abs().max() <= 1e-12
+    assert (a.posterior - b.posterior).abs().max() <= 1e-12
+    assert (a_ll - b_ll).abs().max() <= 1e-12
+    batch = make_batch(layout, outputs, labels, requires_grad=True)
+    model.label_log_probs(batch).sum().backward()  # the circuit model trains through the cones
+    assert any(v.grad is not None and v.grad.nan_to_num().abs().max() > 0 for v in batch.tensors.values())
+
+
+def test_unknown_evaluator_is_refused_by_name():
+    program = load_program("context_selection", check_bindings=False)
+    with pytest.raises(Exception, match="unknown evaluator 'fast'.*cones, circuit"):
+        LogicModel(program, given_networks(program), evaluator="fast")
+    with pytest.raises(Exception, match="evaluator 'circuit' is an option of the compiled engine"):
+        LogicModel(program, given_networks(program), engine="deepproblog", evaluator="circuit")

@@ -158,3 +158,14 @@ def test_round_trips(tmp_path, places_ckpt):
             back = load_network(tmp_path / name).eval()
         assert back.config == net.config
         torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)
+
+
+def test_uniform_scene_head_knows_nothing_and_says_so():
+    from neural.provenance import provenance_of
+    from neural.scene import uniform_scene_head
+
+    head = uniform_scene_head()
+    x = torch.randn(5, 512) * 10
+    assert torch.equal(head(x), torch.full((5, 7), 1 / 7))  # softmax(0), exactly, whatever the features
+    prov = provenance_of(head)
+    assert not prov.pretrained and "no scene knowledge" in prov.summary()

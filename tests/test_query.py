@@ -207,3 +207,31 @@ def test_help_exits_0_and_ends_with_an_example(capsys):
     text = capsys.readouterr().out.rstrip()
     assert text.splitlines()[-2].strip() == "Example:"
     assert text.splitlines()[-1].strip().startswith("emologic query ")
+
+
+def test_latest_run_answers_by_default_and_the_prior_on_request(tiny_run, synth, capsys):
+    image = synth[0][0]
+    rc, out, _ = query(capsys, image, "--runs-dir", tiny_run.parent)
+    assert rc == 0 and out.startswith(f"run {tiny_run} | regime ")
+    rc, out, _ = query(capsys, image, "--runs-dir", tiny_run.parent, "--prior")
+    assert rc == 0 and out.startswith("no trained run (--prior): program context_selection")
+    rc, out, err = query(capsys, image, "--runs-dir", tiny_run.parent, "--program", "source_selection")
+    assert rc == 2 and "--program sets up the untrained program (--prior)" in err
+
+
+def test_results_carry_the_provenance_of_their_sources(tiny_run, synth):
+    from experiments.query import TrainedProgram
+    from neural.provenance import provenance_of
+
+    tp = TrainedProgram.load(tiny_run, regime="frozen")
+    image = next(p for p, a in synth if len(a["boxes"]) == 2)
+    (r,) = tp.answer([image], face_source="annotations")
+    assert set(r.provenance) == set(r.source_probs) == {"scene", "face1", "face2"}
+    head = provenance_of(tp.pred.scene_head)
+    assert head.steps == ("trained in stage 0 on synthetic",) and not r.provenance["scene"]["pretrained"]
+    assert r.provenance["scene"]["parts"]["scene2emotion"] == head.to_dict()
+    assert r.provenance["scene"]["parts"]["scene backbone"]["description"] == "random init (seed 0)"
+    face = provenance_of(tp.pred.face_net)
+    assert face.origin == "fer2013" and face.steps == ("fine-tuned in stage 0 on synthetic",)
+    assert r.provenance["face1"] == r.provenance["face2"] == {"pretrained": True, "parts": {"face_emotion": face.to_dict()}}
+    assert r.says("scene").endswith("[no pretrained knowledge]") and "[" not in r.says("face1")

@@ -6,6 +6,10 @@
 backward at batch 512 on the CPU, of the compiled engine and of DeepProbLog's
 exact engine on the same program and inputs, and their largest output difference.
 
+``bench query`` (see ``experiments/query_bench.py``): seconds from starting a
+fresh ``emologic query PHOTO`` to its first answer, and images per second over
+a folder (``--images DIR``; default scikit-image photos + synthetic images).
+
 ``bench cache`` builds caches in a temporary directory and reports images per
 second (loading + hashing + faces + crops + scene backbone + shard writes; model
 construction excluded) and bytes per image:
@@ -234,9 +238,15 @@ def bench_engines(args: argparse.Namespace) -> dict:
                      repeats=args.repeats, seed=args.seed)
 
 
+def bench_query(args: argparse.Namespace) -> dict:
+    from experiments.query_bench import bench_query as run_bench
+
+    return run_bench(images_dir=args.images, run=args.run, cold_runs=args.cold_runs, seed=args.seed)
+
+
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
 BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
-    "cache": bench_cache, "engines": bench_engines, "faces": bench_faces, "sweep": bench_sweep,
+    "cache": bench_cache, "engines": bench_engines, "faces": bench_faces, "query": bench_query, "sweep": bench_sweep,
 }
 #: name -> text printer of its results, where the generic key: value listing does not fit.
 TABLES: dict[str, Callable[[dict], None]] = {"faces": _faces_table}
@@ -269,13 +279,18 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="faces: images of the synthetic benchmark, as the harness's --n-images (default: 2000)")
     p.add_argument("--split", choices=list(DEFAULT_SPLIT_FRACTIONS), default="test",
                    help="faces: the split whose crops are read (default: test)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="query: folder of images (default: scikit-image photos + synthetic images, ~20 files)")
+    p.add_argument("--run", default=None, help="query: answer with this run (default: the untrained program)")
+    p.add_argument("--cold-runs", type=int, default=5,
+                   help="query: fresh processes timed to their first answer (default: 5)")
 
 
 @command(
     "bench",
     help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image; "
-         "--workers N: also on Ray), faces (FER2013's zero-shot recall on the synthetic faces) and "
-         "sweep (the main job's units/hour, serial and on Ray)",
+         "--workers N: also on Ray), faces (FER2013's zero-shot recall on the synthetic faces), query (first "
+         "answer of a fresh process, images/s) and sweep (the main job's units/hour, serial and on Ray)",
     example="emologic bench engines --json\n  emologic bench cache --workers 2\n  emologic bench sweep --workers 2",
     configure=_configure,
 )

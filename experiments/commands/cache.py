@@ -65,6 +65,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
             default = f.default
             shown = (", ".join(f"{v} for {k}s" for k, v in defaults[f.name].items())
                      if len(defaults[f.name]) > 1 else default)
+            if f.name == "face_source":  # chosen per data set (experiments.data.default_face_source)
+                shown = "annotations for synthetic, mtcnn for other data sets"
             helptext = f"{_PIPELINE_HELP.get(f.name) or f.metadata.get('help', '')} (default: {shown})"
             if isinstance(default, bool):
                 g.add_argument(_flag(f.name), action="store_true", dest=f.name, help=helptext)
@@ -104,13 +106,18 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="data set name (synthetic, findingemo, csv, ...)")
-    p.add_argument("--root", help="the data set's directory or file (passed as its root/images/path option)")
+    p.add_argument("--root", help="the data set's directory, or its file (csv: the table); passed as its "
+                                  "path option when it is a file and the data set takes one, else as root/images")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="other data set option, e.g. --set n_images=240 (repeatable)")
     p.add_argument("--cache", required=True, help="cache directory (one sub-directory per split)")
     p.add_argument("--split", action="append", help="cache only this split (repeatable); default: every split")
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard file (default: 256)")
-    p.add_argument("--force", action="store_true", help="delete the cached splits first and rebuild them")
+    p.add_argument("--force", action="store_true",
+                   help="delete the cached splits first and rebuild them (not needed to repair damage: a build "
+                        "rebuilds what `cache verify` reports, and a split built with another config needs it)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="exit at once when another process is writing this cache (default: wait for it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_argument(p)
     add_ray_arguments(p, "the samples (one task per shard)")
@@ -142,7 +149,9 @@ def _dataset(args):
     options = dict(_parse_option(s) for s in args.set)
     if args.root is not None:
         accepted = dataset_options(args.dataset)
-        key = next((k for k in ("root", "images", "path") if k in accepted), None)
+        # a file is the data set's table (csv: path=t.csv); a directory is where it lives
+        order = ("path", "root", "images") if Path(args.root).is_file() else ("root", "images", "path")
+        key = next((k for k in order if k in accepted), None)
         if key is None:
             raise UserError(f"data set {args.dataset!r} takes no directory; its options: {', '.join(accepted)}")
         options[key] = args.root
@@ -152,10 +161,15 @@ def _dataset(args):
 def _build(args) -> int:
     from cache.build import build_cache, group_by_split
     from cache.kinds import kind_of_dataset
-    from cache.store import split_dir
+    from cache.store import cache_lock, split_dir
 
     dataset = _dataset(args)
-    cfg = pipeline_config_from_args(args, kind_of_dataset(dataset).name)
+    kind = kind_of_dataset(dataset).name
+    if kind == "image" and getattr(args, "face_source", None) is None:
+        from experiments.data import default_face_source
+
+        args.face_source = default_face_source(args.dataset)
+    cfg = pipeline_config_from_args(args, kind)
     device = resolve_device(args.device)
     ray_build = None
     if args.workers is not None and args.workers < 1:
@@ -169,17 +183,19 @@ def _build(args) -> int:
     elif args.workers is not None:
         raise UserError("--workers applies to --ray builds; add --ray (a local Ray) or --ray ADDRESS")
     splits = args.split or [None]
-    if args.force:
-        for split in splits:
-            for name in group_by_split(dataset, split):
-                target = split_dir(args.cache, name)
-                if target.is_dir():
-                    shutil.rmtree(target)
-    reports = [
-        build_cache(dataset, args.cache, cfg, split=split, progress=not args.no_progress, shard_size=args.shard_size,
-                    ray=ray_build, device=device)
-        for split in splits
-    ]
+    # one lock from --force's deletion to the end of the build: no other writer in between
+    with cache_lock(args.cache, wait=not args.no_wait):
+        if args.force:
+            for split in splits:
+                for name in group_by_split(dataset, split):
+                    target = split_dir(args.cache, name)
+                    if target.is_dir():
+                        shutil.rmtree(target)
+        reports = [
+            build_cache(dataset, args.cache, cfg, split=split, progress=not args.no_progress,
+                        shard_size=args.shard_size, wait=not args.no_wait, ray=ray_build, device=device)
+            for split in splits
+        ]
     if getattr(dataset, "skipped", None):  # left out by the data set itself (e.g. images not downloaded)
         print(dataset.skip_report())
     for report in reports:

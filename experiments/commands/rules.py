@@ -12,6 +12,7 @@ import json
 
 from experiments.cli import command
 from neural.errors import UserError
+from neural.provenance import describe_sources
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -22,6 +23,16 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--pl", action="store_true",
                    help="print the program with the learned probabilities written in (default regime: frozen)")
+
+
+def read_json(path, what: str):
+    """The JSON at ``path``; a damaged file (a run killed mid-write, edited by hand) is one clear error."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found (is the run finished?)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: damaged {what} ({exc}); rerun the run or --resume it") from None
 
 
 def load_rules(run_dir, regime: str, seed: int):
@@ -46,16 +57,7 @@ def load_rules(run_dir, regime: str, seed: int):
 
 
 def _model_meta(run_dir, regime: str, seed: int) -> dict:
-    return json.loads((run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json").read_text())
-
-
-def provenance_lines(provenance: dict | None) -> list[str]:
-    """Where each source's networks got their knowledge, one line per group of sources."""
-    from neural.provenance import describe_source, grouped_sources
-
-    if not provenance:
-        return ["(not recorded: the run was made by an emologic without provenance records)"]
-    return [f"{', '.join(names)}: {describe_source(record)}" for names, record in grouped_sources(provenance)]
+    return read_json(run_dir / "checkpoints" / f"seed{seed}" / regime / "model.json", "model description")
 
 
 def _learned(program, model) -> dict:
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from logic.inspect import render_sources, render_tables
 
     run_dir = resolve_run(args.run, args.runs_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_json(run_dir / "config.json", "run config")
     cfg = config.get("config", config)
     seed = args.seed if args.seed is not None else cfg["seeds"][0]
     seed_dir = run_dir / "checkpoints" / f"seed{seed}"
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if r not in available:
             raise UserError(f"{run_dir}: no rules for regime {r!r}; available: {', '.join(available)}")
     results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = read_json(results_path, "results file") if results_path.is_file() else {}
     truth = results.get("truth_source_table")
 
     loaded = {r: load_rules(run_dir, r, seed) for r in regimes}
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         program, model = loaded[regimes[0]]
         print(f"% learned by regime {regimes[0]} (seed {seed}) in {run_dir}")
         print("% neural predicates' knowledge, per source:")
-        print("".join(f"%   {line}\n" for line in provenance_lines(provenance[regimes[0]])), end="")
+        print("".join(f"%   {line}\n" for line in describe_sources(provenance[regimes[0]])), end="")
         print(program.with_probabilities(model.rule_probabilities()), end="")
         return 0
     if args.json:
@@ -132,5 +134,5 @@ def run(args: argparse.Namespace) -> int:
             print("P(source selected | context):")
             print("\n".join(render_sources(model.source_probabilities(), truth)))
         print("\nwhere each source's knowledge came from:")
-        print("\n".join(provenance_lines(provenance[r])))
+        print("\n".join(describe_sources(provenance[r])))
     return 0

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from numba import njit
 
 ZERO, ONE = 0, 1  # KLay's input encoding starts with the constants 0 and 1
 SUM, PROD = 0, 1
+# The numba loops live in cone_kernels.py, imported at the first evaluation:
+# numba's import and its first (cached) call cost about 1-2 s, which a process
+# that never evaluates a cone (emologic query, see engines/compiled.py) skips.
 
 
 class FlatCircuit:
@@ -251,6 +253,8 @@ class _KeyedConeFunction(torch.autograd.Function):
         k = keys.detach().to(torch.int64).contiguous().numpy()
         vals = _WORKSPACE.take((len(k), cone.n_in + cone.width), y.dtype)
         out = np.empty((len(k), cone.arrays[-1].shape[1] // 2), dtype=y.dtype)
+        from logic.engines.cone_kernels import _forward
+
         _forward(y, r, off, k, *cone.encoding.arrays(y.dtype), *cone.arrays, vals, out)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             ctx.saved = (y, r, off, k, vals, cone)
@@ -267,91 +271,8 @@ class _KeyedConeFunction(torch.autograd.Function):
         g = grad_out.detach().contiguous().numpy().astype(vals.dtype, copy=False)
         grad = _WORKSPACE.take(vals.shape, vals.dtype)
         gy, gr = np.zeros_like(y), np.zeros_like(r)
+        from logic.engines.cone_kernels import _backward
+
         _backward(g, off, k, *cone.encoding.arrays(y.dtype), *cone.arrays, vals, grad, gy, gr)
         _WORKSPACE.give(vals, grad)
         return torch.from_numpy(gy), torch.from_numpy(gr), None, None, None
-
-
-# One sample's values: ``v[:n_in]`` its literal weights (only those its cone
-# reads are computed), then its cone's nodes. Reading the literal weights from a
-# separate array instead would cost a branch per child, three times slower.
-
-@njit(cache=True, nogil=True)
-def _forward(y, rules, offsets, keys, const, term_start, term_block, term_index, term_coef,
-             input_start, inputs, node_start, kind, child_start, children, outputs, vals, out):
-    n_out = out.shape[1]
-    n_in = const.shape[0]
-    for b in range(keys.shape[0]):
-        v, k = vals[b], keys[b]
-        if k < 0 or k >= node_start.shape[0] - 1:
-            raise ValueError("keys must lie in 0..K-1 for a cone of K keys")
-        v[ZERO] = 0
-        v[ONE] = 1
-        for i in range(input_start[k], input_start[k + 1]):
-            p = inputs[i]
-            acc = const[p]
-            for t in range(term_start[p], term_start[p + 1]):
-                blk = term_block[t]
-                if blk < 0:
-                    acc += term_coef[t] * rules[term_index[t]]
-                else:
-                    at = offsets[b, blk]
-                    if at < 0:
-                        raise ValueError("a sample's cone reads a network output that was not evaluated for it")
-                    acc += term_coef[t] * y[at + term_index[t]]
-            v[p] = acc
-        first = node_start[k]
-        for j in range(first, node_start[k + 1]):
-            s, e = child_start[j], child_start[j + 1]
-            acc = v[children[s]]
-            if kind[j] == PROD:
-                for c in range(s + 1, e):
-                    acc *= v[children[c]]
-            else:
-                for c in range(s + 1, e):
-                    acc += v[children[c]]
-            v[n_in + j - first] = acc
-        for r in range(n_out):
-            out[b, r] = v[outputs[k, r]] / v[outputs[k, n_out + r]]
-
-
-@njit(cache=True, nogil=True)
-def _backward(grad_out, offsets, keys, const, term_start, term_block, term_index, term_coef,
-              input_start, inputs, node_start, kind, child_start, children, outputs, vals, grad, gy, gr):
-    n_out = grad_out.shape[1]
-    n_in = const.shape[0]
-    for b in range(keys.shape[0]):
-        v, g, k = vals[b], grad[b], keys[b]
-        first, last = node_start[k], node_start[k + 1]
-        g[:n_in + last - first] = 0
-        for r in range(n_out):  # d(a / d) = da / d - a dd / d^2
-            a, d = outputs[k, r], outputs[k, n_out + r]
-            q = grad_out[b, r] / v[d]
-            g[a] += q
-            g[d] -= q * v[a] / v[d]
-        for j in range(last - 1, first - 1, -1):
-            s, e = child_start[j], child_start[j + 1]
-            gn = g[n_in + j - first]
-            if kind[j] == SUM:
-                for c in range(s, e):
-                    g[children[c]] += gn
-            elif e - s == 2:  # most products (SDD elements: prime * sub)
-                c0, c1 = children[s], children[s + 1]
-                g[c0] += gn * v[c1]
-                g[c1] += gn * v[c0]
-            else:  # d(product)/d(child) = the product of the other children
-                for c in range(s, e):
-                    p = gn
-                    for o in range(s, e):
-                        if o != c:
-                            p *= v[children[o]]
-                    g[children[c]] += p
-        for i in range(input_start[k], input_start[k + 1]):  # through the linear encoding to the leaves
-            p = inputs[i]
-            gp = g[p]
-            for t in range(term_start[p], term_start[p + 1]):
-                blk = term_block[t]
-                if blk < 0:
-                    gr[term_index[t]] += term_coef[t] * gp
-                else:
-                    gy[offsets[b, blk] + term_index[t]] += term_coef[t] * gp

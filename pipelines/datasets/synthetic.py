@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from neural.files import atomic_write_bytes
+from neural.processes import die_with_parent
 from neural.vocabulary import EMOTIONS, FACE_SLOTS, MAX_FACES, SOURCES
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE, context_key, relative_face_size
 from pipelines.datasets.base import Dataset, DatasetError, Sample, register_dataset
@@ -300,7 +301,9 @@ def generate_synthetic(root: str | Path, cfg: SyntheticConfig | None = None, wor
     else:
         chunks = [(cfg, images, jobs[k :: workers * 4]) for k in range(workers * 4)]
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        # the workers die with this process (a killed generator must not leave them rendering)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             list(pool.map(_render_chunk, chunks))
 
     lines = []
