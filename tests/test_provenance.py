@@ -126,3 +126,10 @@ def test_the_main_job_help_lists_face_init():
 def test_provenance_dict_round_trip():
     p = Provenance.pretrained_weights("places365", "Places365 ResNet-18", "photos", "00" * 32).trained("x", "y")
     assert Provenance.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_stage0_epochs_default_to_the_face_init():
+    assert HarnessConfig().resolved().stage0_epochs == 2  # fine-tuning FER2013 converges fast
+    assert HarnessConfig(face_init="scratch").resolved().stage0_epochs == 10
+    assert HarnessConfig(face_init="scratch", stage0_epochs=4).resolved().stage0_epochs == 4
+    assert HarnessConfig(dataset="synthetic_clips").resolved().stage0_epochs == 30
