@@ -157,6 +157,8 @@ def build_cache(
     hint: str | None = None,
     wait: bool = True,
     log=print,
+    ray=None,
+    device: str = "cpu",
 ) -> BuildReport:
     """Cache the tensors of a data set (or a list of samples) under ``cache_dir/<split>/``.
 
@@ -173,6 +175,11 @@ def build_cache(
     ``wait=False``: refuse instead of waiting). Damage (see :class:`SplitWriter`)
     is repaired, or with ``repair=False`` refused before anything is written;
     ``hint`` ends such refusals and config mismatches.
+
+    ``ray``: a :class:`cache.distributed.RayBuild` computes the samples on Ray
+    workers (this process still holds the lock and writes the manifest); the
+    result equals a serial build's. ``device``: where MTCNN and the backbones
+    run here (a ``RayBuild`` has its own).
     """
     cfg = cfg or (pipeline.cfg if pipeline is not None else kind_of_dataset(dataset_or_samples).config_cls())
     if pipeline is not None and pipeline.cfg != cfg:
@@ -193,7 +200,8 @@ def build_cache(
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise UserError(f"split {name!r}: duplicate sample id {dup!r}; sample ids must be unique")
-    pipeline = pipeline or kind.make_pipeline(cfg)
+    # with Ray, this process only needs the pipeline's identity (the weights' ids): it stays on the CPU
+    pipeline = pipeline or kind.make_pipeline(cfg, device="cpu" if ray is not None else device)
     with cache_lock(cache_dir, wait=wait, log=log):
         # every split is checked before any is written: a damaged cache is not written into
         writers = {}
@@ -210,12 +218,12 @@ def build_cache(
         reports = {}
         for name, samples in groups.items():
             reports[name] = _build_split(samples, writers[name], pipeline, progress, shard_size, on_shard,
-                                         prune=is_dataset)
+                                         prune=is_dataset, ray=ray)
     return BuildReport(reports)
 
 
 def _build_split(samples, writer: SplitWriter, pipeline, progress: bool, shard_size: int, on_shard,
-                 prune: bool) -> SplitBuildReport:
+                 prune: bool, ray=None) -> SplitBuildReport:
     start = time.perf_counter()
     split = writer.split
     ids = [str(s.sample_id) for s in samples]
@@ -233,6 +241,24 @@ def _build_split(samples, writer: SplitWriter, pipeline, progress: bool, shard_s
     report = SplitBuildReport(split, writer.directory, len(samples), n_reused, 0, 0, n_changed=n_changed,
                               n_relabelled=n_relabelled, n_removed=n_removed, n_repaired=writer.n_repaired,
                               unit="img" if writer.kind.name == "image" else writer.kind.name)
+    if ray is not None:
+        ray.build(writer, todo, report, shard_size, progress, on_shard)
+    else:
+        _compute_serially(writer, todo, report, pipeline, progress, shard_size, on_shard)
+
+    asked = set(ids)
+    writer.write_manifest(complete=asked <= (set(writer.entries) | set(writer.skips)))
+    writer.drop_unreferenced_shards()
+    report.hashes = {i: writer.hashes[i] for i in ids if i in writer.hashes}
+    report.n_cached = len(asked & set(writer.entries))
+    report.skipped = [Skip(i, writer.skips[i]) for i in ids if i in writer.skips]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _compute_serially(writer: SplitWriter, todo: list, report: SplitBuildReport, pipeline, progress: bool,
+                      shard_size: int, on_shard) -> None:
+    split = writer.split
     pending: list = []  # processed samples (ProcessedSample | ProcessedClip) not yet in a shard
     pending_skips: list[Skip] = []
 
@@ -256,12 +282,3 @@ def _build_split(samples, writer: SplitWriter, pipeline, progress: bool, shard_s
             flush()
             pending.extend(rest)
     flush()
-
-    asked = set(ids)
-    writer.write_manifest(complete=asked <= (set(writer.entries) | set(writer.skips)))
-    writer.drop_unreferenced_shards()
-    report.hashes = {i: writer.hashes[i] for i in ids if i in writer.hashes}
-    report.n_cached = len(asked & set(writer.entries))
-    report.skipped = [Skip(i, writer.skips[i]) for i in ids if i in writer.skips]
-    report.seconds = time.perf_counter() - start
-    return report

@@ -101,7 +101,8 @@ def check_entry(e: dict, sid: str, row: int, tensors: dict, problem: ProblemFn) 
 CLIP_KIND = register_cache_kind(CacheKind(
     name="clip",
     config_cls=ClipPipelineConfig,
-    make_pipeline=ClipPipeline,
+    # decoding, tokenising and log-mel run no network: the clip encoders run in the clip harness (its --device)
+    make_pipeline=lambda cfg, device="cpu": ClipPipeline(cfg),
     source_path=lambda sample: Path(getattr(sample, "path", None) or sample.image_path),
     source_key="clip_path",
     shard_tensors=shard_tensors,

@@ -5,7 +5,7 @@ The build/resume/manifest/verify/atomic-write machinery (``cache.build``,
 :class:`CacheKind` supplies only what depends on the pipeline:
 
 * ``config_cls``     its config dataclass (``to_dict``, ``from_dict``, ``semantic_dict``);
-* ``make_pipeline``  ``cfg -> pipeline``; a pipeline has ``cfg``, ``identity`` (dict)
+* ``make_pipeline``  ``(cfg, device="cpu") -> pipeline`` (its networks on ``device``); a pipeline has ``cfg``, ``identity`` (dict)
   and ``iter_process(samples, progress, desc) -> iter of (processed, skips)``;
 * ``source_path``    the sample's source file, whose sha256 decides resume;
 * ``shard_tensors``  ``(processed items, cfg) -> {name: tensor}`` of one shard;

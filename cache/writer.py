@@ -4,6 +4,7 @@ staleness against the data set, and the shards appended to it (used by :mod:`cac
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cache.kinds import CacheKind, kind_of_config
@@ -88,6 +89,10 @@ class SplitWriter:
             self._drop(damage)
         for stale in directory.glob(".*.tmp"):  # left by a crash in the middle of a write
             stale.unlink()
+        listed = {s["name"] for s in self.manifest["shards"]}
+        for orphan in directory.glob("shard-*.safetensors"):  # written, never listed: an interrupted Ray build's
+            if orphan.name not in listed:
+                orphan.unlink()
 
     def _remove_files(self) -> None:
         for path in [self.directory / MANIFEST, *self.directory.glob("shard-*.safetensors")]:
@@ -169,36 +174,33 @@ class SplitWriter:
             for name in unused:
                 (self.directory / name).unlink(missing_ok=True)
 
-    def _next_shard_name(self) -> str:
-        # never the name of a listed shard (a repair or clean-up leaves gaps in the numbering)
+    def new_shard_names(self, n: int) -> list[str]:
+        """``n`` names of new shards: never the name of a listed shard (a repair or clean-up
+        leaves gaps in the numbering); a Ray build names all its chunks' shards up front."""
         taken = {s["name"] for s in self.manifest["shards"]}
-        i = len(taken)
-        while shard_name(i) in taken:
+        names, i = [], len(taken)
+        while len(names) < n:
+            if shard_name(i) not in taken:
+                names.append(shard_name(i))
             i += 1
-        return shard_name(i)
+        return names
 
     def commit(self, items: list, skips: list[Skip]) -> str | None:
         """Write ``items`` (processed samples) as a new shard, then the manifest that lists it."""
+        return self.record(write_items_shard(self.directory, self.new_shard_names(1)[0], items, self.kind, self.cfg),
+                           skips)
+
+    def record(self, written: "WrittenShard | None", skips: list[Skip]) -> str | None:
+        """List a shard written by :func:`write_items_shard` (here or by a Ray worker) and ``skips``
+        in the manifest, then write the manifest."""
         name = None
-        if items:
-            name = self._next_shard_name()
-            ids = [p.sample_id for p in items]
-            digest = write_shard(self.directory / name, self.kind.shard_tensors(items, self.cfg), ids)
-            self.manifest["shards"].append(
-                {"name": name, "sha256": digest, "n_samples": len(items), "bytes": (self.directory / name).stat().st_size}
-            )
-            for row, p in enumerate(items):
-                self.entries[p.sample_id] = {
-                    "id": p.sample_id,
-                    "sha256": p.sha256,
-                    **self.kind.manifest_entry(p),
-                    "label": p.label,
-                    "annotations": to_json_value(p.annotations),
-                    "shard": name,
-                    "row": row,
-                }
-                self.hashes[p.sample_id] = p.sha256
-                self.skips.pop(p.sample_id, None)
+        if written is not None:
+            name = written.record["name"]
+            self.manifest["shards"].append(written.record)
+            for entry in written.entries:
+                self.entries[entry["id"]] = entry
+                self.hashes[entry["id"]] = entry["sha256"]
+                self.skips.pop(entry["id"], None)
         for s in skips:
             self.skips[s.sample_id] = s.reason
             self.entries.pop(s.sample_id, None)  # its file changed and is now unusable
@@ -212,3 +214,36 @@ class SplitWriter:
         self.manifest["skipped"] = [{"id": k, "reason": v} for k, v in self.skips.items()]
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(self.directory / MANIFEST, self.manifest)
+
+
+@dataclass
+class WrittenShard:
+    """A shard file on disk and what the manifest says about it (its record and sample entries)."""
+
+    record: dict  # {"name", "sha256", "n_samples", "bytes"}
+    entries: list[dict]  # per sample: id, sha256, kind fields, label, annotations, shard, row
+
+
+def write_items_shard(directory: Path, name: str, items: list, kind: CacheKind, cfg) -> WrittenShard | None:
+    """Write processed samples as shard ``name`` (atomically); ``None`` when there are none.
+
+    Pure in its inputs, so a Ray worker can call it: only the writer of the
+    manifest (the build's driver, holding the cache's lock) decides whether the shard is listed.
+    """
+    if not items:
+        return None
+    digest = write_shard(directory / name, kind.shard_tensors(items, cfg), [p.sample_id for p in items])
+    record = {"name": name, "sha256": digest, "n_samples": len(items), "bytes": (directory / name).stat().st_size}
+    entries = [
+        {
+            "id": p.sample_id,
+            "sha256": p.sha256,
+            **kind.manifest_entry(p),
+            "label": p.label,
+            "annotations": to_json_value(p.annotations),
+            "shard": name,
+            "row": row,
+        }
+        for row, p in enumerate(items)
+    ]
+    return WrittenShard(record, entries)

@@ -247,8 +247,11 @@ def _load_split(path: Path, split: str) -> ClipFeatures | None:
 
 
 @torch.no_grad()
-def compute_features(net: MultimodalFusionNet, split: CachedClipSplit, name: str, progress: bool = False) -> ClipFeatures:
-    """``net.frozen_features`` of every usable clip of ``split`` (see the module docstring for what is left out)."""
+def compute_features(net: MultimodalFusionNet, split: CachedClipSplit, name: str, progress: bool = False,
+                     device: str = "cpu") -> ClipFeatures:
+    """``net.frozen_features`` of every usable clip of ``split`` (see the module docstring for what is left out),
+    the encoders run on ``device``."""
+    net.to(device)
     ids, feats, labels, sentiments, skipped = [], [], [], [], []
     n_batches = (len(split) + FEATURE_BATCH - 1) // FEATURE_BATCH
     for b in tqdm(split.batches(FEATURE_BATCH), total=n_batches, desc=f"features {name}", unit="batch",
@@ -265,17 +268,19 @@ def compute_features(net: MultimodalFusionNet, split: CachedClipSplit, name: str
             continue
         b = b.select(keep)
         # [b, M] x2, [b, 3, T, S, S], [b, n_mels, L] -> [b, F]
-        feats.append(net.frozen_features(b.input_ids, b.attention_mask, b.video_input(), b.audio).float())
+        feats.append(net.frozen_features(b.input_ids.to(device), b.attention_mask.to(device),
+                                         b.video_input().to(device), b.audio.to(device)).float().cpu())
         ids += b.sample_ids
         labels.append(b.labels)
         sentiments.append(b.sentiments)
+    net.cpu()  # the fusion net is built once and shared: back where the rest of the track reads it
     if not ids:
         raise UserError(f"split {name}: no clip the fusion net can read ({len(skipped)} left out, e.g. "
                         f"{skipped[0][0]}: {skipped[0][1]})" if skipped else f"split {name} is empty")
     return ClipFeatures(name, ids, torch.cat(feats), torch.cat(labels), torch.cat(sentiments), skipped)
 
 
-def clip_features(data: ClipExperimentData, progress: bool = False, log=print) -> dict[str, ClipFeatures]:
+def clip_features(data: ClipExperimentData, progress: bool = False, log=print, device: str = "cpu") -> dict[str, ClipFeatures]:
     """Every split's features: read from ``features_dir(data)`` when present for the
     cached clips, else computed with :meth:`ClipExperimentData.base_net` and written there."""
     directory = features_dir(data)
@@ -289,7 +294,7 @@ def clip_features(data: ClipExperimentData, progress: bool = False, log=print) -
                 and torch.equal(cached.sentiments, split.sentiments(cached.sample_ids))):
             out[name] = cached
             continue
-        out[name] = compute_features(data.base_net(), split, name, progress)
+        out[name] = compute_features(data.base_net(), split, name, progress, device)
         _save_split(directory / f"{name}.safetensors", out[name])
         computed.append(name)
     summary = {"key": features_key(data),

@@ -197,7 +197,7 @@ def run_clips(cfg: HarnessConfig, argv: list[str], resume: str | None = None) ->
     _log(data.build_summary)
     _log(data.dataset.describe())
     t = time.time()
-    feats = clip_features(data, progress=cfg.progress, log=_log)
+    feats = clip_features(data, progress=cfg.progress, log=_log, device=cfg.device)
     timings["features"] = time.time() - t
     tb = TBLogger(run_dir / "tb")
 

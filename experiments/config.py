@@ -96,6 +96,8 @@ class HarnessConfig:
     face_lr: float = 3e-4  # stage 0: fine-tuning learning rate of the pretrained face predicate
     face_weights: str | None = None  # a trained face predicate (emologic train-face) instead of stage 0
     face_init: str = "fer2013"  # where the face predicate starts: fer2013 (real weights) | scratch
+    # -- where ---------------------------------------------------------------
+    device: str | None = None  # cpu | cuda | cuda:N | mps (default: cuda when available, else cpu)
     # -- output -------------------------------------------------------------
     runs_dir: str = "runs"
     name: str | None = None
@@ -117,6 +119,10 @@ class HarnessConfig:
             for key, default in (("clip_frames", frames), ("clip_size", size), ("clip_seconds", seconds)):
                 if getattr(self, key) is None:
                     values[key] = default
+        if self.device in (None, "auto"):
+            from neural.cluster import resolve_device
+
+            values["device"] = resolve_device(None)
         return dataclasses.replace(self, **values)
 
     def validate(self) -> None:
@@ -169,6 +175,13 @@ class HarnessConfig:
             problems.append(f"--va-backbone must be one of {', '.join(VA_BACKBONES)}")
         elif cfg.modality == "clip" and cfg.va_backbone != "scene":
             problems.append("--va-backbone applies to image data sets (clip data sets have no V/A source)")
+        if cfg.device != "cpu":
+            from neural.cluster import resolve_device
+
+            resolve_device(cfg.device)  # one line when that device is not here
+            if cfg.engine == "deepproblog":
+                problems.append(f"--engine deepproblog runs on the CPU only (one query at a time); "
+                                f"use --device cpu or --engine compiled")
         if cfg.face_init not in FACE_INITS:
             problems.append(f"--face-init must be one of {', '.join(FACE_INITS)}")
         if problems:
@@ -229,6 +242,8 @@ _HELP = {
     "face_init": "where the face predicate starts: fer2013 (mini-XCEPTION's real FER2013 weights; stage 0 "
                  "fine-tunes them where faces are labelled) or scratch (a random init trained in stage 0 on the "
                  "data set's labelled faces); --face-weights replaces both",
+    "device": "where the networks run (cache build, stage 0, regimes, clip encoders): cpu, cuda, cuda:N, mps "
+              "(default: cuda when available, else cpu); the compiled engine's circuit walk stays on the CPU",
     "runs_dir": "where run directories are created",
     "name": "suffix of the run directory name",
     "progress": "progress bars",

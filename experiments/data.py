@@ -111,7 +111,8 @@ def load_data(cfg: HarnessConfig) -> ExperimentData:
     # locked from build to load: another run's build cannot change the cache in between
     with cache_lock(cache_dir):
         report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress, repair=cfg.rebuild_cache,
-                             replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT)
+                             replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT,
+                             device=cfg.device)
         splits = {}
         for s in SPLITS:
             splits[s] = CachedSplit(cache_dir, s, expected_cfg=pipeline)

@@ -17,6 +17,7 @@ directory holds:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import sys
@@ -93,23 +94,32 @@ def stage0_key(cfg: HarnessConfig, data, seed: int, needs_va: bool) -> dict:
     }
 
 
-def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path) -> Predicates:
+def stage0(cfg: HarnessConfig, data, seed: int, needs_va: bool, directory: Path, train: bool = True,
+           trained: Predicates | None = None) -> Predicates | None:
     """Stage-0 networks of ``seed``: trained once, then reloaded (on --resume, and
     from the tensor cache when another run trained them on the same cached data
-    with the same stage-0 settings and seed: stage 0 is deterministic in those)."""
-    pred = _load_stage0(directory)
-    if pred is not None:
-        _log(f"[seed {seed}] stage 0 loaded from {directory}")
-        return pred
+    with the same stage-0 settings and seed: stage 0 is deterministic in those).
+
+    ``train=False``: ``None`` where they would be trained; ``trained``: networks
+    trained elsewhere (a Ray worker, :mod:`experiments.sweep`), saved as these."""
+    if trained is None:
+        pred = _load_stage0(directory)
+        if pred is not None:
+            _log(f"[seed {seed}] stage 0 loaded from {directory}")
+            return pred
     shared = data.cache_dir / "stage0" / config_fingerprint(stage0_key(cfg, data, seed, needs_va))[:16]
-    pred = _load_stage0(shared)
-    if pred is not None:
-        _log(f"[seed {seed}] stage 0 reused from {shared} (same training data, stage-0 settings and seed)")
-    else:
-        pred = train_stage0(cfg, data, seed, needs_va, log=_log)
-        _save_stage0(pred, shared)
-    _save_stage0(pred, directory)
-    return pred
+    if trained is None:
+        pred = _load_stage0(shared)
+        if pred is not None:
+            _log(f"[seed {seed}] stage 0 reused from {shared} (same training data, stage-0 settings and seed)")
+            _save_stage0(pred, directory)
+            return pred
+        if not train:
+            return None
+        trained = train_stage0(cfg, data, seed, needs_va, log=_log)
+    _save_stage0(trained, shared)
+    _save_stage0(trained, directory)
+    return trained
 
 
 def save_regime(result: RegimeResult, pred: Predicates, cfg: HarnessConfig, data, directory: Path, regime: str) -> None:
@@ -164,7 +174,8 @@ def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, p
     _log(f"report: {run_dir / 'report.md'}")
 
 
-def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict, make_stage0, run_unit) -> dict:
+def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict, make_stage0, run_unit,
+              sweep=None, remote_unit=None, shared=None, remote_stage0=None) -> dict:
     """The seeds x regimes loop of both tracks: stage 0 once (or once per seed with
     ``--stage0-per-seed``), then every unfinished (regime, seed) unit, each saved
     and marked done as it finishes, so Ctrl-C keeps them for ``--resume``.
@@ -172,7 +183,19 @@ def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict,
     make_stage0(stage0_seed, directory) -> stage-0 networks
     run_unit(regime, seed, stage0, stage0_directory, unit_directory) -> result with ``to_json()``
     Returns the stage-0 networks by their seed (as a string).
+
+    ``sweep`` (:class:`experiments.sweep.RaySweep`): the units run as Ray tasks,
+    ``remote_unit(shared, stage0, regime, seed, unit_dir, tb_dir, device)`` on ``shared``, and so does
+    the training of stage 0 (``remote_stage0(shared, seed)``) where ``make_stage0(seed, directory,
+    train=False)`` finds none to load; ``make_stage0(seed, directory, trained=networks)`` saves it.
     """
+    if sweep is not None:
+        try:
+            return sweep.run_units(cfg, state, run_dir, timings, make_stage0, remote_unit, shared, save_state,
+                                   remote_stage0)
+        except KeyboardInterrupt:
+            _log(f"\ninterrupted: finished units are saved in {run_dir}; continue with --resume {run_dir}")
+            raise
     stage0s: dict = {}
     try:
         current = current_dir = None
@@ -197,6 +220,29 @@ def run_units(cfg: HarnessConfig, state: RunState, run_dir: Path, timings: dict,
     return stage0s
 
 
+def train_unit(cfg: HarnessConfig, data, program, features: dict, pred: Predicates, regime: str, seed: int,
+               unit_dir: Path, tb) -> RegimeResult:
+    """One (regime, seed) unit of the image track, its checkpoint saved in ``unit_dir``."""
+    own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
+    result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
+    result.provenance = Binding(program, own).provenance(features)
+    save_regime(result, own, cfg, data, unit_dir, regime)
+    return result
+
+
+def remote_image_stage0(shared: dict, seed: int) -> Predicates:
+    """Stage 0 of ``seed`` on a Ray worker (:mod:`experiments.sweep`); the driver saves it."""
+    return train_stage0(shared["cfg"], shared["data"], seed, shared["needs_va"], log=_log)
+
+
+def remote_image_unit(shared: dict, pred: Predicates, regime: str, seed: int, unit_dir: Path, tb_dir: Path,
+                      device: str) -> RegimeResult:
+    """:func:`train_unit` on a Ray worker (:mod:`experiments.sweep`): its own program and TensorBoard log."""
+    with TBLogger(tb_dir) as tb:
+        return train_unit(shared["cfg"], shared["data"], load_program(shared["cfg"].program), shared["features"],
+                          pred, regime, seed, unit_dir, tb)
+
+
 #: Run directories created by this call of :func:`run` (by :func:`open_run`, for either track).
 _OPENED: list[Path] = []
 
@@ -215,11 +261,13 @@ def _abandon(run_dir: Path, exc: BaseException) -> None:
         _log(f"run failed; finished units are kept in {run_dir} (marked FAILED); continue with --resume {run_dir}")
 
 
-def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
-    """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`)."""
+def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=None) -> Path:
+    """The whole comparison; a clip data set runs the clip track (:mod:`experiments.clip_harness`).
+
+    ``sweep``: a :class:`experiments.sweep.RaySweep` runs the units on Ray (same run directory)."""
     _OPENED.clear()
     try:
-        return _run(cfg, argv, resume)
+        return _run(cfg, argv, resume, sweep)
     except BaseException as exc:
         for run_dir in _OPENED:
             _abandon(run_dir, exc)
@@ -228,13 +276,17 @@ def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None) -> Path:
         _OPENED.clear()
 
 
-def _run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> Path:
+def _run(cfg: HarnessConfig, argv: list[str], resume: str | None, sweep=None) -> Path:
     cfg.validate()
     cfg = cfg.resolved()
     if cfg.modality == "clip":
+        if sweep is not None:
+            raise UserError(f"--ray runs the units of image data sets; {cfg.dataset} (clips) runs on this machine")
         from experiments.clip_harness import run_clips
 
         return run_clips(cfg, argv, resume)
+    if sweep is not None:  # the units train where the config says (a GPU per unit when it is cuda)
+        sweep = dataclasses.replace(sweep, device=cfg.device)
     run_dir, state, command = open_run(cfg, argv, resume)
 
     timings: dict[str, float] = {}
@@ -258,14 +310,13 @@ def _run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> Path:
     tb = TBLogger(run_dir / "tb")
 
     def run_unit(regime: str, seed: int, pred: Predicates, stage0_dir: Path, unit_dir: Path) -> RegimeResult:
-        own = copy.deepcopy(pred)  # every regime starts from the same stage-0 networks
-        result = get_regime(regime)(cfg, data, program, own, seed, log=_log, tb=tb)
-        result.provenance = Binding(program, own).provenance(features)
-        save_regime(result, own, cfg, data, unit_dir, regime)
-        return result
+        return train_unit(cfg, data, program, features, pred, regime, seed, unit_dir, tb)
 
     try:
-        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d: stage0(cfg, data, s0, needs_va, d), run_unit)
+        stage0s = run_units(cfg, state, run_dir, timings, lambda s0, d, **kw: stage0(cfg, data, s0, needs_va, d, **kw),
+                            run_unit, sweep, remote_image_unit,
+                            {"cfg": cfg, "data": data, "features": features, "needs_va": needs_va},
+                            remote_image_stage0)
     finally:
         tb.close()
     stage0_metrics = {s: pred.metrics for s, pred in stage0s.items()}

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from experiments.config import add_arguments, config_from_args  # noqa: E402
 from experiments.harness import run  # noqa: E402
+from neural.cluster import add_ray_arguments  # noqa: E402
 from neural.errors import UserError  # noqa: E402
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run ('latest' or a path)")
+    add_ray_arguments(parser, "the (seed, regime) units (stage 0 is trained once, here)")
     return parser
 
 
@@ -35,7 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        run(config_from_args(args), argv, resume=args.resume)
+        sweep = None
+        if args.workers is not None and args.workers < 1:
+            raise UserError(f"--workers must be positive, got {args.workers}")
+        if args.ray is not None:
+            from experiments.sweep import RaySweep
+            from neural.cluster import import_ray
+
+            import_ray()  # before the data and stage 0: without Ray, say so at once
+            sweep = RaySweep(address=args.ray, workers=args.workers)
+        elif args.workers is not None:
+            raise UserError("--workers applies to --ray runs; add --ray (a local Ray) or --ray ADDRESS")
+        run(config_from_args(args), argv, resume=args.resume, sweep=sweep)
     except UserError as exc:
         print(f"joint_vs_frozen: error: {exc}", file=sys.stderr)
         return 2

@@ -186,7 +186,8 @@ class FrozenBinding:
 
     def prepare(self, batch: Batch) -> Batch:
         idx = torch.tensor([self.rows[s] for s in batch.sample_ids])
-        return _with_tensors(batch, {src: t[idx] for src, t in self.table.items()})
+        # the table is computed once on the CPU; its rows go where the batch is
+        return _with_tensors(batch, {src: t[idx].to(batch.labels.device) for src, t in self.table.items()})
 
 
 def _with_tensors(batch: Batch, tensors: dict) -> Batch:
@@ -201,10 +202,13 @@ def evaluate_logic(model: LogicModel, binding, split, truth_table: dict | None, 
                    batch_size: int = 512) -> dict:
     probs, labels, post_src, true_src, post_dicts, dec = [], [], [], [], [], []
     model.eval()
+    device = next(model.parameters(), torch.zeros(0)).device  # the networks' (and rule parameters') device
     with torch.no_grad():
         for batch in split.batches(batch_size):
-            out = model(binding.prepare(batch), explain=explain)
-            probs.append(out.probs.float())
+            out = model(binding.prepare(batch.to(device)), explain=explain)
+            out.probs = out.probs.float().cpu()
+            out.posterior = None if out.posterior is None else out.posterior.cpu()
+            probs.append(out.probs)
             labels.append(batch.labels)
             if explain:
                 rows = torch.arange(len(batch))
@@ -278,6 +282,13 @@ def train_logic(
     model.reset_rules(cfg.rule_init or "uniform")  # every regime starts from the same rules (default uniform trust)
     trainable = pred.trainable()
     before = snapshot(trainable)
+    # networks and rule parameters on the device; handed back on the CPU (saved, compared, shared)
+    device = torch.device(cfg.device)
+    model.to(device)
+    if pred.va_regressor is not None:
+        pred.va_regressor.to(device)
+    if device.type != "cpu":
+        log(f"[{name} seed {seed}] networks on {device}; {model.engine_placement}")
     rule_opt = model.rule_optimizer(cfg.rule_lr) if train_rules else None
     net_opt = None
     if train_networks:
@@ -294,7 +305,7 @@ def train_logic(
     else:
         for p in trainable.parameters():
             p.requires_grad_(False)
-    weights = class_weights_for(data.split("train")) if cfg.class_weights else None
+    weights = class_weights_for(data.split("train")).to(device) if cfg.class_weights else None
     train_split, val_split = data.split("train"), data.split("val")
     history = []
     for epoch in range(1, cfg.epochs + 1):
@@ -310,7 +321,7 @@ def train_logic(
             for opt in (rule_opt, net_opt):
                 if opt is not None:
                     opt.zero_grad()
-            loss = model.nll(binding.prepare(batch), weights)
+            loss = model.nll(binding.prepare(batch.to(device)), weights)
             loss.backward()
             for opt in (rule_opt, net_opt):
                 if opt is not None:
@@ -327,6 +338,9 @@ def train_logic(
         log(f"[{name} seed {seed}] epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
             f"val acc {val['accuracy']:.3f}  val nll {val['nll']:.4f}  ({time.time() - te:.1f} s)")
     test = evaluate_logic(model, binding, data.split("test"), data.truth_table)
+    model.cpu()
+    if pred.va_regressor is not None:
+        pred.va_regressor.cpu()
     probs, mae = learned_sources(model, data.truth_table)
     for m in trainable.values():
         m.eval()
@@ -385,21 +399,23 @@ def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeRes
     base = Binding(program, pred)
     base.networks.setdefault("face_emotion", pred.face_net)
     frozen = FrozenBinding(base, {s: data.split(s) for s in ("train", "val", "test")})
-    net = get_network("late_fusion")
+    device = torch.device(cfg.device)
+    net = get_network("late_fusion").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.baseline_lr)
-    weights = class_weights_for(data.split("train")).float() if cfg.class_weights else None
+    weights = class_weights_for(data.split("train")).float().to(device) if cfg.class_weights else None
     history = []
 
     def predict(split):
         net.eval()
         with torch.no_grad():
-            ps = [net(*_fusion_inputs(frozen, b)) for b in split.batches(512)]
+            ps = [net(*_fusion_inputs(frozen, b.to(device))).cpu() for b in split.batches(512)]
         return torch.cat(ps), split.labels()
 
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         total, n = 0.0, 0
         for batch in data.split("train").batches(cfg.batch_size, shuffle=True, seed=seed * 1000 + epoch):
+            batch = batch.to(device)
             loss = F.cross_entropy(net.logits(*_fusion_inputs(frozen, batch)), batch.labels, weight=weights)
             opt.zero_grad()
             loss.backward()
@@ -412,6 +428,7 @@ def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeRes
         log(f"[late_fusion seed {seed}] epoch {epoch}/{cfg.epochs}  loss {total / n:.4f}  "
             f"val acc {val['accuracy']:.3f}  val nll {val['nll']:.4f}")
     p, y = predict(data.split("test"))
+    net.cpu()
     return RegimeResult(
         metrics=classification_metrics(p, y, len(EMOTIONS)),
         history=history,

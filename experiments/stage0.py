@@ -72,7 +72,9 @@ def train_mode(net: nn.Module, training: bool = True) -> nn.Module:
 
 
 def _fit_classifier(net, inputs, targets, epochs, lr, batch_size, seed, logits_fn, weights=None, augment=None,
-                    freeze_bn=False):
+                    freeze_bn=False, device="cpu"):
+    # trains on ``device``, hands the network back on the CPU (where it is evaluated, saved and shared)
+    net.to(device)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     g = _seeded(seed, 17)
@@ -81,15 +83,16 @@ def _fit_classifier(net, inputs, targets, epochs, lr, batch_size, seed, logits_f
         order = torch.randperm(len(targets), generator=g)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            x = inputs[idx]
+            x = inputs[idx].to(device)
             if augment is not None:
                 x = augment(x, g)
-            loss = F.cross_entropy(logits_fn(x), targets[idx], weight=weights)
+            loss = F.cross_entropy(logits_fn(x), targets[idx].to(device),
+                                   weight=None if weights is None else weights.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
         sched.step()
-    net.eval()
+    net.eval().cpu()
 
 
 def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -121,7 +124,7 @@ def recalibrate_batchnorm(net: nn.Module, inputs: torch.Tensor, batch_size: int 
 
 def _flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flips of face crops [B, 1, H, W] (expressions are symmetric)."""
-    flip = torch.rand(len(x), generator=g) < 0.5
+    flip = (torch.rand(len(x), generator=g) < 0.5).to(x.device)  # drawn on the CPU: the same flips on any device
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -178,7 +181,7 @@ def stage0_face_net(cfg: HarnessConfig, pre, seed: int) -> tuple[nn.Module, str]
             return face_net, "fer2013"
         crops, labels = train_faces
         _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.face_lr, 64, seed, face_net.logits,
-                        augment=_flip, freeze_bn=True)
+                        augment=_flip, freeze_bn=True, device=cfg.device)
         mark_trained(face_net, "fine-tuned in stage 0", dataset)
         return face_net, "fer2013+stage0"
     if train_faces is None:
@@ -188,7 +191,7 @@ def stage0_face_net(cfg: HarnessConfig, pre, seed: int) -> tuple[nn.Module, str]
     face_net = get_network("face_emotion", bn_momentum=0.1)  # from scratch: torch's usual momentum
     crops, labels = train_faces
     _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
-                    augment=_flip)
+                    augment=_flip, device=cfg.device)
     recalibrate_batchnorm(face_net, crops)
     mark_trained(face_net, "trained from scratch in stage 0", dataset)
     return face_net, "stage0"
@@ -207,7 +210,8 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     torch.manual_seed(seed)
     scene_head = get_network("scene2emotion")
     x_pre, y_pre = _all(pre, "scene"), scene_targets(pre, pre.sample_ids)
-    _fit_classifier(scene_head, x_pre, y_pre, cfg.head_epochs, cfg.stage0_lr, 128, seed, scene_head.logits)
+    _fit_classifier(scene_head, x_pre, y_pre, cfg.head_epochs, cfg.stage0_lr, 128, seed, scene_head.logits,
+                    device=cfg.device)
     mark_trained(scene_head, "trained in stage 0", cfg.dataset)
     with torch.no_grad():
         p = scene_head(_all(val, "scene"))

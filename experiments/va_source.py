@@ -70,6 +70,8 @@ def train_va_stage0(cfg, data, seed: int, log=print) -> tuple[torch.nn.Module, d
     # the regressor reads cached features of any width (512 scene, CLIP's projection_dim)
     net = get_network("va_regressor", feature_dim=int(feats.shape[1]))
     net.fit_input_scaling(feats)
+    device = getattr(cfg, "device", "cpu")
+    net.to(device)
     params = [p for g in net.param_groups(cfg.stage0_lr) for p in g["params"]]
     opt = torch.optim.Adam(params, lr=cfg.stage0_lr)
     g = torch.Generator().manual_seed(seed * 1000 + 23)
@@ -78,11 +80,11 @@ def train_va_stage0(cfg, data, seed: int, log=print) -> tuple[torch.nn.Module, d
         order = torch.randperm(len(feats), generator=g)
         for start in range(0, len(order), 128):
             idx = order[start:start + 128]
-            loss = F.mse_loss(net(feats[idx]), target[idx])
+            loss = F.mse_loss(net(feats[idx].to(device)), target[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
-    net.eval()
+    net.eval().cpu()  # networks are handed back on the CPU, as the other stage-0 networks
     mark_trained(net, "trained in stage 0", cfg.dataset)
     metrics = {"val": score(net, data.split("val")), "test": score(net, data.split("test"))}
     log(f"[seed {seed}] stage 0 V/A regressor ({data.pipeline.va_backbone} features): CCC valence "

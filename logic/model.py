@@ -67,6 +67,9 @@ class CompiledEngine(nn.Module):
     """Batched evaluation with one circuit compiled for all contexts (see engines/compiled.py)."""
 
     name = "compiled"
+    #: where the circuit is evaluated. The networks run on their device; the per-sample cone walk is numba on the
+    #: CPU (leaf values copied there and the results back, gradients too): not measured on a GPU, so kept.
+    placement = "circuit on the CPU (numba cone walker; leaves copied from the networks' device and back)"
 
     def __init__(self, program: Program, networks: dict[str, nn.Module], contexts=CONTEXTS, emotions=EMOTIONS,
                  evaluator: str = "cones"):
@@ -127,7 +130,7 @@ class CompiledEngine(nn.Module):
         """Contexts (names, or a [B] tensor of indices into ``pipelines.context.CONTEXTS``)
         -> [B] indices into this engine's contexts."""
         if torch.is_tensor(contexts):
-            return self._from_codes[contexts]
+            return self._from_codes[contexts.cpu()]  # the cone walk reads its keys on the CPU
         try:
             return torch.tensor([self.context_index[c] for c in contexts], dtype=torch.long)
         except KeyError as exc:
@@ -173,7 +176,7 @@ class CompiledEngine(nn.Module):
         cp = self.compiled
         ctx = self._context_index(contexts)
         leaves = self._leaves(batch, ctx, rule_probs)
-        r = self._answers("label", leaves, ctx * len(self.emotions) + batch.labels)  # [B, 2]
+        r = self._answers("label", leaves, ctx * len(self.emotions) + batch.labels.cpu())  # [B, 2]
         return r[:, 0], r[:, 1]
 
     def selection(self, context: str, sources) -> dict[str, float]:
@@ -181,7 +184,7 @@ class CompiledEngine(nn.Module):
         i = self.context_index[context]
         terms = [cp.selected_terms[i][cp.sources.index(s)] for s in sources] + [cp.valid_terms[i]]
         with torch.no_grad():
-            leaves = cp.selection.pack_all({}, self.rule_probs_tensor(), 1)
+            leaves = cp.selection.pack_all({}, self.rule_probs_tensor().cpu(), 1)  # the circuit's matrices: CPU
             r = cp.selection.evaluate(leaves, terms)[0]
         return {s: float(v) / float(r[-1]) for s, v in zip(sources, r[:-1])}
 
@@ -222,6 +225,11 @@ class LogicModel(RulesMixin, nn.Module):
             for s in self.source_probabilities_for(c):
                 seen[s] = None
         return tuple(seen)
+
+    @property
+    def engine_placement(self) -> str:
+        """Where the engine evaluates the program (the networks run on their own device)."""
+        return f"{self.engine_name} engine: {self.engine.placement}"
 
     # -- evaluation ---------------------------------------------------------
     def forward(self, batch, explain: bool = False, rule_probs: torch.Tensor | None = None) -> LogicOutput:

@@ -96,9 +96,9 @@ def get_detector(name: str, **cfg) -> "FaceDetector":
     return detector_class(name)(**cfg)
 
 
-def detector_from_config(cfg) -> "FaceDetector":
-    """The detector a :class:`pipelines.pipeline.PipelineConfig` asks for."""
-    return detector_class(cfg.face_source).from_config(cfg)
+def detector_from_config(cfg, device: str = "cpu") -> "FaceDetector":
+    """The detector a :class:`pipelines.pipeline.PipelineConfig` asks for, its network (if any) on ``device``."""
+    return detector_class(cfg.face_source).from_config(cfg, device=device)
 
 
 class FaceDetector:
@@ -121,8 +121,8 @@ class AnnotationFaces(FaceDetector):
         self.max_faces = max_faces
 
     @classmethod
-    def from_config(cls, cfg) -> "AnnotationFaces":
-        # min_face_size / face_prob_threshold tune a detector; recorded boxes are the truth.
+    def from_config(cls, cfg, device: str = "cpu") -> "AnnotationFaces":
+        # min_face_size / face_prob_threshold tune a detector; recorded boxes are the truth (no network: no device).
         return cls(max_faces=cfg.max_faces)
 
     def detect(self, images, samples):
@@ -178,6 +178,7 @@ class MTCNNFaces(FaceDetector):
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         batch_size: int = 16,
         max_side: int = DEFAULT_MTCNN_MAX_SIDE,
+        device: str = "cpu",
     ):
         try:
             from facenet_pytorch import MTCNN
@@ -193,12 +194,13 @@ class MTCNNFaces(FaceDetector):
             select_largest=True,
             min_face_size=self.min_face_size,
             thresholds=list(thresholds),
-            device="cpu",
+            device=device,  # P/R/O-nets run there; facenet-pytorch returns boxes as numpy either way
         )
 
     @classmethod
-    def from_config(cls, cfg) -> "MTCNNFaces":
+    def from_config(cls, cfg, device: str = "cpu") -> "MTCNNFaces":
         return cls(
+            device=device,
             max_faces=cfg.max_faces,
             min_face_size=cfg.min_face_size,
             prob_threshold=cfg.face_prob_threshold,

@@ -20,7 +20,8 @@ class SceneFeatures:
     ``__call__(images) -> {"scene": [B, 512], "scene_layer3": [B, 256, h, w] (optional)}``
     """
 
-    def __init__(self, size: int = 128, weights: str | None = None, seed: int = 0, layer3: bool = False):
+    def __init__(self, size: int = 128, weights: str | None = None, seed: int = 0, layer3: bool = False,
+                 device: str = "cpu"):
         from neural.registry import get_network
         from neural.scene import preprocess
 
@@ -28,17 +29,18 @@ class SceneFeatures:
         self.layer3 = bool(layer3)
         self._preprocess = preprocess
         self.net = get_network("scene_backbone", weights=weights, seed=seed).eval()
-        self.net = self.net.to(memory_format=torch.channels_last)
-        self.weights_id = str(self.net.weights_id)
+        self.weights_id = str(self.net.weights_id)  # of the weights as loaded, before any move
+        self.device = torch.device(device)
+        self.net = self.net.to(self.device, memory_format=torch.channels_last)
 
     def __call__(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         x = torch.stack([self._preprocess(im, self.size) for im in images])  # [B, 3, S, S]
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = {"scene": self.net(x).float().contiguous()}  # [B, 512]
             if self.layer3:
                 out["scene_layer3"] = self.net.layer3_features(x).float().contiguous()  # [B, 256, h, w]
-        return out
+        return {k: v.cpu() for k, v in out.items()}  # cached on disk: back to the CPU
 
 
 def _parameter_fingerprint(module: torch.nn.Module) -> str:
@@ -59,7 +61,7 @@ class ClipFeatures:
     ``__call__(images) -> [B, projection_dim]``.
     """
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, device: str = "cpu"):
         try:
             from transformers import CLIPImageProcessor, CLIPModel
         except ImportError as exc:
@@ -73,11 +75,13 @@ class ClipFeatures:
                 f"cannot load CLIP model {model!r} ({first}); give a local directory with clip_model"
             ) from None
         self.weights_id = f"clip:{model}:{_parameter_fingerprint(self.model)}"
+        self.device = torch.device(device)
+        self.model = self.model.to(self.device)
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixel_values = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
-            out = self.model.get_image_features(pixel_values=pixel_values)
+            out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
         # transformers 5 returns a model output whose pooler_output is the projection
         out = out if isinstance(out, torch.Tensor) else out.pooler_output
-        return out.float().contiguous()  # [B, D]
+        return out.float().cpu().contiguous()  # [B, D]

@@ -172,16 +172,18 @@ def _check_label(label) -> str | None:
 class ImagePipeline:
     """Turns samples into :class:`ProcessedSample` tensors (see module doc)."""
 
-    def __init__(self, cfg: PipelineConfig | None = None, workers: int | None = None):
+    def __init__(self, cfg: PipelineConfig | None = None, workers: int | None = None, device: str = "cpu"):
         from pipelines.features import ClipFeatures, SceneFeatures
 
         self.cfg = cfg or PipelineConfig()
         self.workers = workers or min(4, os.cpu_count() or 1)
-        self.detector = detector_from_config(self.cfg)
+        # where MTCNN and the backbones run; not part of the config: the cache holds CPU tensors either way
+        self.device = device
+        self.detector = detector_from_config(self.cfg, device)
         self.scene = SceneFeatures(
-            self.cfg.scene_size, self.cfg.scene_weights, self.cfg.scene_seed, self.cfg.store_scene_layer3
+            self.cfg.scene_size, self.cfg.scene_weights, self.cfg.scene_seed, self.cfg.store_scene_layer3, device
         )
-        self.va = ClipFeatures(self.cfg.clip_model) if self.cfg.va_backbone == "clip" else None
+        self.va = ClipFeatures(self.cfg.clip_model, device) if self.cfg.va_backbone == "clip" else None
 
     @property
     def identity(self) -> dict[str, str]:

@@ -18,6 +18,14 @@ construction excluded) and bytes per image:
 * 640 px images through MTCNN: upscaled synthetic scenes with 0-3 real faces
   (matplotlib's ``grace_hopper.jpg`` sample photo) pasted at random sizes.
 
+With ``--workers N`` the same builds also run on Ray with 1 and with N workers
+(``--ray ADDRESS``: on a cluster; else a local Ray), each worker with the serial
+build's torch thread count, and report their speed-up over the serial build.
+
+``bench sweep --workers N`` times the main job's (seed, regime) units on a small
+synthetic run: serially, then on Ray with 1 and N workers (units per hour, and
+whether the figures equal the serial run's).
+
 ``bench faces`` loads (generating and caching if needed, exactly as the harness
 does) the synthetic benchmark of ``--n-images`` images and reports how well the
 real FER2013 recogniser, unchanged, reads the face crops of one split:
@@ -31,10 +39,12 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from experiments.cli import command
+from neural.cluster import add_device_argument, add_ray_arguments, connect_ray, resolve_device
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS  # light: the harness's splits, without torch
 from neural.errors import UserError
 
@@ -43,13 +53,21 @@ def _bytes_of(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def _time_build(samples, cache_dir: Path, cfg, progress: bool) -> dict:
+def _time_build(samples, cache_dir: Path, cfg, progress: bool, device: str, ray=None) -> dict:
     from cache.build import build_cache
     from pipelines.pipeline import ImagePipeline
 
-    pipeline = ImagePipeline(cfg)  # model construction is not part of the throughput
+    if ray is None:
+        pipeline = ImagePipeline(cfg, device=device)  # model construction is not part of the throughput
+    else:
+        pipeline = ImagePipeline(cfg)  # the driver's only needs the weights' ids
+        # every worker builds its pipeline once, on a few images: not part of the throughput either
+        warm = [s for s in samples[: 2 * (ray.workers or 1)]]
+        build_cache(warm, cache_dir.with_name(cache_dir.name + "-warmup"), cfg, split="bench", progress=False,
+                    pipeline=pipeline, ray=ray, shard_size=1)
     start = time.perf_counter()
-    report = build_cache(samples, cache_dir, cfg, split="bench", progress=progress, pipeline=pipeline)
+    report = build_cache(samples, cache_dir, cfg, split="bench", progress=progress, pipeline=pipeline, ray=ray,
+                         device=device, shard_size=_shard_size(len(samples), ray, cfg))
     seconds = time.perf_counter() - start
     n = report.n_cached
     faces = sum(e["n_faces"] for e in json.loads((cache_dir / "bench" / "manifest.json").read_text())["samples"])
@@ -62,6 +80,16 @@ def _time_build(samples, cache_dir: Path, cfg, progress: bool) -> dict:
         "images_per_s": round(len(samples) / seconds, 2),
         "bytes_per_image": round(_bytes_of(cache_dir / "bench") / max(n, 1)),
     }
+
+
+def _shard_size(n: int, ray, cfg) -> int:
+    """Serial: the default. Ray: a few chunks per worker (a multiple of the batch size), so all of them work."""
+    from cache.build import DEFAULT_SHARD_SIZE
+
+    if ray is None:
+        return DEFAULT_SHARD_SIZE
+    per_chunk = -(-n // (4 * (ray.workers or 1)))  # ceil: about 4 chunks per worker
+    return max(cfg.batch_size, -(-per_chunk // cfg.batch_size) * cfg.batch_size)
 
 
 def _mtcnn_images(samples, out: Path, size: int, seed: int) -> list:
@@ -95,6 +123,7 @@ def bench_cache(args: argparse.Namespace) -> dict:
     from pipelines.pipeline import PipelineConfig
 
     progress = not args.json
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="emologic-bench-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="SceneBackbone")
         tmp = Path(tmp)
@@ -102,18 +131,86 @@ def bench_cache(args: argparse.Namespace) -> dict:
         ds = get_dataset("synthetic", root=tmp / "synthetic", n_images=n, seed=args.seed)
         small = ds.samples[: args.n_small]
         large = _mtcnn_images(ds.samples[: args.n_large], tmp / "mtcnn640", 640, args.seed)
+        sets = {"synthetic_128px_annotations": (small, PipelineConfig(face_source="annotations")),
+                "photo_faces_640px_mtcnn": (large, PipelineConfig(face_source="mtcnn"))}
         results = {
+            "device": device,
             "cpu_threads": __import__("torch").get_num_threads(),
             "load_average_1min": round(os.getloadavg()[0], 2),
-            "synthetic_128px_annotations": _time_build(
-                small, tmp / "cache128", PipelineConfig(face_source="annotations"), progress
-            ),
-            "photo_faces_640px_mtcnn": _time_build(
-                large, tmp / "cache640", PipelineConfig(face_source="mtcnn"), progress
-            ),
         }
+        for name, (samples, cfg) in sets.items():
+            results[name] = _time_build(samples, tmp / name, cfg, progress, device)
+        for workers in _worker_counts(args):
+            from cache.distributed import RayBuild
+
+            connect_ray(args.ray, num_cpus=max(_worker_counts(args)) if args.ray is None else None)
+            # each worker: the serial build's thread count, so the numbers compare like for like
+            ray = RayBuild(address=args.ray, workers=workers, device=device,
+                           threads=results["cpu_threads"], cpus_per_worker=1)
+            for name, (samples, cfg) in sets.items():
+                timed = _time_build(samples, tmp / f"{name}-ray{workers}", cfg, progress, device, ray)
+                timed["speedup_vs_serial"] = round(timed["images_per_s"] / results[name]["images_per_s"], 2)
+                results[f"{name}_ray_{workers}_worker{'s' if workers > 1 else ''}"] = timed
     return results
 
+
+def _worker_counts(args) -> list[int]:
+    """``--workers N``: Ray with 1 worker and with N (the serial build is always measured)."""
+    if args.workers is None:
+        if args.ray is not None:
+            raise UserError("bench: --ray needs --workers N (Ray with 1 and with N workers, against serial)")
+        return []
+    if args.workers < 1:
+        raise UserError(f"--workers must be positive, got {args.workers}")
+    return sorted({1, args.workers})
+
+
+def bench_sweep(args: argparse.Namespace) -> dict:
+    """Units per hour of the main job's (seed, regime) units: serially, then on Ray with 1 and N workers.
+
+    One small synthetic run (``--sweep-images``, seeds 0 1, frozen and joint, 1 epoch); the data, cache and
+    stage 0 come from the first run and are reused by the others, so what is timed is the units alone."""
+    import json as _json
+
+    from experiments.config import HarnessConfig
+    from experiments.harness import run
+    from experiments.sweep import RaySweep
+
+    if not _worker_counts(args):
+        raise UserError("bench sweep needs --workers N (units on Ray with 1 and N workers, against serial)")
+    with tempfile.TemporaryDirectory(prefix="emologic-bench-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SceneBackbone")
+        tmp = Path(tmp)
+        cfg = HarnessConfig(n_images=args.sweep_images, seeds=[0, 1], regimes=["frozen", "joint"], epochs=1,
+                            progress=False, cache=str(tmp / "cache"), data_root=str(tmp / "data"))
+
+        def timed(name: str, sweep=None) -> tuple[dict, dict]:
+            start = time.perf_counter()
+            run_dir = run(replace(cfg, runs_dir=str(tmp / name)), argv=[], sweep=sweep)
+            seconds = time.perf_counter() - start
+            results = _json.loads((run_dir / "results.json").read_text())
+            t = results["timings"]
+            units_s = seconds - t["data_and_cache"] - t.get("stage0", 0.0) - t.get("report", 0.0)
+            n = sum(len(r["per_seed"]) for r in results["regimes"].values())
+            return {"units": n, "seconds": round(units_s, 2), "units_per_hour": round(3600 * n / units_s, 1)}, results
+
+        run(replace(cfg, runs_dir=str(tmp / "warmup"), regimes=["frozen"], seeds=[0]), argv=[])  # data, cache, stage 0
+        out = {"cpu_threads": __import__("torch").get_num_threads(),
+               "load_average_1min": round(os.getloadavg()[0], 2)}
+        out["serial"], serial = timed("serial")
+        for workers in _worker_counts(args):
+            connect_ray(args.ray, num_cpus=max(_worker_counts(args)) if args.ray is None else None)
+            name = f"ray_{workers}_worker{'s' if workers > 1 else ''}"
+            out[name], results = timed(name, RaySweep(address=args.ray, workers=workers, device=resolve_device(args.device)))
+            out[name]["speedup_vs_serial"] = round(out[name]["units_per_hour"] / out["serial"]["units_per_hour"], 2)
+            out[name]["same_figures_as_serial"] = _figures(results) == _figures(serial)
+    return out
+
+
+def _figures(results: dict) -> dict:
+    """Per regime and seed, the test metrics and learned source probabilities (what must not change)."""
+    return {r: {s: (v["metrics"], v.get("source_probs")) for s, v in reg["per_seed"].items()}
+            for r, reg in results["regimes"].items()}
 
 def bench_faces(args: argparse.Namespace) -> dict:
     from experiments.config import HarnessConfig
@@ -149,7 +246,7 @@ def bench_query(args: argparse.Namespace) -> dict:
 
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
 BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
-    "cache": bench_cache, "engines": bench_engines, "faces": bench_faces, "query": bench_query,
+    "cache": bench_cache, "engines": bench_engines, "faces": bench_faces, "query": bench_query, "sweep": bench_sweep,
 }
 #: name -> text printer of its results, where the generic key: value listing does not fit.
 TABLES: dict[str, Callable[[dict], None]] = {"faces": _faces_table}
@@ -175,6 +272,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dpl-samples", type=int, default=64,
                    help="engines: samples DeepProbLog is timed on, one query at a time (default: 64)")
     p.add_argument("--repeats", type=int, default=100, help="engines: timed compiled steps (default: 100)")
+    p.add_argument("--sweep-images", type=int, default=200, help="sweep: synthetic images of the timed run (default: 200)")
+    add_device_argument(p)
+    add_ray_arguments(p, "cache: the build; sweep: the (seed, regime) units")
     p.add_argument("--n-images", type=int, default=2000,
                    help="faces: images of the synthetic benchmark, as the harness's --n-images (default: 2000)")
     p.add_argument("--split", choices=list(DEFAULT_SPLIT_FRACTIONS), default="test",
@@ -188,10 +288,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 @command(
     "bench",
-    help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image), "
-         "faces (FER2013's zero-shot recall on the synthetic faces), query (first answer of a fresh process, "
-         "images/s)",
-    example="emologic bench engines --json",
+    help="Benchmarks: engines (compiled vs DeepProbLog queries/s), cache (images/s, bytes/image; "
+         "--workers N: also on Ray), faces (FER2013's zero-shot recall on the synthetic faces), query (first "
+         "answer of a fresh process, images/s) and sweep (the main job's units/hour, serial and on Ray)",
+    example="emologic bench engines --json\n  emologic bench cache --workers 2\n  emologic bench sweep --workers 2",
     configure=_configure,
 )
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from experiments.cli import command
+from neural.cluster import add_device_argument, add_ray_arguments, resolve_device
 from neural.errors import UserError
 
 #: Options of ``cache build`` that are pipeline config fields (help text per field).
@@ -118,6 +119,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="exit at once when another process is writing this cache (default: wait for it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(p)
+    add_ray_arguments(p, "the samples (one task per shard)")
     _pipeline_args(p)
 
 
@@ -167,6 +170,18 @@ def _build(args) -> int:
 
         args.face_source = default_face_source(args.dataset)
     cfg = pipeline_config_from_args(args, kind)
+    device = resolve_device(args.device)
+    ray_build = None
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be positive, got {args.workers}")
+    if args.ray is not None:
+        from cache.distributed import RayBuild
+        from neural.cluster import import_ray
+
+        import_ray()  # before any network is loaded: without Ray, say so at once
+        ray_build = RayBuild(address=args.ray, workers=args.workers, device=device)
+    elif args.workers is not None:
+        raise UserError("--workers applies to --ray builds; add --ray (a local Ray) or --ray ADDRESS")
     splits = args.split or [None]
     # one lock from --force's deletion to the end of the build: no other writer in between
     with cache_lock(args.cache, wait=not args.no_wait):
@@ -178,7 +193,7 @@ def _build(args) -> int:
                         shutil.rmtree(target)
         reports = [
             build_cache(dataset, args.cache, cfg, split=split, progress=not args.no_progress,
-                        shard_size=args.shard_size, wait=not args.no_wait)
+                        shard_size=args.shard_size, wait=not args.no_wait, ray=ray_build, device=device)
             for split in splits
         ]
     if getattr(dataset, "skipped", None):  # left out by the data set itself (e.g. images not downloaded)

@@ -38,6 +38,7 @@ class _SampleTensors:
 
 class DeepProbLogEngine:
     name = "deepproblog"
+    placement = "DeepProbLog's exact engine on the CPU, one query at a time"
 
     def __init__(self, program: Program, networks: dict[str, torch.nn.Module], param_lr: float = 0.01, emotions=EMOTIONS):
         from deepproblog.engines import ExactEngine
