@@ -99,6 +99,8 @@ def default_cache_dir(dataset: Dataset, pipeline) -> Path:
 
 def load_data(cfg: HarnessConfig) -> ExperimentData:
     """Load (generating if needed) the data set and build or reuse its cache."""
+    from neural.cluster import resolve_device
+
     dataset = get_dataset(cfg.dataset, **dataset_options(cfg))
     missing = [s for s in SPLITS if not dataset.by_split(s)] if set(SPLITS) <= set(dataset.split_names) else SPLITS
     if missing:
@@ -112,7 +114,7 @@ def load_data(cfg: HarnessConfig) -> ExperimentData:
     with cache_lock(cache_dir):
         report = build_cache(dataset, cache_dir, pipeline, progress=cfg.progress, repair=cfg.rebuild_cache,
                              replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT,
-                             device=cfg.device)
+                             device=resolve_device(cfg.device))
         splits = {}
         for s in SPLITS:
             splits[s] = CachedSplit(cache_dir, s, expected_cfg=pipeline)

@@ -113,3 +113,29 @@ def test_an_unwritable_cache_costs_speed_not_answers(tmp_path, monkeypatch, comp
     program = load_program("context_selection", check_bindings=False)
     assert not torch.isnan(answers(fresh_model(program))).any()
     assert len(compiles) == 1
+
+
+@pytest.mark.parametrize("program", ["context_selection", "clip_sentiment"])
+def test_an_entry_written_by_another_process_answers_in_this_one(tmp_path, program):
+    """Python salts string hashes per process, and ProbLog terms cache their
+    hash: an entry must not carry hashes from the process that wrote it
+    (the compiled roots are a dict keyed by terms)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from logic.program import load_program; from tests.logic_helpers import given_networks\n"
+        "p = load_program(sys.argv[1], check_bindings=False)\n"
+        "if p.kind == 'clip':\n"
+        "    from logic.clip_model import ClipLogicModel; from logic.given import GivenSlice\n"
+        "    ClipLogicModel(p, {'multimodal_emotion': GivenSlice(0, 7), 'multimodal_sentiment': GivenSlice(7, 10)})\n"
+        "else:\n"
+        "    from logic.model import LogicModel; LogicModel(p, given_networks(p))\n"
+    )
+    env = {**os.environ, "EMOLOGIC_CACHE": str(tmp_path)}
+    for seed in ("1", "2"):  # the second process loads what the first wrote, under another string-hash salt
+        proc = subprocess.run([sys.executable, "-c", script, program], env={**env, "PYTHONHASHSEED": seed},
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / compile_cache.SUBDIR).glob(f"{program}-*.pkl"))) == 1

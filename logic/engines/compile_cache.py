@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import pickle
@@ -103,6 +104,32 @@ def _read(path: Path, key: str, kind: type):
     return stored["compiled"]
 
 
+class _TermPickler(pickle.Pickler):
+    """Pickles ProbLog terms without their cached hash.
+
+    ``problog.logic.Term`` caches its hash, which hashes strings, and Python
+    salts string hashes per process: a cached hash pickled in one process is
+    wrong in the next, so every dict keyed by terms (the compiled roots) would
+    miss on lookup with freshly made terms. Without it, the unpickled term
+    hashes itself again in the loading process."""
+
+    def reducer_override(self, obj):
+        from problog.logic import Term
+
+        if not isinstance(obj, Term) or getattr(obj, "_Term__hash", None) is None:
+            return NotImplemented
+        reduced = list(obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL))
+        if len(reduced) > 2 and isinstance(reduced[2], dict):
+            reduced[2] = {**reduced[2], "_Term__hash": None}
+        return tuple(reduced)
+
+
+def _dumps(obj) -> bytes:
+    buf = io.BytesIO()
+    _TermPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
 def load_or_build(name: str, text: str, options, build: Callable[[], T], kind: type) -> T:
     """The compiled structure of ``text`` with ``options``: from the disk cache
     when there is a usable entry, else ``build()`` (then stored).
@@ -118,7 +145,7 @@ def load_or_build(name: str, text: str, options, build: Callable[[], T], kind: t
     from neural.files import atomic_write_bytes
 
     try:
-        data = pickle.dumps({"key": key, "compiled": compiled}, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _dumps({"key": key, "compiled": compiled})
         atomic_write_bytes(path, data)
     except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs speed, not correctness
         log.warning("could not store the compiled program in %s (%s: %s)", path, type(exc).__name__, exc)
