@@ -92,7 +92,14 @@ def face_reading(data, face_net: torch.nn.Module) -> dict[str, Any] | None:
     """How well the face predicate reads a run's labelled faces, for its report:
     FER2013 unchanged (zero-shot) on the pretrain and test splits, and the run's
     stage-0 face net on the test split. None when the data set labels no faces."""
-    zero_shot = {split: fer_zero_shot(data.split(split)) for split in ("pretrain", "test")}
-    if not zero_shot["test"]["n_faces"]:
+    from experiments.stage0 import face_examples
+    from neural.fer_weights import pretrained_face_net
+
+    test = face_examples(data.split("test"))  # read once, for both nets
+    if test is None:
         return None
-    return {"FER2013 zero-shot": zero_shot, "stage-0 face net": {"test": fer_zero_shot(data.split("test"), face_net)}}
+    fer = pretrained_face_net()
+    zero_shot = {"pretrain": fer_zero_shot(data.split("pretrain"), fer),
+                 "test": recall_report(predict_faces(test[0], fer).numpy(), test[1].numpy())}
+    stage0 = recall_report(predict_faces(test[0], face_net).numpy(), test[1].numpy())
+    return {"FER2013 zero-shot": zero_shot, "stage-0 face net": {"test": stage0}}

@@ -51,6 +51,7 @@ from experiments.stage0 import Predicates, load_predicates, save_predicates, tra
 from logic.program import available_programs, load_program
 from neural.errors import UserError
 from neural.registry import save_network
+from neural.vocabulary import FACE_SLOTS
 from pipelines.pipeline import feature_provenance
 from neural.vocabulary import EMOTIONS
 
@@ -323,7 +324,7 @@ def _run(cfg: HarnessConfig, argv: list[str], resume: str | None, sweep=None) ->
 
     t = time.time()
     results = collect_results(cfg, state, data, stage0_metrics, timings)
-    if "face_emotion" in program.networks:
+    if any(slot in program.tensor_networks for slot in FACE_SLOTS):  # the program reads faces
         results["face_reading"] = face_reading(data, next(iter(stage0s.values())).face_net)
     plots = write_plots(results, run_dir)
     timings["report"] = time.time() - t

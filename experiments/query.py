@@ -407,22 +407,11 @@ class TrainedProgram:
     def _source_outputs(self, prepared, out) -> dict[str, torch.Tensor]:
         """Each source's own emotion distribution, [B, E] (NaN where the source is absent).
 
-        The scene and the faces: their networks' outputs. Any other source of the
+        A source one network reads (the scene, the faces): that network's output. Any other source of the
         program (e.g. ``va``, whose emotion comes out of rules): recovered from the
         logic output, P_s(e) ∝ P(s selected, s says e) = posterior[s, e] * P(e).
         """
-        nets = self.binding.networks
-        B = len(prepared)
-        own: dict[str, torch.Tensor] = {}
-        if "scene2emotion" in nets:
-            own["scene"] = nets["scene2emotion"](prepared.tensors["scene"]).double()
-        if "face_emotion" in nets:
-            for slot in FACE_SLOTS:
-                present = prepared.present(slot)
-                t = torch.full((B, len(EMOTIONS)), float("nan"), dtype=torch.float64)
-                if present.any():
-                    t[present] = nets["face_emotion"](prepared.tensors[slot][present]).double()
-                own[slot] = t
+        own = {s: t.double() for s, t in self.binding.source_outputs(prepared).items()}
         for i, s in enumerate(out.sources):
             if s not in own:
                 joint = out.posterior[:, i, :].double() * out.probs.double()  # [B, E]

@@ -126,6 +126,20 @@ class Binding:
             features.setdefault("va", {})["va_regressor"] = provenance_of(self.pred.va_regressor)
         return source_provenance(self.program.tensor_networks, self.networks, features)
 
+    def source_outputs(self, prepared: Batch) -> dict[str, torch.Tensor]:
+        """Each source that one network reads (``Program.tensor_networks``): that
+        network's output ``[B, K]`` float32, NaN where the source is absent."""
+        out = {}
+        for src, nets in self.program.tensor_networks.items():
+            if len(nets) != 1 or nets[0] not in self.networks:
+                continue
+            present = prepared.present(src)
+            t = torch.full((len(prepared), len(self.program.domain_of(nets[0]))), float("nan"))
+            if present.any():
+                t[present] = self.networks[nets[0]](prepared.tensors[src][present]).float()
+            out[src] = t
+        return out
+
     def prepare(self, batch: Batch) -> Batch:
         tensors = dict(batch.tensors)
         if self.pred.scene_layer4 is not None:
@@ -154,7 +168,6 @@ class FrozenBinding:
     def __init__(self, binding: Binding, splits: dict):
         self.program = binding.program
         self.networks: dict[str, nn.Module] = {}
-        sources = {"scene": "scene2emotion", **{s: "face_emotion" for s in FACE_SLOTS}}
         for net in binding.networks:
             self.networks[net] = Given()
         if binding.uses_va:
@@ -167,13 +180,7 @@ class FrozenBinding:
             for split in splits.values():
                 for batch in split.batches(512):
                     prepared = binding.prepare(batch)
-                    for src, net in sources.items():
-                        if net not in binding.networks:
-                            continue
-                        present = batch.present(src)
-                        out = torch.full((len(batch), len(EMOTIONS)), float("nan"))
-                        if present.any():
-                            out[present] = binding.networks[net](prepared.tensors[src][present]).float()
+                    for src, out in binding.source_outputs(prepared).items():
                         self.outputs.setdefault(src, []).append(out)
                     if binding.uses_va:
                         va = prepared.tensors["va"]
