@@ -29,9 +29,9 @@ from experiments.config import HarnessConfig
 from experiments.data import load_data
 from experiments.face_zero_shot import face_reading
 from experiments.metrics import aggregate_seeds
-from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
 from experiments.regimes import Binding, RegimeResult, confusion_sum, get_regime
-from experiments.report import render_report, summary_lines
+from experiments.reports.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
+from experiments.reports.render import render_report, summary_lines
 from experiments.resume import check_resumable
 from experiments.runs import (
     RunState,
