@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+from neural.compute import flush_denormals  # noqa: E402
 from neural.errors import UserError  # noqa: E402  (re-exported for commands)
 
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    flush_denormals()  # before torch starts its threads (neural/compute.py)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from experiments.config import add_arguments, config_from_args  # noqa: E402
 from experiments.harness import run  # noqa: E402
 from neural.cluster import add_ray_arguments  # noqa: E402
+from neural.compute import flush_denormals  # noqa: E402
 from neural.errors import UserError  # noqa: E402
 
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    flush_denormals()  # before torch starts its threads (neural/compute.py)
     try:
         sweep = None
         if args.workers is not None and args.workers < 1:

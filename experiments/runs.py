@@ -249,6 +249,8 @@ def environment() -> dict:
 
     import torch
 
+    from neural.compute import denormals_flushed
+
     versions = {"python": platform.python_version()}
     for name in _NUMERIC_LIBRARIES:
         try:
@@ -266,6 +268,7 @@ def environment() -> dict:
         "versions": versions,
         "compute": {
             "torch_threads": torch.get_num_threads(),
+            "flush_denormals": denormals_flushed(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),

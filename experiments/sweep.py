@@ -42,8 +42,11 @@ def run_unit_task(unit_fn: UnitFn, shared, stage0, regime: str, seed: int, threa
 
     import torch
 
+    from neural.compute import flush_denormals
+
     # the serial run's thread count: the same float summation order, the same numbers
     torch.set_num_threads(threads)
+    flush_denormals()  # as the serial run does
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"emologic-unit-{regime}-{seed}-") as tmp:
         tmp = Path(tmp)
@@ -58,7 +61,10 @@ def run_stage0_task(stage0_fn: Callable, shared, seed: int, threads: int):
     """Stage 0 of ``seed`` on a worker: ``(networks, seconds)``; the driver saves them."""
     import torch
 
+    from neural.compute import flush_denormals
+
     torch.set_num_threads(threads)
+    flush_denormals()  # as the serial run does
     start = time.perf_counter()
     return stage0_fn(shared, seed), time.perf_counter() - start
 
