@@ -17,11 +17,20 @@ IMAGE = 128
 
 
 def given_networks(program) -> dict:
-    nets = {name: Given() for name in program.networks}
-    if "va_valence" in nets:  # the "va" source holds [valence bins | arousal bins]
-        kv = len(program.domain_of("va_valence"))
-        nets["va_valence"] = GivenSlice(0, kv)
-        nets["va_arousal"] = GivenSlice(kv, kv + len(program.domain_of("va_arousal")))
+    """Stand-ins for every network of ``program`` that read precomputed outputs from
+    the batch (:mod:`logic.given`), laid out as :attr:`logic.sources.Source.columns`
+    says: a network that reads a source alone gets the whole tensor, one of several
+    reading the same source gets its own columns."""
+    from logic.program import ProgramError
+
+    layout: dict[str, tuple[int, int] | None] = {}  # network -> its columns (None: the whole tensor)
+    for src in program.sources.values():
+        for net, columns in src.columns.items():
+            cols = None if len(src.networks) == 1 else columns
+            if layout.setdefault(net, cols) != cols:
+                raise ProgramError(f"{program.path.name}: network {net} reads source {src.name} in other "
+                                   "columns than its other sources; precomputed outputs cannot serve it")
+    nets = {net: Given() if cols is None else GivenSlice(*cols) for net, cols in layout.items()}
     return nets
 
 
@@ -67,21 +76,11 @@ def make_batch(layout, outputs: dict[str, torch.Tensor], labels=None, requires_g
 
 
 def random_outputs(program, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random distributions for every tensor source the program reads."""
-    out = {}
-    sources = {"scene": "scene2emotion", "face1": "face_emotion", "face2": "face_emotion",
-               "face3": "face_emotion", "va": None}
-    for src, net in sources.items():
-        if src == "va":
-            if "va_valence" not in program.networks:
-                continue
-            parts = [len(program.domain_of("va_valence")), len(program.domain_of("va_arousal"))]
-        else:
-            parts = [len(program.domain_of(net))]
-        out[src] = torch.cat(
-            [torch.softmax(2 * torch.randn(n, k, generator=generator, dtype=torch.float64), -1) for k in parts], 1
-        )
-    return out
+    """Random distributions for every tensor source the program reads: ``[n, width]``,
+    one distribution per network reading the source, side by side (see :func:`given_networks`)."""
+    return {name: torch.cat([torch.softmax(2 * torch.randn(n, k, generator=generator, dtype=torch.float64), -1)
+                             for k in src.widths], 1)
+            for name, src in program.sources.items()}
 
 
 def random_rule_probs(program, generator: torch.Generator) -> list[float]:
