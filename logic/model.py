@@ -1,12 +1,12 @@
 """One Python API over every engine and both kinds of program.
 
-    model = LogicModel("context_selection", networks={"scene2emotion": head, "face_emotion": face})
+    model = LogicModel("context_selection", networks)  # {net: module} for every nn(net, ...) of the program
     out = model(batch, explain=True)
     out.probs            # [B, 7]  P(emotion | image)
     out.posterior        # [B, S, 7]  P(source | image, emotion), 0 where a source is absent
     model.rule_table()   # {"trust(n1_large)": {"scene": 0.2, "face1": 0.8}, ...}
 
-    model = LogicModel("clip_sentiment", networks={"multimodal_emotion": em, "multimodal_sentiment": se})
+    model = LogicModel("clip_sentiment", networks)
     out = model(ClipInputs(...), explain=True)
     out.emotion, out.sentiment, out.joint   # [B, 7], [B, 3], [B, 7, 3]
     out.posterior        # [B, R, 3]  P(sentiment source | clip, sentiment)

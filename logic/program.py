@@ -42,7 +42,7 @@ class ProgramError(UserError):
 @dataclass(frozen=True)
 class NeuralPredicate:
     network: str  # name of the network in neural.registry
-    predicate: str  # e.g. "face_emotion"
+    predicate: str  # the functor it declares: nn(...) :: predicate(X, Y)
     domain: tuple[str, ...]  # the output values, in the network's output order
     line: int | None  # where it is declared
 

@@ -89,6 +89,13 @@ class Engine(nn.Module, ABC):
     name: str = ""
     #: where the engine evaluates (the networks run on their own device)
     placement: str = ""
+    #: whether a batch is evaluated at once (False: sample by sample, so a network
+    #: trained through the engine never sees a batch, which a BatchNorm needs)
+    batched: bool = True
+    #: whether the engine runs on the CPU only (it refuses networks on another device)
+    cpu_only: bool = False
+    #: how the rule parameters are trained, for the run's log
+    rule_training: str = ""
 
     def __init__(self, program, networks: dict[str, nn.Module], spec: QuerySpec, **options):
         super().__init__()

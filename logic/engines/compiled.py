@@ -116,6 +116,7 @@ class CompiledEngine(Engine):
     #: The networks run on their device; the per-sample cone walk is numba on the CPU (leaf values copied
     #: there and the results back, gradients too): not measured on a GPU, so kept.
     placement = "circuit on the CPU (numba cone walker; leaves copied from the networks' device and back)"
+    rule_training = "any torch optimizer (Adam by default) on unconstrained logits, a softmax per disjunction"
 
     def compile(self, networks: dict[str, nn.Module], evaluator: str = "cones") -> None:
         if evaluator not in EVALUATORS:
