@@ -94,6 +94,8 @@ class Engine(nn.Module, ABC):
     batched: bool = True
     #: whether the engine runs on the CPU only (it refuses networks on another device)
     cpu_only: bool = False
+    #: whether the rule parameters are torch parameters (else the engine's own optimizer trains them)
+    torch_rules: bool = True
     #: how the rule parameters are trained, for the run's log
     rule_training: str = ""
 

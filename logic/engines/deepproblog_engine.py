@@ -40,6 +40,7 @@ class DeepProbLogEngine(Engine):
     placement = "DeepProbLog's exact engine on the CPU, one query at a time"
     batched = False
     cpu_only = True
+    torch_rules = False
     rule_training = "DeepProbLog's SGD(param_lr) on the probabilities, clipped and renormalised per disjunction"
 
     def compile(self, networks: dict[str, nn.Module], param_lr: float = 0.01) -> None:
