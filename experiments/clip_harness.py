@@ -228,7 +228,7 @@ def starting_rules(cfg: HarnessConfig, program: Program, data: ClipExperimentDat
                    feats: dict[str, ClipFeatures]) -> dict:
     """The rule parameters every regime starts from (``--rule-init``), and their polarity-table error."""
     model = LogicModel(program, {"multimodal_emotion": GivenSlice(0, len(EMOTIONS)),
-                                     "multimodal_sentiment": GivenSlice(len(EMOTIONS), len(EMOTIONS) + len(SENTIMENTS))})
+                                 "multimodal_sentiment": GivenSlice(len(EMOTIONS), len(EMOTIONS) + len(SENTIMENTS))})
     model.reset_rules(cfg.rule_init)
     table = model.polarity_table()
     return {"kind": cfg.rule_init, "polarity_table": table, "sentiment_sources": model.sentiment_sources(),

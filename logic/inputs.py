@@ -9,29 +9,11 @@ from __future__ import annotations
 import torch
 
 from cache.batch import Batch
-from logic.given import Given, GivenSlice
+from logic.given import given_networks  # noqa: F401 - part of this module's API
 from neural.vocabulary import FACE_SLOTS
 from pipelines.context import DEFAULT_LARGE_FACE
 
 IMAGE = 128
-
-
-def given_networks(program) -> dict:
-    """Stand-ins for every network of ``program`` that read precomputed outputs from
-    the batch (:mod:`logic.given`), laid out as :attr:`logic.sources.Source.columns`
-    says: a network that reads a source alone gets the whole tensor, one of several
-    reading the same source gets its own columns."""
-    from logic.program import ProgramError
-
-    layout: dict[str, tuple[int, int] | None] = {}  # network -> its columns (None: the whole tensor)
-    for src in program.sources.values():
-        for net, columns in src.columns.items():
-            cols = None if len(src.networks) == 1 else columns
-            if layout.setdefault(net, cols) != cols:
-                raise ProgramError(f"{program.path.name}: network {net} reads source {src.name} in other "
-                                   "columns than its other sources; precomputed outputs cannot serve it")
-    nets = {net: Given() if cols is None else GivenSlice(*cols) for net, cols in layout.items()}
-    return nets
 
 
 def face_boxes(n_faces: int, large: bool) -> torch.Tensor:
