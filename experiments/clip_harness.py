@@ -65,7 +65,7 @@ from experiments.runs import (
     atomic_write_json,
     config_fingerprint,
 )
-from logic.clip_model import ClipLogicModel
+from logic.model import LogicModel
 from logic.given import GivenSlice
 from logic.program import Program, available_programs, load_program
 from neural.errors import UserError
@@ -227,8 +227,8 @@ def run_clips(cfg: HarnessConfig, argv: list[str], resume: str | None = None) ->
 def starting_rules(cfg: HarnessConfig, program: Program, data: ClipExperimentData,
                    feats: dict[str, ClipFeatures]) -> dict:
     """The rule parameters every regime starts from (``--rule-init``), and their polarity-table error."""
-    model = ClipLogicModel(program, {"multimodal_emotion": GivenSlice(0, len(EMOTIONS)),
-                                     "multimodal_sentiment": GivenSlice(len(EMOTIONS), len(EMOTIONS) + len(SENTIMENTS))})
+    model = LogicModel(program, {"multimodal_emotion": GivenSlice(0, len(EMOTIONS)),
+                                 "multimodal_sentiment": GivenSlice(len(EMOTIONS), len(EMOTIONS) + len(SENTIMENTS))})
     model.reset_rules(cfg.rule_init)
     table = model.polarity_table()
     return {"kind": cfg.rule_init, "polarity_table": table, "sentiment_sources": model.sentiment_sources(),

@@ -44,7 +44,7 @@ from experiments.clip_data import ClipExperimentData, ClipFeatures
 from experiments.config import HarnessConfig
 from experiments.drift import parameter_drift, snapshot
 from experiments.metrics import classification_metrics, confusion, table_error
-from logic.clip_model import ClipInputs, ClipLogicModel
+from logic.model import ClipInputs, LogicModel
 from logic.given import GivenSlice
 from logic.program import Program
 from neural.multimodal import FusionHead, MultimodalFusionNet
@@ -161,7 +161,7 @@ def _inputs(x: torch.Tensor, f: ClipFeatures, idx) -> ClipInputs:
 
 
 @torch.no_grad()
-def evaluate_logic(model: ClipLogicModel, x: torch.Tensor, f: ClipFeatures, batch_size: int = 512) -> dict:
+def evaluate_logic(model: LogicModel, x: torch.Tensor, f: ClipFeatures, batch_size: int = 512) -> dict:
     """The program's P(emotion), P(sentiment) and P(emotion, sentiment) on ``x`` (what the
     bound networks read: head outputs or features, [N, ...]) against ``f``'s labels."""
     model.eval()
@@ -241,7 +241,7 @@ class ClipRegimeResult:
     confusion: list | None = None
     sentiment_confusion: list | None = None
     wall_time_s: float = 0.0
-    model: ClipLogicModel | None = None
+    model: LogicModel | None = None
     net: MultimodalFusionNet | None = None
     net_trained: bool = False
     provenance: dict | None = None  # per source: where the fusion net's knowledge came from (set by the harness)
@@ -259,7 +259,7 @@ def _batch_indices(n: int, batch_size: int, gen: torch.Generator, min_size: int)
 
 
 def train_clip_logic(name: str, cfg: HarnessConfig, data: ClipExperimentData, feats: dict[str, ClipFeatures],
-                     x: dict[str, torch.Tensor], model: ClipLogicModel, net: MultimodalFusionNet, seed: int,
+                     x: dict[str, torch.Tensor], model: LogicModel, net: MultimodalFusionNet, seed: int,
                      train_net: bool, log=print, tb=None) -> ClipRegimeResult:
     """Train ``model`` on ``x["train"]`` (what its networks read) for ``cfg.epochs`` epochs;
     the rules always, the fusion net's trainable parts when ``train_net``."""
@@ -272,12 +272,13 @@ def train_clip_logic(name: str, cfg: HarnessConfig, data: ClipExperimentData, fe
     weights = class_weights(train.labels, E) if cfg.class_weights else None
     rcfg = RecipeConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, class_weighted=cfg.class_weights)
     opt, sched, rule_opt = None, None, None
-    if train_net and cfg.engine == "compiled":
-        rules = {"name": "rules", "params": [model.engine.rules.logits], "lr": cfg.rule_lr, "weight_decay": 0.0}
+    rule_params = model.rule_parameters()  # empty: the engine trains its rules with its own optimizer
+    if train_net and rule_params:
+        rules = {"name": "rules", "params": rule_params, "lr": cfg.rule_lr, "weight_decay": 0.0}
         opt = make_optimizer(net, rcfg, extra_groups=[rules])
     elif train_net:
         opt = make_optimizer(net, rcfg)
-    if opt is None or cfg.engine != "compiled":
+    if opt is None or not rule_params:
         rule_opt = model.rule_optimizer(cfg.rule_lr)  # deepproblog: its own SGD on the t(_) parameters
     if opt is not None:
         sched = make_scheduler(opt, rcfg)
@@ -368,7 +369,7 @@ def frozen(cfg, data, feats, program: Program, stage0: FusionStage0, seed: int, 
     """Only the rules learn, on the stage-0 heads' outputs (computed once per clip)."""
     x = {s: head_outputs(stage0.net, feats[s]) for s in ("train", "val", "test")}
     given = {"multimodal_emotion": GivenSlice(0, E), "multimodal_sentiment": GivenSlice(E, E + S)}
-    model = ClipLogicModel(program, given, engine=cfg.engine, param_lr=cfg.rule_lr)
+    model = LogicModel(program, given, engine=cfg.engine, param_lr=cfg.rule_lr)
     return train_clip_logic("frozen", cfg, data, feats, x, model, stage0.net, seed, train_net=False, log=log, tb=tb)
 
 
@@ -377,6 +378,6 @@ def joint(cfg, data, feats, program: Program, stage0: FusionStage0, seed: int, l
     """Rules and the fusion net's trainable parts, through the logic (both heads on one shared net)."""
     net = stage0.net
     heads = {"multimodal_emotion": FusionHead(net, "emotion"), "multimodal_sentiment": FusionHead(net, "sentiment")}
-    model = ClipLogicModel(program, heads, engine=cfg.engine, param_lr=cfg.rule_lr)
+    model = LogicModel(program, heads, engine=cfg.engine, param_lr=cfg.rule_lr)
     x = {s: feats[s].feats for s in ("train", "val", "test")}
     return train_clip_logic("joint", cfg, data, feats, x, model, net, seed, train_net=True, log=log, tb=tb)

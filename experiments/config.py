@@ -142,8 +142,12 @@ class HarnessConfig:
         if unknown:
             problems.append(f"unknown regime(s) {', '.join(unknown)} for {cfg.modality} data sets; "
                             f"known: {', '.join(known)}")
-        if cfg.engine not in ("compiled", "deepproblog"):
-            problems.append("--engine must be compiled or deepproblog")
+        from logic.engines import ENGINES
+
+        engine = ENGINES.get(cfg.engine)
+        if engine is None:
+            problems.append(f"--engine must be one of {', '.join(ENGINES)}")
+        batched = ", ".join(n for n, e in ENGINES.items() if e.batched)
         if cfg.rule_init not in RULE_INITS:
             problems.append(f"--rule-init must be one of {', '.join(RULE_INITS)}")
         if not cfg.seeds:
@@ -163,10 +167,10 @@ class HarnessConfig:
                 problems.append("--stage0-epochs must be >= 1 for clips (the fusion net's stage 0)")
             if cfg.batch_size < 2:
                 problems.append("--batch-size must be >= 2 for clips (the fusion layer has BatchNorm)")
-            if cfg.engine == "deepproblog" and "joint" in cfg.regimes:
-                problems.append("the joint regime on clips needs --engine compiled: DeepProbLog's engine runs the "
-                                "fusion net one clip at a time, and its BatchNorm cannot train on one clip "
-                                "(--engine deepproblog --regimes frozen works)")
+            if engine is not None and not engine.batched and "joint" in cfg.regimes:
+                problems.append(f"the joint regime on clips needs --engine {batched}: the {cfg.engine} engine runs "
+                                "the fusion net one clip at a time, and its BatchNorm cannot train on one clip "
+                                f"(--engine {cfg.engine} --regimes frozen works)")
             if cfg.clip_frames < 1 or cfg.clip_seconds <= 0:
                 problems.append("--clip-frames and --clip-seconds must be positive")
             if cfg.dataset == "synthetic_clips" and (cfg.clip_size < 32 or cfg.clip_size % 2 or cfg.n_clips < 1):
@@ -179,9 +183,9 @@ class HarnessConfig:
             from neural.cluster import resolve_device
 
             resolve_device(cfg.device)  # one line when that device is not here
-            if cfg.engine == "deepproblog":
-                problems.append(f"--engine deepproblog runs on the CPU only (one query at a time); "
-                                f"use --device cpu or --engine compiled")
+            if engine is not None and engine.cpu_only:
+                problems.append(f"--engine {cfg.engine} runs on the CPU only ({engine.placement}); "
+                                f"use --device cpu or --engine {batched}")
         if cfg.face_init not in FACE_INITS:
             problems.append(f"--face-init must be one of {', '.join(FACE_INITS)}")
         if problems:

@@ -48,6 +48,7 @@ from experiments.runs import (
     write_resolved_config,
 )
 from experiments.stage0 import Predicates, load_predicates, save_predicates, train_stage0
+from logic.engines import engine_class
 from logic.program import available_programs, load_program
 from neural.errors import UserError
 from neural.registry import save_network
@@ -302,8 +303,9 @@ def _run(cfg: HarnessConfig, argv: list[str], resume: str | None, sweep=None) ->
                         f"(va_selection); {cfg.program} has none")
     data = load_data(cfg)
     timings["data_and_cache"] = time.time() - t
-    if cfg.engine == "deepproblog":
-        _log("note: rule parameters: DeepProbLog's SGD(param_lr) on the probabilities (the compiled engine: Adam on "
+    engine = engine_class(cfg.engine)
+    if not engine.torch_rules:
+        _log(f"note: rule parameters: {engine.rule_training} (the compiled engine: Adam on "
              "logits), so learned rules differ between engines; with --rule-lr 0 both give the same numbers")
     _log(data.build_summary)
     _log(data.dataset.describe())

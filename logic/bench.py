@@ -41,10 +41,10 @@ def _klay_module_step(model, batch):
     den = torch.tensor([[c[1] for c in row] for row in columns])
 
     def run():
-        ctx = engine._context_index(batch.contexts(model.face_size_threshold))
-        x0 = cp.queries.encode(engine._leaves(batch, ctx))
+        ctx = model.interface.context_keys(batch)
+        x0 = cp.queries.encode(engine.leaves(batch, ctx))
         out = cp.queries.circuit(x0[:, 2::2], x0[:, 3::2])  # [B, all roots]
-        keys = ctx * len(engine.emotions) + batch.labels
+        keys = ctx * engine.spec.families["label"].per_context + model.interface.label_keys(batch)
         p = out.gather(1, num[keys]) / out.gather(1, den[keys])  # [B, 2]
         (-(p[:, 0] / p[:, 1]).log().mean()).backward()
     return run

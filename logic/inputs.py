@@ -9,20 +9,11 @@ from __future__ import annotations
 import torch
 
 from cache.batch import Batch
-from logic.given import Given, GivenSlice
+from logic.given import given_networks  # noqa: F401 - part of this module's API
 from neural.vocabulary import FACE_SLOTS
 from pipelines.context import DEFAULT_LARGE_FACE
 
 IMAGE = 128
-
-
-def given_networks(program) -> dict:
-    nets = {name: Given() for name in program.networks}
-    if "va_valence" in nets:  # the "va" source holds [valence bins | arousal bins]
-        kv = len(program.domain_of("va_valence"))
-        nets["va_valence"] = GivenSlice(0, kv)
-        nets["va_arousal"] = GivenSlice(kv, kv + len(program.domain_of("va_arousal")))
-    return nets
 
 
 def face_boxes(n_faces: int, large: bool) -> torch.Tensor:
@@ -67,21 +58,11 @@ def make_batch(layout, outputs: dict[str, torch.Tensor], labels=None, requires_g
 
 
 def random_outputs(program, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random distributions for every tensor source the program reads."""
-    out = {}
-    sources = {"scene": "scene2emotion", "face1": "face_emotion", "face2": "face_emotion",
-               "face3": "face_emotion", "va": None}
-    for src, net in sources.items():
-        if src == "va":
-            if "va_valence" not in program.networks:
-                continue
-            parts = [len(program.domain_of("va_valence")), len(program.domain_of("va_arousal"))]
-        else:
-            parts = [len(program.domain_of(net))]
-        out[src] = torch.cat(
-            [torch.softmax(2 * torch.randn(n, k, generator=generator, dtype=torch.float64), -1) for k in parts], 1
-        )
-    return out
+    """Random distributions for every tensor source the program reads: ``[n, width]``,
+    one distribution per network reading the source, side by side (see :func:`given_networks`)."""
+    return {name: torch.cat([torch.softmax(2 * torch.randn(n, k, generator=generator, dtype=torch.float64), -1)
+                             for k in src.widths], 1)
+            for name, src in program.sources.items()}
 
 
 def random_rule_probs(program, generator: torch.Generator) -> list[float]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from problog.logic import AnnotatedDisjunction, Clause, Constant, Or, Term, term2list
 from problog.program import PrologFile, PrologString, SimpleProgram
 
+from logic.sources import Source, source_table
 from neural.errors import UserError
 
 PROGRAM_DIR = Path(__file__).resolve().parent / "programs"
@@ -41,7 +42,7 @@ class ProgramError(UserError):
 @dataclass(frozen=True)
 class NeuralPredicate:
     network: str  # name of the network in neural.registry
-    predicate: str  # e.g. "face_emotion"
+    predicate: str  # the functor it declares: nn(...) :: predicate(X, Y)
     domain: tuple[str, ...]  # the output values, in the network's output order
     line: int | None  # where it is declared
 
@@ -225,32 +226,15 @@ class Program:
         return tuple(dict.fromkeys(n.network for n in self.neural))
 
     @cached_property
+    def sources(self) -> dict[str, Source]:
+        """The program's tensor sources (:mod:`logic.sources`): ``{name: Source}``,
+        each with the networks that read it and the cached feature it reads."""
+        return source_table(self)
+
+    @property
     def tensor_networks(self) -> dict[str, tuple[str, ...]]:
-        """Which networks read which tensor: ``{tensor name: (network, ...)}``, from
-        every call ``pred(tensor(Name(Img)), ...)`` of a neural predicate in a rule
-        body (``face_emotion(tensor(face1(Img)), E)`` -> ``face1: (face_emotion,)``).
-        The tensor names are the cached features a sample provides."""
-        by_functor = {n.predicate: n.network for n in self.neural}
-        found: dict[str, list[str]] = {}
-
-        def walk(term) -> None:
-            if not isinstance(term, Term):
-                return
-            network = by_functor.get(term.functor)
-            if network is not None and term.args and isinstance(term.args[0], Term) \
-                    and term.args[0].functor == "tensor" and term.args[0].args:
-                name = str(term.args[0].args[0].functor)
-                if network not in found.setdefault(name, []):
-                    found[name].append(network)
-            for arg in term.args:  # conjunctions, disjunctions and negations are terms too
-                walk(arg)
-
-        for stmt in self.translated:
-            if isinstance(stmt, Clause):
-                walk(stmt.body)
-            elif isinstance(stmt, AnnotatedDisjunction) and stmt.body is not None:
-                walk(stmt.body)
-        return {k: tuple(v) for k, v in found.items()}
+        """``{source name: (network, ...)}``: the networks reading each source (see :attr:`sources`)."""
+        return {name: s.networks for name, s in self.sources.items()}
 
     def check_bindings(self, available: dict | list | None = None) -> None:
         """Every ``nn(Net, ...)`` must name a registered network (or one in ``available``)."""

@@ -27,7 +27,7 @@ from experiments.clip_regimes import trainable_modules
 from experiments.config import HarnessConfig
 from experiments.harness import run
 from experiments.joint_vs_frozen import main as joint_vs_frozen
-from logic.clip_model import ClipInputs, ClipLogicModel
+from logic.model import ClipInputs, LogicModel
 from logic.program import load_program
 from neural.multimodal import FusionHead
 from neural.registry import load_network
@@ -147,9 +147,9 @@ def test_whole_path_shapes_and_the_joint_checkpoint(finished):
     feats = clip_features(data, log=lambda *a: None)
     assert feats["test"].feats.shape == (len(feats["test"]), 1024)
     net = load_clip_network(run_dir / "checkpoints/seed0/joint")
-    model = ClipLogicModel(load_program("clip_sentiment", check_bindings=False),
-                           {"multimodal_emotion": FusionHead(net, "emotion"),
-                            "multimodal_sentiment": FusionHead(net, "sentiment")})
+    model = LogicModel(load_program("clip_sentiment", check_bindings=False),
+                       {"multimodal_emotion": FusionHead(net, "emotion"),
+                        "multimodal_sentiment": FusionHead(net, "sentiment")})
     model.load_rules(run_dir / "checkpoints/seed0/joint/rules.json")
     model.eval()
     t = feats["test"]

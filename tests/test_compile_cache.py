@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-import logic.model
+import logic.engines.compiled as compiled
 from logic.engines import compile_cache
-from logic.engines.compiled import CompiledProgram, compile_program
+from logic.engines.compiled import CompiledFamilies, compile_families
 from logic.model import LogicModel
 from logic.program import PROGRAM_DIR, load_program
 from neural.vocabulary import EMOTIONS
@@ -22,20 +22,20 @@ from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch, random_
 def cache(tmp_path, monkeypatch):
     """An empty cache directory, and no compiled program left in this process."""
     monkeypatch.setenv("EMOLOGIC_CACHE", str(tmp_path))
-    monkeypatch.setattr(logic.model, "_COMPILED", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {})
     return tmp_path / compile_cache.SUBDIR
 
 
 @pytest.fixture
 def compiles(monkeypatch):
-    """Counts the real compilations of logic.model."""
+    """Counts the real compilations of the compiled engine."""
     calls = []
 
     def counting(*args, **kwargs):
         calls.append(args[0].text)
-        return compile_program(*args, **kwargs)
+        return compile_families(*args, **kwargs)
 
-    monkeypatch.setattr(logic.model, "compile_program", counting)
+    monkeypatch.setattr(compiled, "compile_families", counting)
     return calls
 
 
@@ -47,7 +47,7 @@ def answers(model) -> torch.Tensor:
 
 
 def fresh_model(program):
-    logic.model._COMPILED.clear()  # as in a new process: only the disk is left
+    compiled._COMPILED.clear()  # as in a new process: only the disk is left
     return LogicModel(program, given_networks(program))
 
 
@@ -60,7 +60,7 @@ def test_second_process_loads_the_compiled_program_from_disk(cache, compiles):
     assert len(compiles) == 1  # loaded, not compiled
     assert torch.equal(first, second)
     stored = pickle.loads(entries[0].read_bytes())
-    assert isinstance(stored["compiled"], CompiledProgram) and stored["key"][:24] in entries[0].name
+    assert isinstance(stored["compiled"], CompiledFamilies) and stored["key"][:24] in entries[0].name
 
 
 def test_a_changed_program_compiles_again(cache, compiles, tmp_path):
@@ -100,7 +100,7 @@ def test_a_corrupt_entry_is_rebuilt(cache, compiles, damage):
     assert torch.equal(answers(fresh_model(program)), expected)
     assert len(compiles) == 2
     stored = pickle.loads(entry.read_bytes())  # rewritten, usable again
-    assert isinstance(stored["compiled"], CompiledProgram)
+    assert isinstance(stored["compiled"], CompiledFamilies)
     fresh_model(program)
     assert len(compiles) == 2
 
@@ -109,7 +109,7 @@ def test_an_unwritable_cache_costs_speed_not_answers(tmp_path, monkeypatch, comp
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory would be")
     monkeypatch.setenv("EMOLOGIC_CACHE", str(blocker))
-    monkeypatch.setattr(logic.model, "_COMPILED", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {})
     program = load_program("context_selection", check_bindings=False)
     assert not torch.isnan(answers(fresh_model(program))).any()
     assert len(compiles) == 1
@@ -127,11 +127,7 @@ def test_an_entry_written_by_another_process_answers_in_this_one(tmp_path, progr
     script = (
         "import sys; from logic.program import load_program; from tests.logic_helpers import given_networks\n"
         "p = load_program(sys.argv[1], check_bindings=False)\n"
-        "if p.kind == 'clip':\n"
-        "    from logic.clip_model import ClipLogicModel; from logic.given import GivenSlice\n"
-        "    ClipLogicModel(p, {'multimodal_emotion': GivenSlice(0, 7), 'multimodal_sentiment': GivenSlice(7, 10)})\n"
-        "else:\n"
-        "    from logic.model import LogicModel; LogicModel(p, given_networks(p))\n"
+        "from logic.model import LogicModel; LogicModel(p, given_networks(p))  # image and clip alike\n"
     )
     env = {**os.environ, "EMOLOGIC_CACHE": str(tmp_path)}
     for seed in ("1", "2"):  # the second process loads what the first wrote, under another string-hash salt

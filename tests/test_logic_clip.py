@@ -12,7 +12,7 @@ from problog import get_evaluatable
 from problog.logic import Term
 from problog.program import PrologString
 
-from logic.clip_model import ClipInputs, ClipLogicModel
+from logic.model import ClipInputs, LogicModel
 from logic.given import GivenSlice
 from logic.inputs import random_rule_probs
 from logic.learning import train_rules
@@ -45,7 +45,7 @@ def test_clip_program_is_a_clip_program_and_binds():
     assert program.networks == ("multimodal_emotion", "multimodal_sentiment")
     assert program.domain_of("multimodal_emotion") == EMOTIONS
     assert program.domain_of("multimodal_sentiment") == SENTIMENTS
-    model = ClipLogicModel(networks=given_heads())
+    model = LogicModel("clip_sentiment", networks=given_heads())
     assert model.sources == ("head", "emotion")
     table = model.polarity_table()
     assert set(table) == set(EMOTIONS)
@@ -61,7 +61,7 @@ def run_engine(engine, batch, rule_probs):
         return (-out.joint[i, batch.labels, batch.sentiments].log().sum() - out.emotion[i, batch.labels].log().sum()
                 + (out.sentiment ** 2).sum() + (out.posterior ** 2).sum())
 
-    model = ClipLogicModel(networks=given_heads(), engine=engine)
+    model = LogicModel("clip_sentiment", networks=given_heads(), engine=engine)
     out, rule_grad = explained_with_rule_grad(model, engine, batch, rule_probs, loss_of)
     nn_grad = batch.tensors["clip"].grad.clone()
     batch.tensors["clip"].grad = None
@@ -92,7 +92,7 @@ def test_closed_form_and_plain_problog():
     batch = random_clips(3, g)
     program = load_program("clip_sentiment", check_bindings=False)
     rule_probs = random_rule_probs(program, g)
-    model = ClipLogicModel(networks=given_heads())
+    model = LogicModel("clip_sentiment", networks=given_heads())
     model.set_rule_probabilities(rule_probs)
     with torch.no_grad():
         out = model(batch)
@@ -130,7 +130,7 @@ def test_logic_only_training_recovers_the_polarity_table():
     probs = torch.where(route_head[:, None], p_head, truth_pol[emo])
     sent = torch.multinomial(probs, 1, generator=g)[:, 0]
     x = torch.cat([p_emo, p_head], 1)
-    model = ClipLogicModel(networks=given_heads())
+    model = LogicModel("clip_sentiment", networks=given_heads())
     model.reset_rules("uniform")
     bs = 200
     batches = [ClipInputs([f"c{j}" for j in range(i, i + bs)], {"clip": x[i:i + bs]}, emo[i:i + bs], sent[i:i + bs])
@@ -148,14 +148,18 @@ def test_logic_only_training_recovers_the_polarity_table():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ProgramError, match="image program.*clip program"):
-        ClipLogicModel("context_selection", networks=given_heads())
+    with pytest.raises(ProgramError, match="no network bound to scene2emotion, face_emotion"):
+        LogicModel("context_selection", networks=given_heads())  # an image program wants the image networks
+    with pytest.raises(UserError, match="face_size_threshold does not apply to clip program"):
+        LogicModel("clip_sentiment", networks=given_heads(), face_size_threshold=0.2)
+    with pytest.raises(ProgramError, match="selects no source per context"):
+        LogicModel("clip_sentiment", networks=given_heads()).source_probabilities()
     with pytest.raises(ProgramError, match="no network bound to multimodal_sentiment"):
-        ClipLogicModel(networks={"multimodal_emotion": GivenSlice(0, E)})
+        LogicModel("clip_sentiment", networks={"multimodal_emotion": GivenSlice(0, E)})
     with pytest.raises(UserError, match="unknown engine"):
-        ClipLogicModel(networks=given_heads(), engine="nope")
+        LogicModel("clip_sentiment", networks=given_heads(), engine="nope")
     g = torch.Generator().manual_seed(0)
     batch = random_clips(2, g)
     batch.sentiments[1] = -1
     with pytest.raises(UserError, match="sentiment label"):
-        ClipLogicModel(networks=given_heads()).nll(batch)
+        LogicModel("clip_sentiment", networks=given_heads()).nll(batch)

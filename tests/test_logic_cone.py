@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from logic.clip_model import ClipLogicModel
 from logic.engines.cone import ONE, PROD, SUM, ZERO, FlatCircuit, PackedLeaves
 from logic.given import GivenSlice
 from logic.inputs import given_networks
@@ -21,9 +20,10 @@ def families():
         cp = LogicModel(program, given_networks(program)).engine.compiled
         for family in ("main", "label", "explain"):
             yield pytest.param(cp.queries, cp.key_terms(family), id=f"{name}-{family}")
-    engine = ClipLogicModel(networks={"multimodal_emotion": GivenSlice(0, 7),
-                                      "multimodal_sentiment": GivenSlice(7, 10)}).engine
-    yield pytest.param(engine.cq, [engine.terms], id="clip_sentiment-all")
+    cp = LogicModel("clip_sentiment", {"multimodal_emotion": GivenSlice(0, 7),
+                                       "multimodal_sentiment": GivenSlice(7, 10)}).engine.compiled
+    for family in ("main", "label", "explain"):
+        yield pytest.param(cp.queries, cp.key_terms(family), id=f"clip_sentiment-{family}")
 
 
 def random_leaves(cq, b: int, g: torch.Generator, dtype=torch.float64) -> tuple[PackedLeaves, list]:

@@ -105,7 +105,7 @@ def test_learned_program_is_valid_problog(tmp_path):
 def test_rule_logits_softmax_per_disjunction_and_sigmoid_per_fact(tmp_path):
     """One softmax over padded groups: a disjunction's choices sum to one, a
     probabilistic fact is the sigmoid of its logit, and set() round-trips."""
-    from logic.rules import RuleLogits
+    from logic.engines.rule_logits import RuleLogits
 
     base = load_program("context_selection", check_bindings=False)
     path = tmp_path / "with_fact.pl"

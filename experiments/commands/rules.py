@@ -44,14 +44,9 @@ def load_rules(run_dir, regime: str, seed: int):
     program = load_program(meta["program"], check_bindings=False)
     # the networks are not evaluated here: rules and source selection need none
     networks = {n: Given() for n in program.networks}
-    if program.kind == "clip":
-        from logic.clip_model import ClipLogicModel
+    from logic.model import LogicModel
 
-        model = ClipLogicModel(program, networks, engine="compiled")
-    else:
-        from logic.model import LogicModel
-
-        model = LogicModel(program, networks, engine="compiled", face_size_threshold=meta["face_size_threshold"])
+    model = LogicModel(program, networks, engine="compiled", face_size_threshold=meta.get("face_size_threshold"))
     model.load_rules(directory / "rules.json")
     return program, model
 

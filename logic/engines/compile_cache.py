@@ -3,8 +3,7 @@
 Grounding and knowledge-compiling a program takes about a second per program
 (context_selection: 1.2-2.7 s; va_selection longer), which dominated the first
 answer of ``emologic query``. :func:`load_or_build` keeps each compiled
-structure (a :class:`~logic.engines.compiled.CompiledProgram` or
-:class:`~logic.engines.compiled.CompiledQueries`: KLay's torch module, ProbLog
+structure (a :class:`~logic.engines.compiled.CompiledFamilies`: KLay's torch module, ProbLog
 terms, tensors) as a pickle under ``<cache>/compiled/`` (``$EMOLOGIC_CACHE``,
 default ``~/.cache/emologic``), named by a key over
 
@@ -39,8 +38,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The modules whose code decides what a compiled structure contains.
-COMPILER_MODULES = ("logic/program.py", "logic/engines/compiled.py", "logic/engines/cone.py",
-                    "logic/engines/compile_cache.py")
+COMPILER_MODULES = ("logic/program.py", "logic/sources.py", "logic/engines/base.py", "logic/engines/circuit.py",
+                    "logic/engines/compiled.py", "logic/engines/cone.py", "logic/engines/compile_cache.py")
 COMPILER_LIBRARIES = ("problog", "pysdd", "klaycircuits", "torch")
 SUBDIR = "compiled"
 

@@ -1,460 +1,223 @@
-"""The ``compiled`` engine: ground and knowledge-compile once, evaluate in batches.
+"""The ``compiled`` engine: the program compiled once into one circuit, evaluated on whole batches.
 
-A program is grounded once with ProbLog for a placeholder image ``img`` and
-every context (the structure of a proof depends on the context, never on the
-image), compiled to one SDD with PySDD through ProbLog's own ``SDD`` formula (so
-annotated-disjunction constraints are exactly ProbLog's), and handed to KLay,
-which turns it into a layered circuit over all query roots of all contexts.
-A batch is evaluated per sample on the cone of the roots that sample's
-context (and label) needs (``engines/cone.py``); KLay's own torch module,
-which evaluates every root for every sample, answers the network-free
-selection queries and is the reference the cones are tested against.
-
-Literal weights are *linear* in the leaves: every weight ProbLog assigns is a
-network output ``nn(Net, [tensor(Src(img))], J)``, a rule probability ``t(I)``,
-a constant, or a complement ``1 - sum(...)`` of an annotated disjunction. We
-obtain them by running ProbLog's ``extract_weights`` with a symbolic semiring
-(:class:`_LinearSemiring`) and store them as a matrix, so per batch the weights
-are one matrix product ``[1, leaves] @ M``. This is written by hand because
-no library maps ProbLog's weight semantics onto a batched circuit; ProbLog,
-PySDD and KLay build the circuit.
-
-Queries follow ProbLog's semantics exactly: ``P(q) = WMC(q & C) / WMC(C)`` with
-``C`` the conjunction of the annotated-disjunction constraints.
+Every neural family of the model's :class:`~logic.engines.base.QuerySpec` is
+compiled into one KLay circuit (``engines/circuit.py``), the network-free
+families into another. A batch evaluates each network once, on the (sample,
+source) pairs whose context reads it, and then, per sample, only the cone of
+the roots its key asks for (``engines/cone.py``). Rule parameters are logits
+(:class:`~logic.engines.rule_logits.RuleLogits`) trained with any torch optimizer.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from problog.engine import DefaultEngine
-from problog.evaluator import Semiring
-from problog.formula import LogicDAG, LogicFormula
-from problog.logic import Term, Var
-from problog.sdd_formula import SDD
+from problog.formula import LogicFormula
+from problog.logic import Term
+from torch import nn
 
-from logic.engines.cone import FlatCircuit, KeyedCone, LeafEncoding, PackedLeaves
-from logic.program import Program, ProgramError
+from logic.engines.base import FALSE, Engine, QuerySpec, register_engine
+from logic.engines.circuit import CompiledQueries, compile_queries, leaf_key
+from logic.engines.compile_cache import load_or_build
+from logic.engines.cone import KeyedCone, PackedLeaves
+from logic.engines.rule_logits import RuleLogits
+from logic.program import Program
+from neural.errors import UserError
 
-PLACEHOLDER = Term("img")
-FALSE = Term("false")
-_ONE = "1"
-
-
-class _LinearSemiring(Semiring):
-    """Weights as linear forms ``{leaf: coefficient}`` (leaf ``"1"`` is the constant)."""
-
-    def one(self):
-        return {_ONE: 1.0}
-
-    def zero(self):
-        return {}
-
-    def is_one(self, a):
-        return a == {_ONE: 1.0}
-
-    def is_zero(self, a):
-        return not any(a.values())
-
-    def plus(self, a, b):
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = out.get(k, 0.0) + v
-        return out
-
-    def times(self, a, b):  # only ever needed with a constant factor here
-        if set(a) <= {_ONE}:
-            c = a.get(_ONE, 0.0)
-            return {k: c * v for k, v in b.items()}
-        if set(b) <= {_ONE}:
-            return self.times(b, a)
-        raise ValueError("literal weights must be linear in the leaves")
-
-    def negate(self, a):
-        return self.plus(self.one(), {k: -v for k, v in a.items()})
-
-    def value(self, a):
-        if isinstance(a, Term) and a.functor in ("nn", "t"):
-            return {a: 1.0}
-        if a is True or a is None:
-            return self.one()
-        return {_ONE: float(a)}
-
-    def is_dsp(self):
-        return True
-
-    def in_domain(self, a):
-        return True
-
-
-def leaf_key(term: Term):
-    """``("nn", net, source, j)`` for a network output, ``("t", i)`` for a rule parameter."""
-    if term.functor == "t":
-        return ("t", int(term.args[0]))
-    net, inputs, j = term.args
-    (tensor,) = inputs.args[0:1] if inputs.functor == "." else (inputs,)
-    src = tensor.args[0].functor  # tensor(src(img))
-    return ("nn", str(net), src, int(j))
+#: How answers are evaluated: per-sample cones (numba), or KLay's whole circuit
+#: for answers without gradients (see CompiledEngine._answers).
+EVALUATORS = ("cones", "circuit")
 
 
 @dataclass
-class CompiledQueries:
-    """A circuit over some ground queries, with its literal weights.
-
-    ``roots[q] = (numerator, normaliser)``: output columns of the query
-    conjoined with the constraints it touches, and of those constraints alone,
-    so ``P(q) = out[:, numerator] / out[:, normaliser]`` (see
-    :func:`compile_queries`).
-    """
-
-    roots: dict  # Term -> (column, normaliser column)
-    circuit: torch.nn.Module  # KLay's module: every root for every sample
-    weight_matrix: torch.Tensor  # [1 + n_leaves, 2 + 2 * n_vars] float64: leaves -> KLay's input encoding
-    nn_blocks: tuple[tuple[str, str], ...]  # (network, tensor source) column blocks
-    block_sizes: tuple[int, ...]  # the number of columns (the network's domain) of each block
-    rule_params: list[int]  # parameter index of each rule-probability column
-
-    def __post_init__(self):
-        self._flat: FlatCircuit | None = None
-        self._encoding: LeafEncoding | None = None
-
-    @functools.cached_property
-    def groups(self) -> list[tuple[str, list[int]]]:
-        """The blocks of each network, in block order: [(network, block indices)]
-        (the blocks are sorted by network, so each network's are consecutive)."""
-        out: dict[str, list[int]] = {}
-        for j, (net, _) in enumerate(self.nn_blocks):
-            out.setdefault(net, []).append(j)
-        return list(out.items())
-
-    def pack(self, outputs: list, masks: list, rule_probs: torch.Tensor, batch_size: int) -> PackedLeaves:
-        """The leaves of a batch: per network of :meth:`groups`, its outputs
-        and mask (see :meth:`PackedLeaves.pack`); ``rule_probs`` [n_params]
-        the probabilities of all the program's parameters."""
-        return PackedLeaves.pack(outputs, masks, rule_probs[self.rule_params], batch_size)
-
-    def pack_all(self, outputs: dict, rule_probs: torch.Tensor, batch_size: int) -> PackedLeaves:
-        """:meth:`pack` for every block evaluated for every sample: ``outputs[block]`` [B, K]."""
-        ys, masks = [], []
-        for _, js in self.groups:
-            ys.append(torch.stack([outputs[self.nn_blocks[j]] for j in js], 1).flatten(0, 1))
-            masks.append(None if len(js) == 1 else torch.ones(batch_size, len(js), dtype=torch.bool))
-        return self.pack(ys, masks, rule_probs, batch_size)
-
-    def encode(self, leaves: PackedLeaves) -> torch.Tensor:
-        """KLay's input encoding ``[b, 2 + 2 * n_vars]``: ``[0, 1, pos_1, neg_1, ...]``,
-        as one dense matrix product (literal weights are linear in the leaves
-        ``[1, network outputs, rule probabilities]``). Rows of blocks not
-        evaluated for a sample are 0. For KLay's own module; the cones read the
-        leaves directly."""
-        m = self.weight_matrix.to(leaves.values.dtype)
-        n_nn = 1 + sum(self.block_sizes)
-        const = m[0] + leaves.rules @ m[n_nn:]  # the same for every sample
-        return torch.addmm(const, leaves.dense(self.block_sizes), m[1:n_nn])
-
-    def evaluate(self, leaves: PackedLeaves, terms) -> torch.Tensor:
-        """``[b, len(terms)]``: P(term) for every sample, all roots by KLay's module."""
-        x0 = self.encode(leaves)
-        out = self.circuit(x0[:, 2::2], x0[:, 3::2])  # [b, n_roots]
-        num, den = zip(*(self.roots[t] for t in terms))
-        return out[:, list(num)] / out[:, list(den)]
-
-    def cone(self, key_terms: list[list[Term]]) -> KeyedCone:
-        """Answers ``key_terms[k]`` for samples with key ``k``, evaluating only
-        the cone of those roots (callers keep it: building walks the circuit)."""
-        if self._flat is None:
-            self._flat = FlatCircuit(self.circuit, self.weight_matrix.shape[1], self.constant_inputs())
-            self._encoding = LeafEncoding(self.weight_matrix, list(self.block_sizes))
-        last = self._flat.layer_ids[-1]  # KLay's roots are the outputs of its last layer
-        pairs = [[self.roots[t] for t in terms] for terms in key_terms]
-        return KeyedCone(self._flat, self._encoding, [[last[n] for n, _ in row] for row in pairs],
-                         [[last[d] for _, d in row] for row in pairs])
-
-    def constant_inputs(self) -> dict[int, int]:
-        """Input positions whose weight is 0 or 1 whatever the leaves: position -> constant."""
-        m = self.weight_matrix
-        fixed = ~m[1:].any(0) & ((m[0] == 0) | (m[0] == 1))
-        return {int(p): int(m[0, p]) for p in fixed.nonzero().flatten()}
-
-
-def _constraint_nodes(sdd, mgr) -> list[tuple[set, object]]:
-    """Each annotated disjunction's constraint on its own: (its atoms, SDD node).
-    ProbLog conjoins them all into one constraint (``build_constraint_dd``)."""
-    out = []
-    for c in sdd.constraints():
-        node = mgr.true()
-        for clause in c.as_clauses():
-            node = mgr.conjoin(node, mgr.disjoin(*[sdd.get_inode(r) for r in clause]))
-        out.append(({abs(n) for n in c.get_nodes()}, node))
-    return out
-
-
-def _support(sdd, node: int, memo: dict) -> frozenset:
-    """The atoms (formula node ids) a formula node depends on structurally."""
-    node = abs(node)
-    if not node:  # 0 is ProbLog's deterministic ``true``
-        return frozenset()
-    if node not in memo:
-        n = sdd.get_node(node)
-        kids = getattr(n, "children", None)
-        memo[node] = frozenset([node]) if kids is None else frozenset().union(*(_support(sdd, c, memo) for c in kids))
-    return memo[node]
-
-
-def compile_queries(program: Program, queries: list[Term], network_domains: dict, neural: bool = True) -> CompiledQueries:
-    """Ground ``queries`` (may contain variables) and compile them into one KLay circuit.
-
-    ``neural=False`` for queries whose proofs involve no neural predicate.
-    """
-    import klay
-
-    engine = DefaultEngine()
-    db = engine.prepare(program.translated)
-    formula = LogicFormula(keep_all=True)
-    for term in _disjunction_heads(program, engine, db, queries, neural):
-        # labelled, so that the DAG (built by traversal from the names) keeps this order
-        formula = engine.ground(db, term, target=formula, label=LogicFormula.LABEL_QUERY)
-    for q in queries:
-        formula = engine.ground(db, q, target=formula, label=LogicFormula.LABEL_QUERY)
-    dag = LogicDAG.create_from(formula, keep_named=True)
-    sdd = SDD.create_from(dag)
-    mgr = sdd.get_manager()
-
-    # Symbolic literal weights, exactly as ProbLog assigns them.
-    weights = sdd.extract_weights(_LinearSemiring())
-    n_vars = mgr.get_manager().var_count()
-    forms = {}
-    for atom, pair in weights.items():
-        var = sdd.atom2var.get(atom)
-        if var is not None:
-            forms[var] = pair
-    keys = {k for pair in forms.values() for form in pair for k in form if k != _ONE}
-    leaves = {k: leaf_key(k) for k in keys}
-    nn_blocks = tuple(sorted({(key[1], key[2]) for key in leaves.values() if key[0] == "nn"}))
-    rule_params = sorted(key[1] for key in leaves.values() if key[0] == "t")
-    col = {}
-    for net, src in nn_blocks:
-        for j in range(len(network_domains[net])):
-            col[("nn", net, src, j)] = 1 + len(col)
-    for i in rule_params:
-        col[("t", i)] = 1 + len(col)
-    # leaves [1, nn outputs, rule probabilities] -> KLay's input [0, 1, pos_1, neg_1, ...]
-    matrix = torch.zeros(1 + len(col), 2 + 2 * n_vars, dtype=torch.float64)
-    matrix[0, 1] = 1.0
-    for var in range(1, n_vars + 1):
-        pair = forms.get(var, ({_ONE: 1.0}, {_ONE: 1.0}))  # unweighted: 1 both ways
-        for sign, form in enumerate(pair):
-            for k, c in form.items():
-                matrix[0 if k == _ONE else col[leaves[k]], 2 * var + sign] += c
-
-    # P(q) = WMC(q & C) / WMC(C), with C the conjunction of the annotated
-    # disjunctions' constraints (ProbLog's semantics). The constraints have
-    # disjoint atoms, so those of disjunctions q does not touch factor out of
-    # both counts and cancel: P(q) = WMC(q & C_q) / WMC(C_q) with C_q the
-    # constraints of the disjunctions sharing an atom with q. Exact, and each
-    # root's circuit then holds its own context's disjunctions only.
-    constraints = _constraint_nodes(sdd, mgr)
-    touched: dict[frozenset, object] = {}
-    support_memo: dict = {}
-    nodes = []  # the roots, in KLay's root order
-    roots = {}
-
-    def add_root(node) -> int:
-        node.ref()  # kept through the minimisation below
-        nodes.append(node)
-        return len(nodes) - 1
-
-    def normaliser(support: frozenset) -> int:
-        key = frozenset(i for i, (atoms, _) in enumerate(constraints) if atoms & support)
-        if key not in touched:
-            node = mgr.true()
-            for i in sorted(key):
-                node = mgr.conjoin(node, constraints[i][1])
-            touched[key] = (node, add_root(node))
-        return touched[key]
-
-    wanted = {q for q in queries if q.is_ground()}
-    open_queries = [q for q in queries if not q.is_ground()]
-    for term, node in sdd.queries():
-        if term not in wanted and not any(_matches(q, term) for q in open_queries):
-            continue  # an ordering helper, not a query
-        if node is None:  # no proof: probability 0
-            roots[term] = (add_root(mgr.false()), normaliser(frozenset())[1])
-            continue
-        c_node, c_col = normaliser(_support(sdd, node, support_memo))
-        roots[term] = (add_root(mgr.conjoin(sdd.get_inode(node), c_node)), c_col)
-    roots[FALSE] = (add_root(mgr.false()), normaliser(frozenset())[1])  # always 0 (sources absent in a context)
-    # Every other node of the manager is garbage from here on.
-    _minimize(mgr.get_manager())
-    circuit = klay.Circuit()
-    for node in nodes:
-        circuit.add_sdd(node)
-    module = circuit.to_torch_module(semiring="real", compile=False)
-    return CompiledQueries(roots, module, matrix, nn_blocks, tuple(len(network_domains[net]) for net, _ in nn_blocks),
-                           rule_params)
-
-
-#: above this many live SDD nodes the vtree search is bounded in time
-FULL_MINIMIZE_NODES = 50_000
-MINIMIZE_SECONDS = 10.0
-
-
-def _minimize(manager) -> None:
-    """Search for the vtree that makes the referenced roots' SDDs smallest
-    (same functions, fewer nodes): context_selection's label queries go from
-    124 to 66 circuit edges each, in 0.3 s. Large managers get a search bounded
-    to :data:`MINIMIZE_SECONDS` (va_selection: 335,359 live nodes; its full
-    search would take about 30 s for 1/70 of the edges)."""
-    if manager.live_size() <= FULL_MINIMIZE_NODES:
-        manager.minimize()
-    else:
-        manager.set_vtree_search_time_limit(MINIMIZE_SECONDS)
-        manager.minimize_limited()
-
-
-def _matches(pattern: Term, term: Term) -> bool:
-    """Whether ground ``term`` is an instance of ``pattern`` (variables match anything)."""
-    if isinstance(pattern, Var):
-        return True
-    if pattern.functor != term.functor or pattern.arity != term.arity:
-        return False
-    return all(_matches(p, t) for p, t in zip(pattern.args, term.args))
-
-
-def _disjunction_heads(program: Program, engine, db, queries: list[Term], neural: bool) -> list[Term]:
-    """Open head patterns of every annotated disjunction the queries can use:
-    the rule groups in program order (``trust(n1_large, S)``,
-    ``circumplex(negative, low, E)``, ...), then the neural predicates the
-    queries' proofs call (``scene_emotion(tensor(scene(img)), E)``, ...).
-
-    Grounding these first (unlabelled) numbers the atoms, hence the SDD
-    variables, one disjunction at a time. Grounding query by query would
-    interleave the disjunctions' variables, and with ProbLog's default vtree the
-    SDD of their exactly-one constraints then grows exponentially (va_selection
-    took minutes and gigabytes).
-    """
-    heads = [Term(g.functor, *(Term(a) for a in g.context), Var("X")) for g in program.groups]
-    if not neural:
-        return heads
-    scratch = LogicFormula(keep_all=True)
-    for q in queries:
-        scratch = engine.ground(db, q, target=scratch, label=LogicFormula.LABEL_QUERY)
-    seen = set()
-    for _, atom, kind in scratch:
-        if kind != "atom":
-            continue
-        name = atom.name
-        prob = atom.probability
-        if isinstance(prob, Term) and prob.functor == "nn" and name is not None:
-            inner = name.args[2] if name.functor == "choice" else name
-            pattern = Term(inner.functor, *inner.args[:-1], Var("X"))
-            if pattern not in seen:
-                seen.add(pattern)
-                heads.append(pattern)
-    return heads
-
-
-@dataclass
-class CompiledProgram:
-    """Every context of a program in one circuit, with the query terms per context.
-
-    ``queries`` answers emotion/3, valid/2 and via/4 for every context;
-    ``selection`` answers selected/3 and valid/2 (no networks involved). A
-    batch evaluates, per sample, only its own context's roots (cones, see
-    ``engines/cone.py``): ``main`` (emotions + valid), ``label`` (one emotion +
-    valid, key ``context * E + label``) and ``explain`` (via/4 per source).
-    A source that does not exist in a context names the always-false root.
-    """
+class CompiledFamilies:
+    """A :class:`QuerySpec` compiled: ``queries`` holds every root of its neural
+    families, ``static`` those of its network-free ones; ``rows[family][key]`` the
+    terms a key answers (:data:`FALSE` where a term has no proof). ``needs``
+    [C, n_blocks] bool: whether context ``c`` reads ``queries.nn_blocks[j]``."""
 
     contexts: tuple[str, ...]
-    sources: tuple[str, ...]  # every source of any context, in program order
     queries: CompiledQueries
-    selection: CompiledQueries
-    emotion_terms: list  # [C][E]
-    valid_terms: list  # [C]
-    via_terms: list  # [C][S][E]
-    selected_terms: list  # [C][S]
-    needs: torch.Tensor  # [C, n_blocks] bool: the context reads this (network, source) block
+    static: CompiledQueries | None
+    rows: dict[str, list[list[Term]]]
+    needs: torch.Tensor
 
     def __post_init__(self):
         self._cones: dict[str, KeyedCone] = {}
 
     def key_terms(self, family: str) -> list[list[Term]]:
-        """The terms each key of a query family answers (see above)."""
-        pairs = list(zip(self.emotion_terms, self.valid_terms))
-        if family == "main":
-            return [e + [v] for e, v in pairs]
-        if family == "label":
-            return [[t, v] for e, v in pairs for t in e]
-        if family == "explain":
-            return [[t for row in via for t in row] for via in self.via_terms]
-        raise ValueError(f"unknown query family {family!r}; known: main, label, explain")
+        if family not in self.rows:
+            raise ValueError(f"unknown query family {family!r}; known: {', '.join(self.rows)}")
+        return self.rows[family]
 
     def cone(self, family: str) -> KeyedCone:
-        """The cone of a query family, built once."""
+        """The cone of a neural family, built once."""
         if family not in self._cones:
             self._cones[family] = self.queries.cone(self.key_terms(family))
         return self._cones[family]
 
 
-def compile_program(program: Program, contexts, emotions: tuple[str, ...], network_domains: dict) -> CompiledProgram:
-    img = PLACEHOLDER
-    ctxs = [Term(c) for c in contexts]
-    sources = tuple(dict.fromkeys(s for c in contexts for s in program.sources_in(c)))
-    selection = compile_queries(
-        program, [q for c in ctxs for q in (Term("selected", img, c, Var("S")), Term("valid", img, c))],
-        network_domains, neural=False,
-    )
-    terms = []
-    for c in ctxs:
-        terms += [Term("emotion", img, c, Term(e)) for e in emotions]
-        terms.append(Term("valid", img, c))
-        terms += [Term("via", img, c, Term(s), Term(e)) for s in program.sources_in(str(c)) for e in emotions]
-    queries = compile_queries(program, terms, network_domains)
-    outside = sorted(_derived_emotions(program, contexts) - set(emotions))
-    if outside:
-        raise ProgramError(
-            f"{program.path.name}: emotion/3 derives values outside the vocabulary ({', '.join(outside)}); "
-            f"the vocabulary is: {', '.join(emotions)}"
-        )
-
-    def known(cq: CompiledQueries, term: Term) -> Term:
-        return term if term in cq.roots else FALSE
-
-    needs = torch.zeros(len(ctxs), len(queries.nn_blocks), dtype=torch.bool)
-    for i, c in enumerate(contexts):
+def compile_families(program: Program, spec: QuerySpec, network_domains: dict) -> CompiledFamilies:
+    # The network-free families first, then the check: ProbLog's grounding keeps
+    # state across calls, and this order is the one the circuits were tuned in
+    static_terms = spec.terms(neural=False)
+    static = compile_queries(program, static_terms, network_domains, neural=False) if static_terms else None
+    queries = compile_queries(program, spec.terms(neural=True), network_domains)
+    if spec.check is not None:
+        spec.check(program)
+    rows = {}
+    for name, f in spec.families.items():
+        roots = (queries if f.neural else static).roots
+        rows[name] = [[t if t in roots else FALSE for t in row] for row in f.rows]
+    needs = torch.zeros(len(spec.contexts), len(queries.nn_blocks), dtype=torch.bool)
+    engine = DefaultEngine()
+    db = engine.prepare(program.translated)
+    for c in range(len(spec.contexts)):
+        read = _blocks_read(engine, db, spec.context_terms(c, neural=True))
         for j, block in enumerate(queries.nn_blocks):
-            needs[i, j] = block in _blocks_read(program, c)
-    return CompiledProgram(
-        contexts=tuple(contexts), sources=sources, queries=queries, selection=selection,
-        emotion_terms=[[known(queries, Term("emotion", img, c, Term(e))) for e in emotions] for c in ctxs],
-        valid_terms=[known(queries, Term("valid", img, c)) for c in ctxs],
-        via_terms=[[[known(queries, Term("via", img, c, Term(s), Term(e))) for e in emotions] for s in sources]
-                   for c in ctxs],
-        selected_terms=[[known(selection, Term("selected", img, c, Term(s))) for s in sources] for c in ctxs],
-        needs=needs,
-    )
+            needs[c, j] = block in read
+    return CompiledFamilies(tuple(spec.contexts), queries, static, rows, needs)
 
 
-def _derived_emotions(program: Program, contexts) -> set[str]:
-    engine = DefaultEngine()
-    db = engine.prepare(program.translated)
-    out = set()
-    for c in contexts:
-        f = engine.ground(db, Term("emotion", PLACEHOLDER, Term(c), Var("E")), label=LogicFormula.LABEL_QUERY)
-        out |= {str(t.args[2]) for t, _ in f.queries()}
-    return out
-
-
-def _blocks_read(program: Program, context: str) -> set[tuple[str, str]]:
-    """The (network, source) pairs whose outputs the proofs of ``context`` use."""
-    engine = DefaultEngine()
-    db = engine.prepare(program.translated)
-    f = engine.ground(db, Term("via", PLACEHOLDER, Term(context), Var("S"), Var("E")), label=LogicFormula.LABEL_QUERY)
+def _blocks_read(engine, db, terms: list[Term]) -> set[tuple[str, str]]:
+    """The (network, source) pairs whose outputs the proofs of ``terms`` use."""
+    f = LogicFormula(keep_all=True)
+    for t in terms:
+        f = engine.ground(db, t, target=f, label=LogicFormula.LABEL_QUERY)
     out = set()
     for _, atom, kind in f:
         if kind == "atom" and isinstance(atom.probability, Term) and atom.probability.functor == "nn":
             key = leaf_key(atom.probability)
             out.add((key[1], key[2]))
     return out
+
+
+_COMPILED: dict = {}
+
+
+def compiled_families(program: Program, spec: QuerySpec, domains: dict) -> CompiledFamilies:
+    """Compile once per program text and spec: in this process (a dict) and across
+    processes (``engines/compile_cache.py``, about a second saved per program)."""
+    options = ("families", spec.key(), tuple(sorted((k, tuple(v)) for k, v in domains.items())))
+    key = (str(program.path), program.text, options)
+    if key not in _COMPILED:
+        _COMPILED[key] = load_or_build(program.name, program.text, options,
+                                       lambda: compile_families(program, spec, domains), CompiledFamilies)
+    return _COMPILED[key]
+
+
+@register_engine
+class CompiledEngine(Engine):
+    """Batched evaluation of one circuit compiled for all contexts."""
+
+    name = "compiled"
+    #: The networks run on their device; the per-sample cone walk is numba on the CPU (leaf values copied
+    #: there and the results back, gradients too): not measured on a GPU, so kept.
+    placement = "circuit on the CPU (numba cone walker; leaves copied from the networks' device and back)"
+    rule_training = "any torch optimizer (Adam by default) on unconstrained logits, a softmax per disjunction"
+
+    def compile(self, networks: dict[str, nn.Module], evaluator: str = "cones") -> None:
+        if evaluator not in EVALUATORS:
+            raise UserError(f"unknown evaluator {evaluator!r}; known evaluators: {', '.join(EVALUATORS)}")
+        self.evaluator = evaluator
+        self.networks = networks
+        domains = {n.network: n.domain for n in self.program.neural}
+        self.compiled = compiled_families(self.program, self.spec, domains)
+        self.rules = RuleLogits(self.program)
+        self._circuit_terms: dict[str, tuple[list, torch.Tensor]] = {}
+        # per network of queries.groups: [C, J] which of its blocks each context reads
+        self._group_needs = [self.compiled.needs[:, js].numpy() for _, js in self.compiled.queries.groups]
+
+    # -- rule parameters ---------------------------------------------------------
+    def rule_probs_tensor(self) -> torch.Tensor:
+        return self.rules.probs()
+
+    def set_rule_probs(self, probs) -> None:
+        self.rules.set(probs)
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        return [self.rules.logits]
+
+    def rule_optimizer(self, lr: float, kind: str = "adam"):
+        optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+        if kind not in optimizers:
+            raise ValueError(f"unknown optimizer {kind!r}; known: {', '.join(optimizers)}")
+        return optimizers[kind](self.rule_parameters(), lr=lr)
+
+    # -- evaluation --------------------------------------------------------------
+    def leaves(self, batch, contexts: torch.Tensor, rule_probs=None) -> PackedLeaves:
+        """Each network evaluated once per batch, on the (sample, source) pairs
+        whose context reads them (a sample evaluates only its own context's
+        cone). A sample whose context needs a source it does not have is an error.
+        The bookkeeping (which pairs) is numpy: no gradients, smaller overhead.
+        Heads of one network (modules with ``trunk_owner``, ``trunk(x)`` and
+        ``from_trunk(t)``, like the fusion net's) share one trunk evaluation when
+        they read the same source for the whole batch."""
+        cq = self.compiled.queries
+        ctx = contexts.cpu().numpy()
+        outputs, masks, trunks = [], [], {}
+        for (net, js), needs in zip(cq.groups, self._group_needs):
+            sources = [cq.nn_blocks[j][1] for j in js]
+            mask = needs[ctx]  # [B, J] bool
+            missing = mask & ~np.stack([batch.present(src).cpu().numpy() for src in sources], 1)
+            if missing.any():
+                i, j = (int(v) for v in np.argwhere(missing)[0])
+                raise UserError(f"sample {batch.sample_ids[i]}: its context needs source {sources[j]!r}, which is absent")
+            if mask.all() and len(js) == 1:
+                outputs.append(self._run(net, batch.tensors[sources[0]], sources[0], trunks))  # [B, K]
+                masks.append(None)
+                continue
+            # (sample, source) pairs, sample by sample
+            x = torch.stack([batch.tensors[src] for src in sources], 1) if len(js) > 1 else batch.tensors[sources[0]][:, None]
+            outputs.append(self.networks[net](x[torch.from_numpy(mask).to(x.device)]))  # [n, K]
+            masks.append(mask)
+        rule_probs = self.rule_probs_tensor() if rule_probs is None else rule_probs
+        return cq.pack(outputs, masks, rule_probs, len(batch))
+
+    def _run(self, net: str, x: torch.Tensor, source: str, trunks: dict) -> torch.Tensor:
+        module = self.networks[net]
+        owner = getattr(module, "trunk_owner", None)
+        if owner is None:
+            return module(x)
+        key = (id(owner), source)
+        if key not in trunks:
+            trunks[key] = module.trunk(x)
+        return module.from_trunk(trunks[key])
+
+    def _answers(self, family: str, leaves: PackedLeaves, keys: torch.Tensor) -> torch.Tensor:
+        """[B, K]: each sample's row of a family for its key.
+
+        Cones by default. With ``evaluator="circuit"``, answers without gradients
+        come from KLay's module instead, which evaluates every root for every
+        sample and then keeps each sample's own: more arithmetic, but plain torch,
+        so a process that only answers a few images never starts numba (about
+        2 s in a fresh process). Same circuit, same numbers (tested)."""
+        cp = self.compiled
+        if self.evaluator == "cones" or torch.is_grad_enabled():
+            return cp.cone(family)(leaves, keys)
+        if family not in self._circuit_terms:
+            rows = cp.key_terms(family)
+            terms = list(dict.fromkeys(t for row in rows for t in row))
+            column = {t: i for i, t in enumerate(terms)}
+            self._circuit_terms[family] = (terms, torch.tensor([[column[t] for t in row] for row in rows]))
+        terms, index = self._circuit_terms[family]
+        # Roots of other contexts read blocks not evaluated for a sample (zeros)
+        # and may be 0/0; only the sample's own context's columns are kept.
+        return cp.queries.evaluate(leaves, terms).gather(1, index[keys])
+
+    def evaluate(self, batch, contexts, requests, rule_probs=None) -> list[torch.Tensor]:
+        contexts = contexts.cpu()  # the cone walk reads its keys on the CPU
+        leaves = self.leaves(batch, contexts, rule_probs)
+        out = []
+        for family, sub in requests:
+            per = self.spec.families[family].per_context
+            out.append(self._answers(family, leaves, contexts * per + (0 if sub is None else sub.cpu())))
+        return out
+
+    def evaluate_static(self, family: str, key: int) -> torch.Tensor:
+        cq = self.compiled.static
+        with torch.no_grad():
+            leaves = cq.pack_all({}, self.rule_probs_tensor().cpu(), 1)  # the circuit's matrices: CPU
+            return cq.evaluate(leaves, self.compiled.key_terms(family)[key])[0]

@@ -2,7 +2,7 @@
 
 A DeepProbLog ``Model`` over the program file, its ``ExactEngine`` with circuit
 caching (queries are parameterised by a placeholder image, so one circuit per
-context is compiled and reused), networks wrapped as DeepProbLog ``Network``s
+ground query is compiled and reused), networks wrapped as DeepProbLog ``Network``s
 reading named tensor sources keyed by sample id (``tensor(face1(Id))``), and
 DeepProbLog's ``SGD(param_lr)`` for the ``t(_)`` parameters — the faithful
 reproduction of the source notes. It evaluates one query at a time.
@@ -14,11 +14,9 @@ import io
 
 import torch
 from problog.logic import Term
+from torch import nn
 
-from logic.program import Program
-from neural.vocabulary import EMOTIONS
-
-PLACEHOLDER = Term("img")
+from logic.engines.base import FALSE, PLACEHOLDER, Engine, register_engine
 
 
 class _SampleTensors:
@@ -36,59 +34,74 @@ class _SampleTensors:
             raise KeyError(f"no tensor for sample {name!r} in this source") from None
 
 
-class DeepProbLogEngine:
+@register_engine
+class DeepProbLogEngine(Engine):
     name = "deepproblog"
     placement = "DeepProbLog's exact engine on the CPU, one query at a time"
+    batched = False
+    cpu_only = True
+    torch_rules = False
+    rule_training = "DeepProbLog's SGD(param_lr) on the probabilities, clipped and renormalised per disjunction"
 
-    def __init__(self, program: Program, networks: dict[str, torch.nn.Module], param_lr: float = 0.01, emotions=EMOTIONS):
+    def compile(self, networks: dict[str, nn.Module], param_lr: float = 0.01) -> None:
         from deepproblog.engines import ExactEngine
         from deepproblog.model import Model
         from deepproblog.network import Network
         from deepproblog.optimizer import SGD
 
-        self.program = program
-        self.emotions = tuple(emotions)
-        self.dp_networks = [Network(networks[n], n, batching=True) for n in program.networks]
-        self.model = Model(str(program.path), self.dp_networks)
+        if self.spec.check is not None:
+            self.spec.check(self.program)
+        self.dp_networks = [Network(networks[n], n, batching=True) for n in self.program.networks]
+        self.model = Model(str(self.program.path), self.dp_networks)
         with contextlib.redirect_stdout(io.StringIO()):  # its "Caching ACs" notice would break --json output
             self.model.set_engine(ExactEngine(self.model), cache=True)
         self.model.optimizer = SGD(self.model, param_lr)
-        self.sources: dict[str, _SampleTensors] = {}
-        if len(self.model.parameters) != program.n_params:  # both must index the same parameters
+        self._tensor_sources: dict[str, _SampleTensors] = {}
+        if len(self.model.parameters) != self.program.n_params:  # both must index the same parameters
             raise RuntimeError("DeepProbLog and emologic disagree on the program's parameters")
 
-    # -- parameters ---------------------------------------------------------
+    # -- rule parameters: DeepProbLog's own, trained by its SGD ------------------
     def rule_probs(self) -> list[float]:
         return [float(p) for p in self.model.parameters]
 
+    def rule_probs_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.rule_probs(), dtype=torch.float64)
+
     def set_rule_probs(self, probs) -> None:
         self.model.parameters[:] = [float(p) for p in probs]
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        return []  # not torch parameters: DeepProbLog's optimizer trains them (rule_optimizer)
+
+    def rule_optimizer(self, lr: float, kind: str = "sgd"):
+        """DeepProbLog's own ``SGD(param_lr=lr)`` (``kind`` does not apply: it is the only one)."""
+        self.model.optimizer.param_lr = lr
+        return self
 
     def rule_grads(self) -> list[float]:
         """Accumulated dLoss/dt_i since the last ``zero_grad`` (DeepProbLog's hooks)."""
         g = self.model.optimizer._params_grad
         return [float(g[i]) if i in g else 0.0 for i in range(self.program.n_params)]
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         self.model.optimizer.zero_grad()
 
     def step(self) -> None:
         """DeepProbLog's SGD step: gradient step, clip to [0, 1], renormalise groups."""
         self.model.optimizer.step()
 
-    def set_lr(self, lr: float) -> None:
-        self.model.optimizer.param_lr = lr
-
-    def train(self, mode: bool = True) -> None:
+    def train(self, mode: bool = True):
+        super().train(mode)
         for n in self.dp_networks:
             n.train() if mode else n.eval()
+        return self
 
-    # -- evaluation ---------------------------------------------------------
+    # -- evaluation --------------------------------------------------------------
     def _bind(self, batch) -> None:
         for name, tensor in batch.tensors.items():
-            src = self.sources.get(name)
+            src = self._tensor_sources.get(name)
             if src is None:
-                src = self.sources[name] = _SampleTensors()
+                src = self._tensor_sources[name] = _SampleTensors()
                 self.model.add_tensor_source(name, src)
             src.rows = {sid: tensor[i] for i, sid in enumerate(batch.sample_ids)}
 
@@ -111,38 +124,28 @@ class DeepProbLogEngine:
         values = self._values([(t, sid) for terms, sid in zip(terms_per_sample, batch.sample_ids) for t in terms])
         return torch.stack(values).view(len(batch), width)
 
-    def query(self, batch, contexts: list[str], sources: list[str], explain: bool):
-        """Joint probabilities per sample: emotion [B, E], valid [B], via [B, S, E] or None."""
-        emotions = self.emotions
-        per_sample = [[Term("valid", PLACEHOLDER, Term(c))] + [Term("emotion", PLACEHOLDER, Term(c), Term(e)) for e in emotions]
-                      + ([Term("via", PLACEHOLDER, Term(c), Term(s), Term(e)) for s in sources for e in emotions] if explain else [])
-                      for c in contexts]
-        table = self.ground_values(batch, per_sample)  # [B, 1 + E (+ S*E)]
-        valid, emotion = table[:, 0], table[:, 1:1 + len(emotions)]
-        via = table[:, 1 + len(emotions):].reshape(len(batch), len(sources), len(emotions)) if explain else None
-        return emotion, valid, via
-
-    def label_query(self, batch, contexts: list[str]):
-        """P(emotion(img, ctx, label)) and P(valid(img, ctx)) per sample: [B], [B]."""
-        table = self.ground_values(batch, [
-            [Term("emotion", PLACEHOLDER, Term(c), Term(self.emotions[y])), Term("valid", PLACEHOLDER, Term(c))]
-            for c, y in zip(contexts, batch.labels.tolist())
-        ])
-        return table[:, 0], table[:, 1]
-
-    def _values(self, terms_and_ids) -> list[torch.Tensor]:
-        """The probability of each ground query (0 for a query with no proof)."""
-        dtype = torch.get_default_dtype()
+    def evaluate(self, batch, contexts, requests, rule_probs=None) -> list[torch.Tensor]:
+        if rule_probs is not None:
+            raise ValueError("the deepproblog engine evaluates its own rule probabilities (set_rule_probs)")
+        ctx = contexts.tolist()
         out = []
-        for (term, sid), result in zip(terms_and_ids, self._solve(terms_and_ids)):
-            v = result.get(term.apply_term({PLACEHOLDER: Term(sid)}), 0.0)
-            out.append(v if torch.is_tensor(v) else torch.tensor(float(v), dtype=dtype))
+        for family, sub in requests:
+            f = self.spec.families[family]
+            subs = [0] * len(ctx) if sub is None else sub.tolist()
+            out.append(self.ground_values(batch, [f.rows[c * f.per_context + s] for c, s in zip(ctx, subs)]))
         return out
 
-    def selection(self, context: str, sources: list[str]) -> dict[str, float]:
-        """P(source selected | valid) in ``context`` (no network involved)."""
-        terms = [(Term("valid", PLACEHOLDER, Term(context)), "none")]
-        terms += [(Term("selected", PLACEHOLDER, Term(context), Term(s)), "none") for s in sources]
+    def evaluate_static(self, family: str, key: int) -> torch.Tensor:
         with torch.no_grad():
-            values = [float(v) for v in self._values(terms)]
-        return {s: v / values[0] for s, v in zip(sources, values[1:])}
+            return torch.stack(self._values([(t, "none") for t in self.spec.families[family].rows[key]]))
+
+    def _values(self, terms_and_ids) -> list[torch.Tensor]:
+        """The probability of each ground query (0 for a query with no proof, or false by construction)."""
+        dtype = torch.get_default_dtype()
+        asked = [(t, sid) for t, sid in terms_and_ids if t != FALSE]
+        results = iter(self._solve(asked)) if asked else iter(())
+        out = []
+        for term, sid in terms_and_ids:
+            v = 0.0 if term == FALSE else next(results).get(term.apply_term({PLACEHOLDER: Term(sid)}), 0.0)
+            out.append(v if torch.is_tensor(v) else torch.tensor(float(v), dtype=dtype))
+        return out
