@@ -3,7 +3,7 @@
 Public API::
 
     from neural.facetrain import FaceTrainConfig, train_face, load_face_predicate
-    from neural.face_data import load_face_data, export_synthetic_face_crops
+    from pipelines.face_crops import load_face_data, export_synthetic_face_crops
 
     data = load_face_data("faces/")                   # root/<split>/<emotion>/*.png or a CSV
     result = train_face(FaceTrainConfig(backbone="mini_xception", epochs=10), data, "runs/face")
