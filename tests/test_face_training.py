@@ -45,7 +45,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def crops_dir(tmp_path_factory):
-    from pipelines.datasets.synthetic import SyntheticConfig, generate_synthetic
+    from pipelines.datasets.synthetic import generate_synthetic
+    from pipelines.datasets.synthetic_config import SyntheticConfig
 
     root = tmp_path_factory.mktemp("face_syn")
     generate_synthetic(root / "syn", SyntheticConfig(n_images=110, face_count_probs=(0.0, 0.3, 0.4, 0.3)), workers=1)

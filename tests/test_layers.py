@@ -121,3 +121,15 @@ def test_the_checker_sees_function_level_relative_and_cyclic_imports(tmp_path):
     found = layer_violations(("low", "high"), root=tmp_path)
     assert found == ["low/lazy.py:2 imports high.x", "low/rel.py:1 imports high"]
     assert find_cycle(package_graph(("low", "high"), root=tmp_path)) == ["high", "low", "high"]
+
+
+#: The packages whose modules are kept small here; logic/ and experiments/ are being split elsewhere.
+SIZED = ("neural", "pipelines", "cache")
+MAX_LINES = 400
+
+
+def test_modules_stay_small():
+    big = [f"{p.relative_to(ROOT)}: {n} lines"
+           for package in SIZED for p in sorted((ROOT / package).rglob("*.py"))
+           if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    assert not big, f"modules over {MAX_LINES} lines (split them by responsibility):\n" + "\n".join(big)

@@ -11,7 +11,7 @@ Public API::
 
 Modules: :mod:`.config` (the dataclass), :mod:`.backbones` (backbone registry,
 timm network, predicate loader), :mod:`.recipe` (EMA, MixUp/CutMix, schedule,
-class weights), :mod:`.trainer` (loop, checkpoint), :mod:`.plots`.
+class weights), :mod:`.trainer` (the loop), :mod:`.checkpoint`, :mod:`.plots`.
 """
 from neural.facetrain.backbones import (
     BackboneError,
@@ -24,7 +24,8 @@ from neural.facetrain.backbones import (
     split_parameters,
 )
 from neural.facetrain.config import FaceTrainConfig, FaceTrainConfigError
-from neural.facetrain.trainer import TrainResult, evaluate, read_checkpoint_info, train_face
+from neural.facetrain.checkpoint import read_checkpoint_info
+from neural.facetrain.trainer import TrainResult, evaluate, train_face
 
 __all__ = [
     "BackboneError", "FaceTrainConfig", "FaceTrainConfigError", "TimmFaceNet", "TrainResult",
