@@ -36,6 +36,10 @@ class UnknownSampleError(UserError, KeyError):
         return self.args[0]
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def collate(items: Sequence, cfg) -> Batch:
     """The batch of ``cfg``'s kind straight from its pipeline's ``process`` output."""
     if not items:
@@ -88,7 +92,7 @@ class CachedSplit:
         wanted = kind or kinds[0].name
         for d, k in zip(self.directories, kinds):
             if k.name != wanted:
-                raise CacheError(f"{d}: a {k.name} cache, not a {wanted} cache")
+                raise CacheError(f"{d}: {_article(k.name)} {k.name} cache, not {_article(wanted)} {wanted} cache")
         self.kind = get_cache_kind(wanted)
         first = self.manifests[0]
         self.config = self.kind.config_cls.from_dict(first["config"])
@@ -148,7 +152,7 @@ class CachedSplit:
         which names exist is the kind's (clips: ``sentiments``, ``audio_present``, ...)."""
         columns = self._rows.columns
         if name not in columns:
-            raise KeyError(f"a {self.kind.name} cache has no per-sample {name!r}; it has {', '.join(sorted(columns))}")
+            raise KeyError(f"the {self.kind.name} cache has no per-sample {name!r}; it has {', '.join(sorted(columns))}")
         if sample_ids is None:
             return columns[name].clone()
         return columns[name][self.positions(list(sample_ids))]

@@ -155,7 +155,7 @@ def test_config_mismatch_is_refused(built, meld, tmp_path):
         CachedSplit(cache, "val", expected_identity={"tokenizer": "BertTokenizer:0000"})
     with pytest.raises(CacheConfigMismatch, match="this is a clip cache"):
         CachedSplit(cache, "val", expected_cfg=PipelineConfig())
-    with pytest.raises(CacheError, match="a clip cache, not a image cache"):
+    with pytest.raises(CacheError, match="a clip cache, not an image cache"):
         CachedSplit(cache, "val", kind="image")
     with pytest.raises(Exception, match="holds clip samples"):
         build_cache(ds, tmp_path, PipelineConfig(), split="val", progress=False)
