@@ -302,7 +302,7 @@ def test_training_clips_every_step(net, init_state, monkeypatch):
         seen.append((before, float(after)))
         return before
 
-    monkeypatch.setattr(recipe, "clip_gradients", spy)
+    monkeypatch.setattr(training, "clip_gradients", spy)  # the name train_fusion calls
     train, val = _synthetic(100, seed=5), _synthetic(50, seed=6)
     threads = torch.get_num_threads()
     hist = train_fusion(net, train, val, RecipeConfig(epochs=2, batch_size=32, grad_clip_norm=0.01), log=None)["history"]
