@@ -1,13 +1,24 @@
 """The batches the cache serves and every downstream stage reads.
 
-:class:`Batch` (images): face slots that do not exist are *absent*: their rows
-in the padded tensors are NaN (never zeros), and ``face_mask`` says which slots
-exist. Anything that reads an absent slot poisons its result with NaN, so a
-dummy face can never pass silently; the logic only evaluates face predicates on
-existing slots. :class:`ClipBatch` (video clips) treats missing audio the same way.
+:class:`Batch` is what every kind shares: sample ids, labels, and row-wise
+``select``/``to`` over whatever the kind stores. A kind's batch is a dataclass
+subclass that only *declares* its fields (and the views derived from them):
+
+* :class:`ImageBatch`: face slots that do not exist are *absent*: their rows in
+  the padded tensors are NaN (never zeros), and ``face_mask`` says which slots
+  exist. Anything that reads an absent slot poisons its result with NaN, so a
+  dummy face can never pass silently; the logic only evaluates face predicates
+  on existing slots.
+* :class:`ClipBatch` (video clips) treats missing audio the same way.
+
+Every field of a batch is per sample (dim 0 = the batch), so ``select`` and
+``to`` are written once, over the dataclass fields: a tensor is indexed or moved,
+a ``{name: tensor}`` dict likewise per entry, a list is indexed, a
+``{name: list}`` dict per entry.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +27,49 @@ from neural.vocabulary import FACE_SLOTS
 from pipelines.context import DEFAULT_LARGE_FACE, batch_context_codes, batch_context_keys
 
 
-@dataclass
+def _pick(value, idx: torch.Tensor, pos: list[int]):
+    if isinstance(value, torch.Tensor):
+        return value[idx]
+    if isinstance(value, dict):
+        return {k: _pick(v, idx, pos) for k, v in value.items()}
+    if isinstance(value, list):
+        return [value[i] for i in pos]
+    raise TypeError(f"a batch field must be per sample (tensor, list or dict of them), not {type(value).__name__}")
+
+
+def _move(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value  # lists (ids, annotations) stay where Python keeps them
+
+
 class Batch:
+    """What every batch has: ``sample_ids``, ``labels`` ([B] long, index into EMOTIONS,
+    -1 where unknown) and row-wise selection and device moves. Subclasses are
+    dataclasses whose every field is per sample."""
+
+    sample_ids: list[str]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def select(self, index):
+        """The sub-batch at ``index`` (a list/tensor of positions or a bool mask)."""
+        idx = torch.as_tensor(index)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        pos = idx.tolist()
+        return type(self)(**{f.name: _pick(getattr(self, f.name), idx, pos) for f in dataclasses.fields(self)})
+
+    def to(self, device):
+        return type(self)(**{f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)})
+
+
+@dataclass
+class ImageBatch(Batch):
     sample_ids: list[str]
     #: source name -> tensor. "scene": [B, 512] backbone features; "face1".."face3":
     #: [B, 1, 64, 64] grayscale crops in [-1, 1] (NaN where absent); "va": [B, D]
@@ -29,9 +81,6 @@ class Batch:
     image_size: torch.Tensor  # [B, 2] (width, height)
     labels: torch.Tensor  # [B] long, index into EMOTIONS; -1 where unknown
     meta: dict[str, list] = field(default_factory=dict)  # per-sample annotations
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
 
     @property
     def n_faces(self) -> torch.Tensor:  # [B] long
@@ -50,41 +99,16 @@ class Batch:
             return self.face_mask[:, FACE_SLOTS.index(source)]
         return torch.ones(len(self), dtype=torch.bool)
 
-    def select(self, index) -> "Batch":
-        """The sub-batch at ``index`` (a list/tensor of positions or a bool mask)."""
-        idx = torch.as_tensor(index)
-        if idx.dtype == torch.bool:
-            idx = idx.nonzero().flatten()
-        pos = idx.tolist()
-        return Batch(
-            sample_ids=[self.sample_ids[i] for i in pos],
-            tensors={k: v[idx] for k, v in self.tensors.items()},
-            face_mask=self.face_mask[idx],
-            face_boxes=self.face_boxes[idx],
-            face_probs=self.face_probs[idx],
-            image_size=self.image_size[idx],
-            labels=self.labels[idx],
-            meta={k: [v[i] for i in pos] for k, v in self.meta.items()},
-        )
-
-    def to(self, device) -> "Batch":
-        return Batch(
-            self.sample_ids,
-            {k: v.to(device) for k, v in self.tensors.items()},
-            self.face_mask.to(device),
-            self.face_boxes.to(device),
-            self.face_probs.to(device),
-            self.image_size.to(device),
-            self.labels.to(device),
-            self.meta,
-        )
+    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> "ImageBatch":
+        """The same images with other source tensors (e.g. frozen network outputs)."""
+        return dataclasses.replace(self, tensors=tensors)
 
 
 @dataclass
-class ClipBatch:
+class ClipBatch(Batch):
     """A batch of video clips with their audio and text (the ``clip`` cache kind).
 
-    Audio that does not exist is *absent*, as faces are in :class:`Batch`: its
+    Audio that does not exist is *absent*, as faces are in :class:`ImageBatch`: its
     rows are NaN (never silence), ``audio_present`` says which exist, and
     :meth:`audio_or` makes any stand-in an explicit choice of the reader.
     """
@@ -100,9 +124,6 @@ class ClipBatch:
     sentiments: torch.Tensor  # [B] long, index into neural.vocabulary.SENTIMENTS; -1 where unknown
     annotations: list[dict] = field(default_factory=list)  # per sample: utterance, speaker, ...
 
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
     def video_input(self) -> torch.Tensor:
         """[B, 3, T, S, S] float in [0, 1]: torchvision's video layout (``MultimodalFusionNet``)."""
         return self.video.permute(0, 2, 1, 3, 4).float().div(255.0)
@@ -110,24 +131,3 @@ class ClipBatch:
     def audio_or(self, fill: float) -> torch.Tensor:
         """[B, n_mels, L] with absent audio replaced by ``fill`` (e.g. the log floor: silence)."""
         return torch.where(self.audio_present[:, None, None], self.audio, torch.as_tensor(fill, dtype=self.audio.dtype))
-
-    def select(self, index) -> "ClipBatch":
-        """The sub-batch at ``index`` (a list/tensor of positions or a bool mask)."""
-        idx = torch.as_tensor(index)
-        if idx.dtype == torch.bool:
-            idx = idx.nonzero().flatten()
-        pos = idx.tolist()
-        return ClipBatch(
-            [self.sample_ids[i] for i in pos],
-            *(getattr(self, name)[idx] for name in _CLIP_TENSORS),
-            annotations=[self.annotations[i] for i in pos],
-        )
-
-    def to(self, device) -> "ClipBatch":
-        return ClipBatch(
-            self.sample_ids, *(getattr(self, name).to(device) for name in _CLIP_TENSORS), annotations=self.annotations
-        )
-
-
-#: The tensor fields of :class:`ClipBatch`, in constructor order.
-_CLIP_TENSORS = ("video", "audio", "audio_present", "audio_frames", "input_ids", "attention_mask", "labels", "sentiments")

@@ -1,4 +1,5 @@
-"""The ``clip`` cache kind: how :class:`pipelines.clips.ClipPipeline` output is stored.
+"""The ``clip`` cache kind: how :class:`pipelines.clips.ClipPipeline` output is stored,
+checked, and served back as :class:`cache.batch.ClipBatch`.
 
 Shard layout (``k`` clips; T, S, n_mels, L, M from the :class:`ClipPipelineConfig`)::
 
@@ -14,17 +15,22 @@ Shard layout (``k`` clips; T, S, n_mels, L, M from the :class:`ClipPipelineConfi
 A clip without audio stores NaN, not zeros or silence: nothing reads it as audio
 by accident. Manifest entries add ``clip_path``, ``sentiment``, ``audio_present``,
 ``audio_frames``, ``n_tokens`` and ``decode`` (what decoding found: duration, fps, ...).
+
+Reading: shards are hash-checked when opened, then memory-mapped; a batch reads
+only its rows of video and audio (MELD's 13.7k clips are ~9 GB at 16 x 112 x 112).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from cache.batch import ClipBatch
 from cache.kinds import CacheKind, ProblemFn, register_cache_kind
-from cache.store import to_json_value
+from cache.store import CacheError, checked_shard, entries_by_shard, to_json_value
 from pipelines.clips import ClipPipeline, ClipPipelineConfig, ProcessedClip
 
 
@@ -98,6 +104,64 @@ def check_entry(e: dict, sid: str, row: int, tensors: dict, problem: ProblemFn) 
         problem("shape", sid, f"{int(mask.sum())} tokens stored, the manifest says {e.get('n_tokens')}")
 
 
+#: Clip tensors read per batch from the memory-mapped shards; the rest is loaded once.
+_LAZY = ("video", "audio")
+
+
+class ClipRows:
+    """Open, memory-mapped shards: the small per-clip tensors in memory (``columns``),
+    video and audio read per batch."""
+
+    def __init__(self, ids, annotations, columns, handles, where):
+        self.ids: list[str] = ids
+        self.annotations: list[dict] = annotations
+        self.columns: dict[str, torch.Tensor] = columns  # name -> [N, ...]: labels, sentiments, audio_present, ...
+        self._handles = handles  # open safetensors shards
+        self._where: list[tuple[int, int]] = where  # per sample: (handle index, row)
+
+    def _lazy(self, name: str, pos: list[int]) -> torch.Tensor:
+        """[B, ...] rows of a lazily read tensor (``video`` or ``audio``)."""
+        return torch.cat([self._handles[h].get_slice(name)[r : r + 1] for h, r in (self._where[i] for i in pos)])
+
+    def batch(self, pos: torch.Tensor, sample_ids: list[str]) -> ClipBatch:
+        plist = pos.tolist()
+        tensors = {k: v[pos] for k, v in self.columns.items()}
+        tensors.update({name: self._lazy(name, plist) for name in _LAZY})
+        return ClipBatch(list(sample_ids), annotations=[self.annotations[i] for i in plist], **tensors)
+
+
+def read_rows(directories: list[Path], manifests: list[dict], cfg: ClipPipelineConfig, check_hashes: bool) -> ClipRows:
+    from safetensors import safe_open
+
+    ids, annotations, small, handles, where = [], [], [], [], []
+    for directory, manifest in zip(directories, manifests):
+        opened: dict[str, tuple[int, dict[str, torch.Tensor]]] = {}
+        shard_ids: dict[str, list[str]] = {}
+        for info in manifest["shards"]:
+            handle = safe_open(str(checked_shard(directory, info, check_hashes)), framework="pt")
+            shard_ids[info["name"]] = json.loads((handle.metadata() or {}).get("sample_ids", "[]"))
+            tensors = {k: handle.get_tensor(k) for k in handle.keys() if k not in _LAZY}  # noqa: SIM118 (not a dict)
+            opened[info["name"]] = (len(handles), tensors)
+            handles.append(handle)
+        for name, entries in entries_by_shard(directory, manifest, shard_ids).items():
+            h, tensors = opened[name]
+            rows = torch.tensor([e["row"] for e in entries], dtype=torch.long)
+            small.append({k: v[rows] for k, v in tensors.items()})
+            where += [(h, e["row"]) for e in entries]
+            ids += [e["id"] for e in entries]
+            annotations += [e["annotations"] for e in entries]
+    if not small:
+        raise CacheError(f"{', '.join(map(str, directories))}: the cache holds no samples")
+    columns = {k: torch.cat([p[k] for p in small]) for k in small[0]}
+    return ClipRows(ids, annotations, columns, handles, where)
+
+
+def collate(items: Sequence[ProcessedClip], cfg: ClipPipelineConfig) -> ClipBatch:
+    """A :class:`ClipBatch` straight from :meth:`ClipPipeline.process` output (no cache)."""
+    tensors = shard_tensors(list(items), cfg)
+    return ClipBatch([p.sample_id for p in items], annotations=[p.annotations for p in items], **tensors)
+
+
 CLIP_KIND = register_cache_kind(CacheKind(
     name="clip",
     config_cls=ClipPipelineConfig,
@@ -110,4 +174,6 @@ CLIP_KIND = register_cache_kind(CacheKind(
     expected_shapes=expected_shapes,
     check_shard=check_shard,
     check_entry=check_entry,
+    read_rows=read_rows,
+    collate=collate,
 ))

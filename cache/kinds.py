@@ -11,7 +11,11 @@ The build/resume/manifest/verify/atomic-write machinery (``cache.build``,
 * ``shard_tensors``  ``(processed items, cfg) -> {name: tensor}`` of one shard;
 * ``manifest_entry`` the per-sample manifest fields besides id, sha256, label,
   annotations, shard and row;
-* ``expected_shapes`` / ``check_shard`` / ``check_entry``  what ``verify`` checks.
+* ``expected_shapes`` / ``check_shard`` / ``check_entry``  what ``verify`` checks;
+* ``read_rows``      ``(split dirs, manifests, cfg, check_hashes) -> rows``: how its shards
+  are read back; ``rows`` has ``ids``, ``annotations``, ``columns`` (``{name: [N, ...]}``,
+  ``labels`` among them) and ``batch(positions, sample_ids)`` (its :class:`cache.batch.Batch`);
+* ``collate``        ``(processed items, cfg) -> batch``: the same batch without a cache.
 
 A manifest names its kind (``"kind"``; manifests written before kinds existed
 are ``"image"``).
@@ -48,6 +52,10 @@ class CacheKind:
     check_shard: Callable[[dict, int, str, ProblemFn], None]
     #: ``(entry, sample id, row, tensors, problem)``: one sample's stored rows
     check_entry: Callable[[dict, str, int, dict, ProblemFn], None]
+    #: ``(directories, manifests, cfg, check_hashes) -> rows`` (see the module docstring)
+    read_rows: Callable[[list, list, Any, bool], Any]
+    #: ``(processed items, cfg) -> batch``: pipeline output served without a cache
+    collate: Callable[[list, Any], Any]
 
     @property
     def source_name(self) -> str:

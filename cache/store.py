@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from neural.errors import UserError
-from neural.files import atomic_write_bytes  # noqa: F401  (re-exported)
+from neural.files import atomic_write_bytes, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -222,6 +222,52 @@ def read_shard_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], list[str]]:
 def read_shard(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``(tensors, sample_ids)`` of a shard file."""
     return read_shard_bytes(Path(path).read_bytes())
+
+
+def _shard_missing(path: Path) -> CacheError:
+    return CacheError(f"{path}: shard listed in the manifest is missing; run `emologic cache verify`")
+
+
+def _shard_changed(path: Path) -> CacheError:
+    return CacheError(f"{path}: shard changed after it was written (sha256 differs); run `emologic cache verify`")
+
+
+def checked_shard(directory: Path, info: dict, check_hash: bool = True) -> Path:
+    """The path of a shard the manifest lists, refused (one line) when it is missing or,
+    with ``check_hash``, when its bytes are not the ones the manifest recorded."""
+    path = Path(directory) / info["name"]
+    if not path.is_file():
+        raise _shard_missing(path)
+    if check_hash and sha256_file(path) != info["sha256"]:
+        raise _shard_changed(path)
+    return path
+
+
+def checked_shard_bytes(directory: Path, info: dict, check_hash: bool = True) -> bytes:
+    """:func:`checked_shard`, reading the file once for both the hash and the caller."""
+    path = Path(directory) / info["name"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _shard_missing(path) from None
+    if check_hash and hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise _shard_changed(path)
+    return data
+
+
+def entries_by_shard(directory: Path, manifest: dict, shard_ids: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """The manifest's entries grouped by shard, each checked to be where the manifest puts it
+    (``shard_ids``: the sample ids each shard's metadata lists, in row order)."""
+    by_shard: dict[str, list[dict]] = {}
+    for e in manifest["samples"]:
+        ids = shard_ids.get(e["shard"], [])
+        if e["row"] >= len(ids) or ids[e["row"]] != e["id"]:
+            raise CacheError(
+                f"{directory}: sample {e['id']!r} is not in shard {e['shard']} where the manifest "
+                "puts it; run `emologic cache verify`"
+            )
+        by_shard.setdefault(e["shard"], []).append(e)
+    return by_shard
 
 
 def package_versions() -> dict[str, str]:

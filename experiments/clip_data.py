@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cache.build import build_cache
-from cache.loader import CachedClipSplit
+from cache.loader import CachedSplit
 from experiments.config import HarnessConfig
 from experiments.data import REBUILD_HINT, SPLITS, dataset_options, default_cache_dir
 from experiments.runs import config_fingerprint
@@ -109,14 +109,14 @@ class ClipExperimentData:
     pipeline: ClipPipelineConfig
     fusion: MultimodalFusionConfig
     cache_dir: Path
-    splits: dict[str, CachedClipSplit]
+    splits: dict[str, CachedSplit]
     truth_polarity: dict | None  # synthetic_clips: the generator's P(sentiment | emotion)
     build_summary: str
     #: (sample id, reason) left out before the cache: by the data set and by the cache build
     skipped: list[tuple[str, str]]
     _base_net: MultimodalFusionNet | None = None
 
-    def split(self, name: str) -> CachedClipSplit:
+    def split(self, name: str) -> CachedSplit:
         return self.splits[name]
 
     def base_net(self) -> MultimodalFusionNet:
@@ -189,7 +189,7 @@ def load_clip_data(cfg: HarnessConfig, progress: bool | None = None) -> ClipExpe
     cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
     report = build_cache(dataset, cache_dir, pipeline, progress=progress, repair=cfg.rebuild_cache,
                          replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT)
-    splits = {s: CachedClipSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
+    splits = {s: CachedSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
     for s, split in splits.items():  # the data set is the truth: exactly its clips, labels and files
         split.check_samples(dataset.by_split(s), report.splits[s].hashes, where=f"{cache_dir}/{s}")
     empty = [s for s, split in splits.items() if len(split) == 0]
@@ -247,7 +247,7 @@ def _load_split(path: Path, split: str) -> ClipFeatures | None:
 
 
 @torch.no_grad()
-def compute_features(net: MultimodalFusionNet, split: CachedClipSplit, name: str, progress: bool = False,
+def compute_features(net: MultimodalFusionNet, split: CachedSplit, name: str, progress: bool = False,
                      device: str = "cpu") -> ClipFeatures:
     """``net.frozen_features`` of every usable clip of ``split`` (see the module docstring for what is left out),
     the encoders run on ``device``."""
@@ -291,7 +291,7 @@ def clip_features(data: ClipExperimentData, progress: bool = False, log=print, d
         # reused only for the same clips with the same labels (a relabelled clip's cached row is stale)
         if (cached is not None and sorted(cached.sample_ids + [s for s, _ in cached.skipped]) == sorted(split.sample_ids)
                 and torch.equal(cached.labels, split.labels(cached.sample_ids))
-                and torch.equal(cached.sentiments, split.sentiments(cached.sample_ids))):
+                and torch.equal(cached.sentiments, split.column("sentiments", cached.sample_ids))):
             out[name] = cached
             continue
         out[name] = compute_features(data.base_net(), split, name, progress, device)

@@ -69,7 +69,7 @@ from logic.model import LogicModel
 from logic.given import GivenSlice
 from logic.program import Program, available_programs, load_program
 from neural.errors import UserError
-from neural.multimodal_recipe import load_trainable, save_trainable
+from neural.multimodal_training import load_trainable, save_trainable
 from neural.registry import load_network, save_network
 from neural.vocabulary import EMOTIONS, SENTIMENTS
 

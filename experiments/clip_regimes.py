@@ -1,7 +1,7 @@
 """The clip track's stage 0 and regimes: the fusion net under ``clip_sentiment.pl``.
 
     stage 0   the fusion net (text + video + audio) trained on the ``pretrain`` split with
-              the source's recipe (:func:`neural.multimodal_recipe.train_fusion`): both heads,
+              the source's recipe (:func:`neural.multimodal_training.train_fusion`): both heads,
               class-weighted cross-entropy with label smoothing, differential learning rates,
               gradient clipping, ReduceLROnPlateau, the best validation epoch kept
     frozen    the two heads' outputs computed once per clip and bound through ``GivenSlice``;
@@ -55,8 +55,8 @@ from neural.multimodal_recipe import (
     head_metrics,
     make_optimizer,
     make_scheduler,
-    train_fusion,
 )
+from neural.multimodal_training import train_fusion
 from neural.vocabulary import EMOTIONS, SENTIMENTS
 
 E, S = len(EMOTIONS), len(SENTIMENTS)

@@ -198,8 +198,7 @@ class FrozenBinding:
 
 
 def _with_tensors(batch: Batch, tensors: dict) -> Batch:
-    return Batch(batch.sample_ids, tensors, batch.face_mask, batch.face_boxes, batch.face_probs,
-                 batch.image_size, batch.labels, batch.meta)
+    return batch.with_tensors(tensors)
 
 
 # ---------------------------------------------------------------------------

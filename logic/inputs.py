@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cache.batch import Batch
+from cache.batch import ImageBatch
 from logic.given import given_networks  # noqa: F401 - part of this module's API
 from neural.vocabulary import FACE_SLOTS
 from pipelines.context import DEFAULT_LARGE_FACE
@@ -27,7 +27,7 @@ def face_boxes(n_faces: int, large: bool) -> torch.Tensor:
     return boxes
 
 
-def make_batch(layout, outputs: dict[str, torch.Tensor], labels=None, requires_grad=False) -> Batch:
+def make_batch(layout, outputs: dict[str, torch.Tensor], labels=None, requires_grad=False) -> ImageBatch:
     """A batch whose tensor sources hold network outputs directly.
 
     layout: list of (n_faces, large) per sample
@@ -46,7 +46,7 @@ def make_batch(layout, outputs: dict[str, torch.Tensor], labels=None, requires_g
             x[~mask[:, FACE_SLOTS.index(name)]] = float("nan")
         tensors[name] = x.requires_grad_(requires_grad)
     labels = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels)
-    return Batch(
+    return ImageBatch(
         sample_ids=[f"img{i}" for i in range(n)],
         tensors=tensors,
         face_mask=mask,

@@ -51,8 +51,9 @@ def _parameter_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class ClipFeatures:
-    """CLIP image embeddings (``transformers``) as valence/arousal features.
+class CLIPImageEmbeddings:
+    """CLIP-the-model image embeddings (``transformers``) as valence/arousal features
+    (named apart from anything "clip" in emologic, where a clip is a video clip).
 
     ``model`` is a hub name or a local directory of a ``CLIPModel`` with its
     image-processor config. The features are ``CLIPModel.get_image_features`` --

@@ -173,7 +173,7 @@ class ImagePipeline:
     """Turns samples into :class:`ProcessedSample` tensors (see module doc)."""
 
     def __init__(self, cfg: PipelineConfig | None = None, workers: int | None = None, device: str = "cpu"):
-        from pipelines.features import ClipFeatures, SceneFeatures
+        from pipelines.features import CLIPImageEmbeddings, SceneFeatures
 
         self.cfg = cfg or PipelineConfig()
         self.workers = workers or min(4, os.cpu_count() or 1)
@@ -183,7 +183,7 @@ class ImagePipeline:
         self.scene = SceneFeatures(
             self.cfg.scene_size, self.cfg.scene_weights, self.cfg.scene_seed, self.cfg.store_scene_layer3, device
         )
-        self.va = ClipFeatures(self.cfg.clip_model, device) if self.cfg.va_backbone == "clip" else None
+        self.va = CLIPImageEmbeddings(self.cfg.clip_model, device) if self.cfg.va_backbone == "clip" else None
 
     @property
     def identity(self) -> dict[str, str]:

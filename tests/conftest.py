@@ -47,7 +47,7 @@ def tiny_clip_dir(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     CLIPModel(config).save_pretrained(path)
-    # a real CLIP directory also holds its image processor (what the cache's ClipFeatures loads)
+    # a real CLIP directory also holds its image processor (what the cache's CLIPImageEmbeddings loads)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cache.build import build_cache
+from cache.batch import ImageBatch
 from cache.loader import CachedSplit, UnknownSampleError, collate
 from cache.store import CacheConfigMismatch, CacheError
 from neural.vocabulary import EMOTIONS
@@ -49,6 +50,29 @@ def test_batch_follows_the_requested_ids(cache_dir, synthetic_small):
         assert batch.meta["scene_category"][i] == sample.annotations["scene_category"]
         assert batch.image_size[i].tolist() == [128, 128]
         assert torch.equal(batch.face_boxes[i, :n], torch.tensor(sample.annotations["boxes"], dtype=torch.float32).reshape(-1, 4))
+
+
+def test_select_and_to_keep_every_field_row_aligned(cache_dir):
+    """``select``/``to`` are written once for every batch kind, over the dataclass fields."""
+    split = CachedSplit(cache_dir, "train")
+    ids = split.sample_ids[:6]
+    batch = split.batch(ids)
+    assert isinstance(batch, ImageBatch)
+    sub = batch.select([4, 1])
+    want = split.batch([ids[4], ids[1]])
+    assert sub.sample_ids == want.sample_ids and sub.meta == want.meta
+    for name in ("face_mask", "face_boxes", "face_probs", "image_size", "labels"):
+        torch.testing.assert_close(getattr(sub, name), getattr(want, name), equal_nan=True, msg=name)
+    assert sub.tensors.keys() == want.tensors.keys()
+    for k in sub.tensors:
+        torch.testing.assert_close(sub.tensors[k], want.tensors[k], equal_nan=True, msg=k)
+    masked = batch.select(torch.arange(6) % 2 == 1)  # a bool mask
+    assert masked.sample_ids == ids[1::2] and masked.meta["scene_category"] == batch.meta["scene_category"][1::2]
+    moved = batch.to("cpu")
+    assert type(moved) is ImageBatch and moved.sample_ids == ids and torch.equal(moved.face_mask, batch.face_mask)
+    assert split.column("n_faces", ids).tolist() == batch.n_faces.tolist()
+    with pytest.raises(KeyError, match="the image cache has no per-sample .sentiments."):
+        split.column("sentiments")
 
 
 def test_absent_faces_are_nan_never_zero(cache_dir):

@@ -12,7 +12,7 @@ from clip_helpers import write_meld
 
 from cache.batch import ClipBatch
 from cache.build import build_cache
-from cache.loader import CachedClipSplit, CachedSplit, collate_clips
+from cache.loader import CachedSplit, collate
 from cache.store import CacheConfigMismatch, CacheError, read_shard
 from cache.verify import verify_cache
 from experiments.cli import main
@@ -53,7 +53,7 @@ def test_whole_path_shapes(built, meld):
     cache, report = built
     _, cases, ds = meld
     assert set(report.splits) == {"pretrain", "train", "val", "test"}
-    split = CachedClipSplit(cache, ("pretrain", "train", "val", "test"), expected_cfg=CFG)
+    split = CachedSplit(cache, ("pretrain", "train", "val", "test"), expected_cfg=CFG)
     usable = [sid for sid, what in cases.items() if what in ("good", "no audio")]
     assert sorted(split.sample_ids) == sorted(usable)
 
@@ -75,8 +75,8 @@ def test_whole_path_shapes(built, meld):
 
     sub = b.select(torch.tensor([False, True, True]))
     assert sub.sample_ids == ids[1:] and torch.equal(sub.video, b.video[1:])
-    assert split.labels(ids).tolist() == b.labels.tolist() and split.sentiments(ids).tolist() == b.sentiments.tolist()
-    assert split.audio_present().sum() == len(usable) - 1
+    assert split.labels(ids).tolist() == b.labels.tolist() and split.column("sentiments", ids).tolist() == b.sentiments.tolist()
+    assert split.column("audio_present").sum() == len(usable) - 1
 
     shuffled = [x.sample_ids for x in split.batches(4, shuffle=True, seed=3)]
     assert shuffled == [x.sample_ids for x in split.batches(4, shuffle=True, seed=3)]
@@ -88,8 +88,8 @@ def test_cached_tensors_equal_the_pipeline_output(built, meld, pipe):
     _, _, ds = meld
     samples = [ds["dev/dia0_utt0"], ds["dev/dia0_utt1"]]
     done, _ = pipe.process(samples)
-    direct = collate_clips(done, CFG)
-    cached = CachedClipSplit(cache, "val").batch([s.sample_id for s in samples])
+    direct = collate(done, CFG)
+    cached = CachedSplit(cache, "val").batch([s.sample_id for s in samples])
     for name in ("video", "audio_present", "audio_frames", "input_ids", "attention_mask", "labels", "sentiments"):
         assert torch.equal(getattr(direct, name), getattr(cached, name)), name
     assert torch.allclose(direct.audio, cached.audio, equal_nan=True)
@@ -150,17 +150,17 @@ def test_config_mismatch_is_refused(built, meld, tmp_path):
     with pytest.raises(CacheConfigMismatch, match="frames: cache=4, requested=8"):
         build_cache(ds, cache, other, split="val", progress=False)
     with pytest.raises(CacheConfigMismatch, match="frames: cache=4, requested=8"):
-        CachedClipSplit(cache, "val", expected_cfg=other)
+        CachedSplit(cache, "val", expected_cfg=other)
     with pytest.raises(CacheConfigMismatch, match="tokenizer: cache="):
-        CachedClipSplit(cache, "val", expected_identity={"tokenizer": "BertTokenizer:0000"})
+        CachedSplit(cache, "val", expected_identity={"tokenizer": "BertTokenizer:0000"})
     with pytest.raises(CacheConfigMismatch, match="this is a clip cache"):
-        CachedClipSplit(cache, "val", expected_cfg=PipelineConfig())
-    with pytest.raises(CacheError, match="a clip cache, not a image cache; read it with CachedClipSplit"):
-        CachedSplit(cache, "val")
+        CachedSplit(cache, "val", expected_cfg=PipelineConfig())
+    with pytest.raises(CacheError, match="a clip cache, not an image cache"):
+        CachedSplit(cache, "val", kind="image")
     with pytest.raises(Exception, match="holds clip samples"):
         build_cache(ds, tmp_path, PipelineConfig(), split="val", progress=False)
     # batch_size only sets speed; text_model is covered by the tokenizer identity
-    assert len(CachedClipSplit(cache, "val", expected_cfg={**CFG.to_dict(), "batch_size": 1})) == 2
+    assert len(CachedSplit(cache, "val", expected_cfg={**CFG.to_dict(), "batch_size": 1})) == 2
 
 
 def test_verify_checks_every_entry(built, tmp_path):

@@ -9,12 +9,8 @@ import torch
 from clip_helpers import level, write_clip
 
 from neural.errors import UserError
-from pipelines.clips import (
-    ClipPipeline,
-    ClipPipelineConfig,
-    ClipPipelineConfigError,
-    LogMel,
-)
+from pipelines.clip_decode import ClipDecoder, LogMel
+from pipelines.clips import ClipPipeline, ClipPipelineConfig, ClipPipelineConfigError
 from pipelines.datasets import Sample
 
 SMALL = ClipPipelineConfig(frames=4, frame_size=16, max_seconds=2.0, max_tokens=16, batch_size=4)
@@ -183,14 +179,14 @@ def test_wrong_frame_count_in_the_container_still_gives_the_exact_frames(tmp_pat
     (want,), _ = pipe.process([clip_sample("a", path)])
     assert "decoded_twice" not in want.info  # the container's count was right: one pass
 
-    original = ClipPipeline._demux
+    original = ClipDecoder._demux
     calls = []
 
     def lying_count(self, container, path, wanted, audio):
         calls.append(wanted)
         return original(self, container, path, {0} if wanted is None else wanted, audio)  # as if it said 1 frame
 
-    monkeypatch.setattr(ClipPipeline, "_demux", lying_count)
+    monkeypatch.setattr(ClipDecoder, "_demux", lying_count)
     (got,), _ = pipe.process([clip_sample("a", path)])
     assert got.info["decoded_twice"] and calls == [None, {0, 2, 5, 7}]
     assert np.array_equal(got.video, want.video) and np.array_equal(got.audio, want.audio)

@@ -1,4 +1,4 @@
-"""The face-training recipe (neural.facetrain, neural.face_data, emologic train-face).
+"""The face-training recipe (neural.facetrain, neural.face_data, pipelines.face_crops, emologic train-face).
 
 Data: the face crops of a 110-image synthetic set (about 220 crops), exported
 once per module. Torch runs single-threaded here: on a shared 2-core machine
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from neural.face_data import FaceDataError, export_synthetic_face_crops, load_face_data, to_model_input
+from neural.face_data import FaceDataError, to_model_input
+from pipelines.face_crops import export_synthetic_face_crops, load_face_data
 from neural.facetrain import (
     BackboneError,
     FaceTrainConfig,
@@ -44,7 +45,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def crops_dir(tmp_path_factory):
-    from pipelines.datasets.synthetic import SyntheticConfig, generate_synthetic
+    from pipelines.datasets.synthetic import generate_synthetic
+    from pipelines.datasets.synthetic_config import SyntheticConfig
 
     root = tmp_path_factory.mktemp("face_syn")
     generate_synthetic(root / "syn", SyntheticConfig(n_images=110, face_count_probs=(0.0, 0.3, 0.4, 0.3)), workers=1)

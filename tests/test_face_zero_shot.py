@@ -16,7 +16,8 @@ from experiments.cli import main
 from experiments.face_zero_shot import format_recall, predict_faces, recall_report
 from neural.fer_weights import pretrained_face_net
 from neural.vocabulary import EMOTIONS
-from pipelines.datasets.synthetic import SyntheticConfig, _draw_latent, render_image
+from pipelines.datasets.synthetic import _draw_latent, render_image
+from pipelines.datasets.synthetic_config import SyntheticConfig
 from pipelines.faces import crop_faces
 
 N_FACES = 140  # 20 per emotion

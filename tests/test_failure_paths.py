@@ -150,7 +150,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_generator_workers_die_with_their_parent(tmp_path):
-    code = ("from pipelines.datasets.synthetic import SyntheticConfig, generate_synthetic\n"
+    code = ("from pipelines.datasets.synthetic import generate_synthetic\n"
+            "from pipelines.datasets.synthetic_config import SyntheticConfig\n"
             f"generate_synthetic({str(tmp_path / 'set')!r}, SyntheticConfig(n_images=4000), workers=2)")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)

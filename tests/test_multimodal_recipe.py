@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import neural.multimodal_recipe as recipe
+import neural.multimodal_training as training
 from neural.multimodal import (
     FusionHead,
     MultimodalFusionConfig,
@@ -20,14 +21,14 @@ from neural.multimodal_recipe import (
     RecipeConfigError,
     class_weights,
     clip_gradients,
-    evaluate_fusion,
     head_metrics,
     make_optimizer,
     make_scheduler,
     param_groups,
     recipe_loss,
-    train_fusion,
 )
+from neural.multimodal_training import evaluate_fusion, train_fusion
+
 
 B, SEQ, T, HW, L = 3, 6, 2, 16, 16
 N_EMO, N_SENT = 7, 3
@@ -43,13 +44,13 @@ def net():
 
 @pytest.fixture(scope="module")
 def init_state(net):
-    return recipe._trainable_state(net)
+    return training._trainable_state(net)
 
 
 @pytest.fixture
 def fresh(net, init_state):
     """The module's net with its trainable part back at the initial weights."""
-    recipe._load_trainable_state(net, init_state)
+    training._load_trainable_state(net, init_state)
     net.eval()
     return net
 
@@ -277,10 +278,10 @@ def test_training_is_deterministic_in_the_seed(net, init_state):
     train, val = _synthetic(200, seed=3), _synthetic(100, seed=4)
 
     def run(seed):
-        recipe._load_trainable_state(net, init_state)
+        training._load_trainable_state(net, init_state)
         torch.manual_seed(seed + 99)  # the global RNG must not matter
         train_fusion(net, train, val, RecipeConfig(epochs=3, seed=seed), log=None)
-        return recipe._trainable_state(net)
+        return training._trainable_state(net)
 
     a, b, c = run(0), run(0), run(1)
     assert a.keys() == b.keys()
@@ -290,7 +291,7 @@ def test_training_is_deterministic_in_the_seed(net, init_state):
 
 
 def test_training_clips_every_step(net, init_state, monkeypatch):
-    recipe._load_trainable_state(net, init_state)
+    training._load_trainable_state(net, init_state)
     seen = []
     real = recipe.clip_gradients
 
@@ -301,7 +302,7 @@ def test_training_clips_every_step(net, init_state, monkeypatch):
         seen.append((before, float(after)))
         return before
 
-    monkeypatch.setattr(recipe, "clip_gradients", spy)
+    monkeypatch.setattr(training, "clip_gradients", spy)  # the name train_fusion calls
     train, val = _synthetic(100, seed=5), _synthetic(50, seed=6)
     threads = torch.get_num_threads()
     hist = train_fusion(net, train, val, RecipeConfig(epochs=2, batch_size=32, grad_clip_norm=0.01), log=None)["history"]

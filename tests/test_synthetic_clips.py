@@ -14,7 +14,8 @@ import pytest
 from neural.errors import UserError
 from neural.vocabulary import SENTIMENTS
 from neural.vocabulary import EMOTIONS
-from pipelines.datasets.synthetic_clips import (
+from pipelines.datasets.synthetic_clips import TRUTH_FILE, generate_clips, read_truth, render_clip
+from pipelines.datasets.synthetic_clips_config import (
     DEFAULT_POLARITY_TABLE,
     EMOTION_WORDS,
     FILLERS,
@@ -22,15 +23,9 @@ from pipelines.datasets.synthetic_clips import (
     MELD_EMOTION_LABELS,
     MELD_SPLITS,
     SENTIMENT_PHRASES,
-    TRUTH_FILE,
     SyntheticClipsConfig,
-    empirical_polarity_table,
-    generate_clips,
-    plan_clips,
-    polarity_table_error,
-    read_truth,
-    render_clip,
 )
+from pipelines.datasets.synthetic_clips_plan import empirical_polarity_table, plan_clips, polarity_table_error
 from pipelines.datasets.synthetic_clips_draw import (
     TONES,
     decode_clip,

@@ -11,7 +11,8 @@ from PIL import Image
 
 from neural.va import AROUSAL_BINS, VALENCE_BINS
 from neural.vocabulary import EMOTIONS
-from pipelines.datasets.synthetic import SyntheticConfig, _draw_latent, generate_synthetic, render_image
+from pipelines.datasets.synthetic import _draw_latent, generate_synthetic, render_image
+from pipelines.datasets.synthetic_config import SyntheticConfig
 from pipelines.datasets.synthetic_va import (
     BIN_EDGES,
     VA_CENTRES,

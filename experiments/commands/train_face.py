@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from neural.face_data import load_face_data
+    from pipelines.face_crops import load_face_data
     from neural.facetrain.trainer import train_face
 
     if args.threads is not None:

@@ -95,7 +95,8 @@ def synthetic_root(cfg: dict) -> Path:
         return Path(cfg["data_root"])
     from experiments.config import HarnessConfig
     from experiments.data import dataset_options
-    from pipelines.datasets.synthetic import SyntheticConfig, default_root
+    from pipelines.datasets.synthetic import default_root
+    from pipelines.datasets.synthetic_config import SyntheticConfig
 
     known = {f.name for f in dataclasses.fields(HarnessConfig)}
     options = dataset_options(HarnessConfig(**{k: v for k, v in cfg.items() if k in known}))

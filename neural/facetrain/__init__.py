@@ -3,7 +3,7 @@
 Public API::
 
     from neural.facetrain import FaceTrainConfig, train_face, load_face_predicate
-    from neural.face_data import load_face_data, export_synthetic_face_crops
+    from pipelines.face_crops import load_face_data, export_synthetic_face_crops
 
     data = load_face_data("faces/")                   # root/<split>/<emotion>/*.png or a CSV
     result = train_face(FaceTrainConfig(backbone="mini_xception", epochs=10), data, "runs/face")
@@ -11,7 +11,7 @@ Public API::
 
 Modules: :mod:`.config` (the dataclass), :mod:`.backbones` (backbone registry,
 timm network, predicate loader), :mod:`.recipe` (EMA, MixUp/CutMix, schedule,
-class weights), :mod:`.trainer` (loop, checkpoint), :mod:`.plots`.
+class weights), :mod:`.trainer` (the loop), :mod:`.checkpoint`, :mod:`.plots`.
 """
 from neural.facetrain.backbones import (
     BackboneError,
@@ -24,7 +24,8 @@ from neural.facetrain.backbones import (
     split_parameters,
 )
 from neural.facetrain.config import FaceTrainConfig, FaceTrainConfigError
-from neural.facetrain.trainer import TrainResult, evaluate, read_checkpoint_info, train_face
+from neural.facetrain.checkpoint import read_checkpoint_info
+from neural.facetrain.trainer import TrainResult, evaluate, train_face
 
 __all__ = [
     "BackboneError", "FaceTrainConfig", "FaceTrainConfigError", "TimmFaceNet", "TrainResult",

@@ -2,7 +2,7 @@
 
 ``train_face(cfg, data, out_dir)`` runs the whole recipe and writes, in ``out_dir``:
 
-* ``checkpoint/`` -- the best epoch's (EMA) weights as a registered network
+* ``checkpoint/`` (:mod:`neural.facetrain.checkpoint`) -- the best epoch's (EMA) weights as a registered network
   (``weights.safetensors`` + ``config.json``: rebuilds itself, see
   :func:`neural.facetrain.backbones.load_face_predicate`) and
   ``checkpoint.json`` (epoch, monitored metric, the full ``FaceTrainConfig``,
@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from torch import nn
 
 from neural.face_data import FaceCropData, FaceCrops, to_model_input
 from neural.facetrain.backbones import backbone_modules, build_face_model, split_parameters
+from neural.facetrain.checkpoint import atomic_json, json_history, save_checkpoint
 from neural.facetrain.config import FaceTrainConfig, FaceTrainConfigError
 from neural.facetrain.recipe import (
     ModelEMA,
@@ -45,7 +44,6 @@ from neural.facetrain.recipe import (
     mixed_loss,
     set_backbone_trainable,
 )
-from neural.registry import save_network
 from neural.vocabulary import EMOTIONS, N_EMOTIONS
 
 HISTORY_KEYS = (
@@ -232,47 +230,6 @@ def train_one_epoch(
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-# --------------------------------------------------------------------------- checkpointing
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
-
-
-def _json_history(history: dict) -> dict:
-    return {k: list(v) for k, v in history.items()}
-
-
-def save_checkpoint(model: nn.Module, out_dir: Path, payload: dict) -> Path:
-    """Write ``out_dir/checkpoint`` (network + ``checkpoint.json``) via a temporary directory."""
-    final = out_dir / "checkpoint"
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".checkpoint."))
-    try:
-        save_network(model, tmp)
-        _atomic_json(tmp / "checkpoint.json", payload)
-        old = None
-        if final.exists():
-            old = out_dir / f".checkpoint.old.{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def read_checkpoint_info(path: str | os.PathLike) -> dict:
-    """``checkpoint.json`` of a ``train-face`` output directory or its ``checkpoint/``."""
-    from neural.facetrain.backbones import checkpoint_dir
-
-    info = checkpoint_dir(path) / "checkpoint.json"
-    return json.loads(info.read_text()) if info.is_file() else {}
-
-
 # --------------------------------------------------------------------------- main
 
 def format_epoch_line(rec: dict, epochs: int) -> str:
@@ -330,7 +287,7 @@ def train_face(
         total_steps=cfg.epochs * steps_per_epoch,
     )
 
-    _atomic_json(out / "train_config.json", {
+    atomic_json(out / "train_config.json", {
         "config": cfg.to_dict(), "device": str(device), "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
         "data": data.describe(), "train_size": len(train), "val_size": len(val),
         "class_counts": dict(zip(EMOTIONS, counts.tolist())),
@@ -371,11 +328,11 @@ def train_face(
             best_state = {k: v.detach().cpu().clone() for k, v in eval_model().state_dict().items()}
             save_checkpoint(eval_model(), out, {
                 "epoch": epoch, "metric": cfg.monitor, "value": value, "config": cfg.to_dict(),
-                "history": _json_history(history), "ema": cfg.use_ema, "labels": list(EMOTIONS),
+                "history": json_history(history), "ema": cfg.use_ema, "labels": list(EMOTIONS),
                 "pretrained_loaded": pretrained_loaded, "complete": False,
             })
         log(format_epoch_line(rec, cfg.epochs))
-        _atomic_json(out / "history.json", _json_history(history))
+        atomic_json(out / "history.json", json_history(history))
         # Early stopping only once the backbone is trainable: the warm-up always runs out.
         if cfg.patience and wait >= cfg.patience and not frozen:
             stopped_early = True
@@ -391,9 +348,9 @@ def train_face(
         log(f"test ({cfg.test_split}, best epoch {best_epoch}): loss {m['loss']:.4f} "
             f"acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f}")
     info = json.loads((out / "checkpoint" / "checkpoint.json").read_text())
-    info.update(history=_json_history(history), stopped_early=stopped_early, test=test_metrics, complete=True,
+    info.update(history=json_history(history), stopped_early=stopped_early, test=test_metrics, complete=True,
                 total_time=sum(history["epoch_times"]))
-    _atomic_json(out / "checkpoint" / "checkpoint.json", info)
+    atomic_json(out / "checkpoint" / "checkpoint.json", info)
 
     from neural.facetrain.plots import plot_history
 

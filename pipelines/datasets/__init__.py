@@ -24,13 +24,8 @@ from pipelines.datasets.findingemo import download_command as findingemo_downloa
 from pipelines.datasets.findingemo import findingemo_dataset
 from pipelines.datasets.meld import MeldDataset, meld_dataset
 from pipelines.datasets.synthetic_clips import synthetic_clips_dataset
-from pipelines.datasets.synthetic import (
-    DEFAULT_SOURCE_TABLE,
-    SyntheticConfig,
-    ensure_synthetic,
-    generate_synthetic,
-    load_synthetic_dir,
-)
+from pipelines.datasets.synthetic import ensure_synthetic, generate_synthetic, load_synthetic_dir
+from pipelines.datasets.synthetic_config import DEFAULT_SOURCE_TABLE, SyntheticConfig
 
 __all__ = [
     "DEFAULT_SOURCE_TABLE",

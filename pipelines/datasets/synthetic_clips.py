@@ -3,7 +3,7 @@
 What it is for: the default run and the tests of the multimodal (video + audio
 + text -> emotion, sentiment) part of emologic, where MELD cannot be shipped.
 Its one known answer is the **polarity table** P(sentiment | emotion)
-(:data:`DEFAULT_POLARITY_TABLE`): a program that learns such a table can be
+(:data:`~pipelines.datasets.synthetic_clips_config.DEFAULT_POLARITY_TABLE`): a program that learns such a table can be
 checked against it.
 
 How a clip is made (all randomness from ``(seed, split, dialogue, utterance)``
@@ -22,9 +22,9 @@ streams, so the labels and texts never depend on rendering):
    face's expression (the true emotion, or with probability ``face_confusion``
    another one), the tone's pitch and energy (:data:`~pipelines.datasets.
    synthetic_clips_draw.TONES`, jittered), and with probability
-   ``p_emotion_word`` an emotion word in the sentence (:data:`EMOTION_WORDS`).
+   ``p_emotion_word`` an emotion word in the sentence (``EMOTION_WORDS``).
 3. **Direct sentiment evidence:** with probability ``p_sentiment_word`` the
-   sentence carries a phrase of the clip's sentiment (:data:`SENTIMENT_PHRASES`),
+   sentence carries a phrase of the clip's sentiment (``SENTIMENT_PHRASES``),
    so a sentiment head reading the clip is informative but imperfect. A sentence
    with neither cue is a neutral filler line; an utterance is never empty.
 4. **Dialogues.** Within a split the shuffled clips are cut into dialogues of 1
@@ -49,20 +49,19 @@ CSVs and truth; decoded clips are identical for the same encoder build.
 As a data set (``get_dataset("synthetic_clips", root=..., n_clips=...)``) the
 set is generated when missing and read back with the ``meld`` reader, so it
 goes through exactly the code real MELD goes through.
+
+Modules: :mod:`.synthetic_clips_config` (the config, MELD's layout, the table
+and the cue vocabulary), :mod:`.synthetic_clips_plan` (step 1-4: labels, texts,
+dialogues), :mod:`.synthetic_clips_draw` (faces, tones, encoding), this one
+(rendering, the files on disk, the data set).
 """
 from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
-import hashlib
 import io
 import json
-import math
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,409 +79,16 @@ from pipelines.datasets.synthetic_clips_draw import (
     video_codec,
 )
 
-#: Bumped whenever sampling or drawing changes, so an old set on disk is not reused.
-GENERATOR_VERSION = 2
+from pipelines.datasets.synthetic_clips_config import (
+    GENERATOR_VERSION,
+    MELD_COLUMNS,
+    MELD_EMOTION_LABELS,
+    MELD_SPLITS,
+    SyntheticClipsConfig,
+)
+from pipelines.datasets.synthetic_clips_plan import ClipPlan, empirical_polarity_table, plan_clips
 
 TRUTH_FILE = "truth.json"
-
-#: MELD's label string of each emologic emotion (MELD says joy/sadness/anger).
-MELD_EMOTION_LABELS: dict[str, str] = {
-    "angry": "anger",
-    "disgust": "disgust",
-    "fear": "fear",
-    "happy": "joy",
-    "sad": "sadness",
-    "surprise": "surprise",
-    "neutral": "neutral",
-}
-assert set(MELD_EMOTION_LABELS) == set(EMOTIONS)
-
-#: MELD's CSV columns, in MELD's order.
-MELD_COLUMNS: tuple[str, ...] = (
-    "Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment",
-    "Dialogue_ID", "Utterance_ID", "Season", "Episode", "StartTime", "EndTime",
-)
-
-#: split -> (CSV file, clip directory), as in the MELD.Raw release.
-MELD_SPLITS: dict[str, tuple[str, str]] = {
-    "train": ("train_sent_emo.csv", "train_splits"),
-    "dev": ("dev_sent_emo.csv", "dev_splits_complete"),
-    "test": ("test_sent_emo.csv", "output_repeated_splits_test"),
-}
-
-#: P(sentiment | emotion), sentiments in MELD's order (negative, neutral,
-#: positive). Happy is mostly positive; angry, disgust, fear and sad mostly
-#: negative; neutral mostly neutral; surprise splits between positive and
-#: negative (as in MELD, where surprise carries either polarity). No row is
-#: one-hot, so every entry is something to estimate.
-DEFAULT_POLARITY_TABLE: dict[str, dict[str, float]] = {
-    "angry": {"negative": 0.85, "neutral": 0.10, "positive": 0.05},
-    "disgust": {"negative": 0.80, "neutral": 0.15, "positive": 0.05},
-    "fear": {"negative": 0.75, "neutral": 0.15, "positive": 0.10},
-    "happy": {"negative": 0.05, "neutral": 0.15, "positive": 0.80},
-    "sad": {"negative": 0.85, "neutral": 0.10, "positive": 0.05},
-    "surprise": {"negative": 0.40, "neutral": 0.15, "positive": 0.45},
-    "neutral": {"negative": 0.10, "neutral": 0.80, "positive": 0.10},
-}
-
-#: Emotion words: each names its emotion and nothing else (never a sentiment phrase).
-EMOTION_WORDS: dict[str, tuple[str, ...]] = {
-    "angry": ("angry", "furious", "mad", "livid"),
-    "disgust": ("disgusted", "revolted", "sickened", "repulsed"),
-    "fear": ("scared", "terrified", "afraid", "frightened"),
-    "happy": ("happy", "thrilled", "delighted", "overjoyed"),
-    "sad": ("sad", "heartbroken", "miserable", "gloomy"),
-    "surprise": ("surprised", "stunned", "astonished", "startled"),
-    "neutral": ("calm", "composed", "unbothered", "indifferent"),
-}
-#: Sentence frames for an emotion word ``{w}``.
-EMOTION_TEMPLATES: tuple[str, ...] = (
-    "I feel {w}.",
-    "Honestly, I'm {w}.",
-    "I can't believe how {w} I am.",
-    "I'm so {w} right now.",
-)
-#: Sentiment phrases: each states a polarity without naming an emotion.
-SENTIMENT_PHRASES: dict[str, tuple[str, ...]] = {
-    "negative": ("This is terrible.", "What an awful day.", "That went really badly.", "It's a total disaster."),
-    "neutral": ("It is what it is.", "Nothing special, really.", "It's an ordinary day.", "That's about average."),
-    "positive": ("This is wonderful.", "What a great day.", "That went really well.", "It's absolutely perfect."),
-}
-#: Lines without any cue: said when the sentence carries neither word, and sometimes before one.
-FILLERS: tuple[str, ...] = (
-    "So we're meeting at eight?",
-    "Did you move the chair?",
-    "I was going to call you about Thursday.",
-    "The train leaves at noon.",
-    "Can you pass me the menu?",
-    "We need more coffee filters.",
-    "He said the store closes at nine.",
-    "Let me check the schedule.",
-)
-#: P(a filler line precedes a cue), independent of every label.
-FILLER_PREFIX_PROB = 0.25
-SPEAKERS: tuple[str, ...] = ("Avery", "Blake", "Casey", "Devon", "Emery", "Harper")
-assert set(EMOTION_WORDS) == set(EMOTIONS) and set(SENTIMENT_PHRASES) == set(SENTIMENTS)
-
-AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-
-
-def _uniform_prior() -> dict[str, float]:
-    return {e: 1.0 / len(EMOTIONS) for e in EMOTIONS}
-
-
-@dataclass
-class SyntheticClipsConfig:
-    """Everything that decides a generated set; stored in ``truth.json`` and compared on reuse."""
-
-    n_clips: int = 600
-    seed: int = 0
-    #: share of the clips in each MELD split (MELD itself: about 0.73 / 0.08 / 0.19)
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "dev": 0.1, "test": 0.2})
-    frames: int = 8  # video frames per clip
-    frame_size: int = 64  # square, even (yuv420p)
-    fps: float = 8.0  # frames / fps is the clip duration, audio included
-    sample_rate: int = 16000
-    #: P(emotion); uniform by default so every row of the polarity table is well estimated
-    emotion_prior: dict[str, float] = field(default_factory=_uniform_prior)
-    #: P(sentiment | emotion), see DEFAULT_POLARITY_TABLE
-    polarity_table: dict[str, dict[str, float]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_POLARITY_TABLE))
-    #: "stratified" (quota per split and emotion) or "iid"
-    label_sampling: str = "stratified"
-    p_emotion_word: float = 0.5  # P(the sentence names the emotion)
-    p_sentiment_word: float = 0.4  # P(the sentence carries a phrase of the sentiment)
-    face_confusion: float = 0.15  # P(the face shows another, uniformly drawn, expression)
-    #: final strength of the expression (blend weight over the neutral face), drawn uniformly in this range
-    expression_intensity: tuple[float, float] = (0.6, 1.0)
-    pixel_noise: float = 4.0  # standard deviation per pixel, 0..255 scale
-    pitch_jitter: float = 0.1  # standard deviation of log f0 around the emotion's pitch
-    energy_jitter: float = 0.25  # standard deviation of log level around the emotion's level
-    audio_noise: float = 0.01  # standard deviation of the added white noise, full scale 1
-    max_utterances: int = 6  # per dialogue
-
-    def __post_init__(self) -> None:
-        self.expression_intensity = tuple(float(v) for v in self.expression_intensity)  # type: ignore[assignment]
-        self.validate()
-
-    @property
-    def duration_s(self) -> float:
-        """Length of every clip (video and audio), ``frames / fps``."""
-        return self.frames / self.fps
-
-    def validate(self) -> None:
-        """Raise a one-line :class:`DatasetError` naming the first bad option."""
-
-        def bad(msg: str) -> DatasetError:
-            return DatasetError(f"synthetic clips config: {msg}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(self.n_clips) or self.n_clips < 1:
-            raise bad(f"n_clips must be a positive integer, got {self.n_clips!r}")
-        if not is_int(self.seed) or self.seed < 0:
-            raise bad(f"seed must be a non-negative integer, got {self.seed!r}")
-        if set(self.split_fractions) != set(MELD_SPLITS) or not _is_distribution(self.split_fractions.values()):
-            raise bad(f"split_fractions must give {', '.join(MELD_SPLITS)} fractions summing to 1, got {self.split_fractions}")
-        if not is_int(self.frames) or self.frames < 1:
-            raise bad(f"frames must be a positive integer, got {self.frames!r}")
-        if not is_int(self.frame_size) or self.frame_size < 32 or self.frame_size % 2:
-            raise bad(f"frame_size must be an even integer >= 32, got {self.frame_size!r}")
-        if not isinstance(self.fps, (int, float)) or not 0 < self.fps <= 120:
-            raise bad(f"fps must be in (0, 120], got {self.fps!r}")
-        if self.sample_rate not in AAC_SAMPLE_RATES:
-            raise bad(f"sample_rate must be one AAC supports ({', '.join(map(str, AAC_SAMPLE_RATES))}), got {self.sample_rate!r}")
-        if set(self.emotion_prior) != set(EMOTIONS) or not _is_distribution(self.emotion_prior.values()):
-            raise bad(f"emotion_prior must give all of {', '.join(EMOTIONS)} probabilities summing to 1, got {self.emotion_prior}")
-        if set(self.polarity_table) != set(EMOTIONS):
-            raise bad(f"polarity_table must have one row per emotion ({', '.join(EMOTIONS)}), got {sorted(self.polarity_table)}")
-        for emotion, row in self.polarity_table.items():
-            if set(row) != set(SENTIMENTS) or not _is_distribution(row.values()):
-                raise bad(f"polarity_table[{emotion!r}] must give {', '.join(SENTIMENTS)} probabilities summing to 1, got {row}")
-        if self.label_sampling not in ("stratified", "iid"):
-            raise bad(f"label_sampling must be 'stratified' or 'iid', got {self.label_sampling!r}")
-        for name in ("p_emotion_word", "p_sentiment_word", "face_confusion"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise bad(f"{name} must be in [0, 1], got {value!r}")
-        lo_hi = self.expression_intensity
-        if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
-            raise bad(f"expression_intensity must be (low, high) with 0 < low <= high <= 1, got {lo_hi!r}")
-        for name in ("pixel_noise", "pitch_jitter", "energy_jitter", "audio_noise"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
-                raise bad(f"{name} must be a finite number >= 0, got {value!r}")
-        if not is_int(self.max_utterances) or self.max_utterances < 1:
-            raise bad(f"max_utterances must be a positive integer, got {self.max_utterances!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON values (what ``truth.json`` stores)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def digest(self) -> str:
-        """Short hash of the config and generator version (names default roots)."""
-        blob = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SyntheticClipsConfig:
-        """The config from :meth:`to_dict`'s output; unknown keys are refused, never ignored."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise DatasetError(f"unknown synthetic clips option(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        return cls(**values)
-
-
-def _is_distribution(probs: Iterable[Any]) -> bool:
-    try:
-        p = [float(v) for v in probs]
-    except (TypeError, ValueError):
-        return False
-    return all(v >= 0 and math.isfinite(v) for v in p) and abs(sum(p) - 1.0) <= 1e-6
-
-
-# --------------------------------------------------------------------------- labels and metadata
-
-
-@dataclass(frozen=True)
-class ClipPlan:
-    """Everything about one clip except its pixels and samples (those are drawn by :func:`render_clip`)."""
-
-    split: str
-    dialogue_id: int
-    utterance_id: int
-    speaker: str
-    emotion: str  # emologic's name (EMOTIONS)
-    sentiment: str  # SENTIMENTS
-    utterance: str
-    emotion_word: str | None  # the emotion word in the sentence, if any
-    sentiment_phrase: str | None  # the sentiment phrase in the sentence, if any
-    face_expression: str  # what the face shows (the emotion unless confused)
-    intensity: float  # final blend weight of the expression
-    f0_hz: float  # starting pitch of the tone
-    level: float  # peak level of the tone
-    season: int
-    episode: int
-    start_ms: int
-    end_ms: int
-
-    @property
-    def file(self) -> str:
-        """The clip's path relative to the set's root, as MELD names it."""
-        return f"{MELD_SPLITS[self.split][1]}/dia{self.dialogue_id}_utt{self.utterance_id}.mp4"
-
-    @property
-    def meld_emotion(self) -> str:
-        return MELD_EMOTION_LABELS[self.emotion]
-
-    def truth(self) -> dict[str, Any]:
-        """The clip's record in ``truth.json``."""
-        return {
-            "split": self.split,
-            "dialogue_id": self.dialogue_id,
-            "utterance_id": self.utterance_id,
-            "file": self.file,
-            "speaker": self.speaker,
-            "emotion": self.emotion,
-            "meld_emotion": self.meld_emotion,
-            "sentiment": self.sentiment,
-            "utterance": self.utterance,
-            "cues": {"emotion_word": self.emotion_word, "sentiment_phrase": self.sentiment_phrase},
-            "face_expression": self.face_expression,
-            "intensity": self.intensity,
-            "tone": {"f0_hz": self.f0_hz, "level": self.level},
-        }
-
-    def csv_row(self, sr_no: int) -> list[Any]:
-        """The clip's row in its split's CSV (``MELD_COLUMNS`` order)."""
-        return [
-            sr_no, self.utterance, self.speaker, self.meld_emotion, self.sentiment,
-            self.dialogue_id, self.utterance_id, self.season, self.episode,
-            _timestamp(self.start_ms), _timestamp(self.end_ms),
-        ]
-
-
-def _timestamp(ms: int) -> str:
-    """MELD's SRT-style time, ``hh:mm:ss,mmm``."""
-    s, ms = divmod(int(ms), 1000)
-    m, s = divmod(s, 60)
-    h, m = divmod(m, 60)
-    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
-
-
-def _quota(n: int, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Integer counts summing to ``n`` closest to ``n * probs`` (largest remainder, random tie-break)."""
-    raw = n * np.asarray(probs, dtype=np.float64) / float(np.sum(probs))
-    counts = np.floor(raw + 1e-9).astype(int)
-    left = n - int(counts.sum())
-    if left > 0:
-        order = np.lexsort((rng.random(len(raw)), -(raw - counts)))  # largest remainder first
-        counts[order[:left]] += 1
-    return counts
-
-
-def _split_sizes(cfg: SyntheticClipsConfig) -> dict[str, int]:
-    rng = np.random.default_rng([cfg.seed, 0])
-    counts = _quota(cfg.n_clips, np.array([cfg.split_fractions[s] for s in MELD_SPLITS]), rng)
-    return dict(zip(MELD_SPLITS, (int(c) for c in counts)))
-
-
-def _draw_labels(n: int, cfg: SyntheticClipsConfig, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """``n`` (emotion, sentiment) pairs in random order: sentiment from the table row of the emotion."""
-    prior = np.array([cfg.emotion_prior[e] for e in EMOTIONS])
-    rows = {e: np.array([cfg.polarity_table[e][s] for s in SENTIMENTS]) for e in EMOTIONS}
-    labels: list[tuple[str, str]] = []
-    if cfg.label_sampling == "stratified":
-        for e, n_e in zip(EMOTIONS, _quota(n, prior, rng)):
-            for s, n_es in zip(SENTIMENTS, _quota(int(n_e), rows[e], rng)):
-                labels += [(e, s)] * int(n_es)
-        order = rng.permutation(len(labels))
-        return [labels[i] for i in order]
-    for k in rng.choice(len(EMOTIONS), size=n, p=prior / prior.sum()):
-        e = EMOTIONS[int(k)]
-        labels.append((e, SENTIMENTS[int(rng.choice(len(SENTIMENTS), p=rows[e] / rows[e].sum()))]))
-    return labels
-
-
-def _sentence(emotion: str, sentiment: str, cfg: SyntheticClipsConfig, rng: np.random.Generator) -> tuple[str, str | None, str | None]:
-    """(utterance, emotion word or None, sentiment phrase or None); every choice but the cue's content is label-free."""
-    has_word = rng.random() < cfg.p_emotion_word
-    has_phrase = rng.random() < cfg.p_sentiment_word
-    word = str(rng.choice(EMOTION_WORDS[emotion])) if has_word else None
-    phrase = str(rng.choice(SENTIMENT_PHRASES[sentiment])) if has_phrase else None
-    template = EMOTION_TEMPLATES[int(rng.integers(len(EMOTION_TEMPLATES)))]
-    filler = FILLERS[int(rng.integers(len(FILLERS)))]
-    parts = []
-    if word is not None:
-        parts.append(template.format(w=word))
-    if phrase is not None:
-        parts.append(phrase)
-    if len(parts) == 2 and rng.random() < 0.5:
-        parts.reverse()
-    if not parts or rng.random() < FILLER_PREFIX_PROB:
-        parts.insert(0, filler)
-    return " ".join(parts), word, phrase
-
-
-def _clip_metadata(split: str, dia: int, utt: int, emotion: str, sentiment: str,
-                   cfg: SyntheticClipsConfig) -> dict[str, Any]:
-    """Sentence, face and tone parameters of one clip, from its own stream."""
-    rng = np.random.default_rng([cfg.seed, 2, list(MELD_SPLITS).index(split), dia, utt])
-    utterance, word, phrase = _sentence(emotion, sentiment, cfg, rng)
-    face = emotion
-    if rng.random() < cfg.face_confusion:
-        others = [e for e in EMOTIONS if e != emotion]
-        face = others[int(rng.integers(len(others)))]
-    lo, hi = cfg.expression_intensity
-    tone = TONES[emotion]
-    return {
-        "utterance": utterance,
-        "emotion_word": word,
-        "sentiment_phrase": phrase,
-        "face_expression": face,
-        "intensity": round(float(rng.uniform(lo, hi)), 4),
-        "f0_hz": round(float(tone.f0_hz * math.exp(rng.normal(0.0, cfg.pitch_jitter))), 3),
-        "level": round(float(min(0.95, tone.level * math.exp(rng.normal(0.0, cfg.energy_jitter)))), 4),
-    }
-
-
-def plan_clips(config: SyntheticClipsConfig | None = None) -> list[ClipPlan]:
-    """Labels and metadata of every clip, in split order (train, dev, test), then dialogue, utterance.
-
-    Cheap (no rendering): what ``truth.json`` and the CSVs are made from.
-    """
-    cfg = config or SyntheticClipsConfig()
-    duration_ms = round(1000 * cfg.duration_s)
-    plans: list[ClipPlan] = []
-    for split_index, (split, n) in enumerate(_split_sizes(cfg).items()):
-        rng = np.random.default_rng([cfg.seed, 1, split_index])
-        labels = _draw_labels(n, cfg, rng)
-        pos, dia = 0, 0
-        while pos < n:
-            length = min(n - pos, int(rng.integers(1, cfg.max_utterances + 1)))
-            cast = [SPEAKERS[int(i)] for i in rng.choice(len(SPEAKERS), size=2, replace=False)]
-            season, episode = int(rng.integers(1, 11)), int(rng.integers(1, 25))
-            clock = int(rng.integers(60_000, 1_300_000))
-            for utt in range(length):
-                emotion, sentiment = labels[pos]
-                meta = _clip_metadata(split, dia, utt, emotion, sentiment, cfg)
-                speaker = cast[int(rng.integers(2))]
-                plans.append(ClipPlan(split=split, dialogue_id=dia, utterance_id=utt, speaker=speaker,
-                                      emotion=emotion, sentiment=sentiment, season=season, episode=episode,
-                                      start_ms=clock, end_ms=clock + duration_ms, **meta))
-                clock += duration_ms + int(rng.integers(200, 1500))
-                pos += 1
-            dia += 1
-    return plans
-
-
-def empirical_polarity_table(records: Iterable[Any]) -> dict[str, dict[str, float]]:
-    """Observed P(sentiment | emotion) of clips (:class:`ClipPlan`s or truth records).
-
-    An emotion without clips gets no row. This, over the clips a table was
-    learned from, is what the learned table converges to; a subset cut out of a
-    split after generation (the meld reader halves train into pretrain/train)
-    drifts from :data:`DEFAULT_POLARITY_TABLE` by sampling noise (about 0.1 at
-    600 clips, 0.05 at 2000), which stratification cannot remove.
-    """
-    counts: dict[str, Counter] = {}
-    for r in records:
-        emotion, sentiment = (r["emotion"], r["sentiment"]) if isinstance(r, Mapping) else (r.emotion, r.sentiment)
-        counts.setdefault(emotion, Counter())[sentiment] += 1
-    return {
-        e: {s: round(counts[e][s] / sum(counts[e].values()), 6) for s in SENTIMENTS}
-        for e in EMOTIONS
-        if e in counts
-    }
-
-
-def polarity_table_error(table: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]]) -> float:
-    """Largest absolute difference between two polarity tables over the rows both have."""
-    return max(
-        (abs(float(table[e][s]) - float(reference[e][s])) for e in reference if e in table for s in SENTIMENTS),
-        default=0.0,
-    )
 
 
 # --------------------------------------------------------------------------- rendering
