@@ -4,6 +4,7 @@ stored, checked, and served back as :class:`cache.batch.ImageBatch`.
 Shard layout (``k`` samples, ``F`` faces in the shard) -- see ``cache.store``::
 
     scene [k, 512] f32, va [k, D] f32 (va_backbone != "scene"), scene_layer3 [k, 256, h, w] f32
+    <name> [k, *shape] f32 for each registered feature in cfg.features (pipelines.feature_registry)
     faces [F, S, S] u8, face_offsets [k + 1] i64, boxes [F, 4] f32, probs [F] f32
     image_size [k, 2] i64, labels [k] i64 (-1 unknown)
 
@@ -23,6 +24,7 @@ from cache.batch import ImageBatch
 from cache.kinds import CacheKind, ProblemFn, register_cache_kind
 from cache.store import CacheError, checked_shard_bytes, entries_by_shard, read_shard_bytes
 from neural.vocabulary import MAX_FACES
+from pipelines.feature_registry import get_feature
 from pipelines.pipeline import ImagePipeline, PipelineConfig, ProcessedSample
 
 
@@ -67,7 +69,13 @@ def expected_shapes(cfg: PipelineConfig, k: int, tensors: dict) -> dict[str, tup
         out["va"] = ((k, None), torch.float32)
     if cfg.store_scene_layer3:
         out["scene_layer3"] = ((k, 256, None, None), torch.float32)
+    for name in cfg.features:
+        out[name] = ((k, *get_feature(name).shape), torch.float32)
     return out
+
+
+#: tensors laid out per face, not per sample
+_PER_SHARD_KEYS = ("faces", "face_offsets", "boxes", "probs")
 
 
 def check_shard(tensors: dict, k: int, name: str, problem: ProblemFn) -> None:
@@ -92,9 +100,10 @@ def check_entry(e: dict, sid: str, row: int, tensors: dict, problem: ProblemFn) 
         want = -1 if e.get("label") is None else e.get("label")
         if int(labels[row]) != want:
             problem("shape", sid, f"stored label {int(labels[row])}, the manifest says {want}")
-    for key in ("scene", "va", "scene_layer3"):
-        t = tensors.get(key)
-        if t is not None and row < len(t) and t.is_floating_point() and not bool(torch.isfinite(t[row]).all()):
+    for key, t in tensors.items():  # the whole-image features: built-in and registered
+        if key in _PER_SHARD_KEYS or key in ("image_size", "labels"):
+            continue
+        if row < len(t) and t.is_floating_point() and not bool(torch.isfinite(t[row]).all()):
             problem("nonfinite", sid, f"{key} contains NaN or inf")
     for key in ("boxes", "probs"):
         t = tensors.get(key)
@@ -160,7 +169,7 @@ def _gather_rows(tensors: dict[str, torch.Tensor], rows: list[int]) -> dict[str,
     off = tensors["face_offsets"]
     starts, ends = off[r], off[r + 1]
     face_idx = torch.cat([torch.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())] or [torch.zeros(0, dtype=torch.long)])
-    out = {k: v[r] for k, v in tensors.items() if k not in ("faces", "face_offsets", "boxes", "probs")}
+    out = {k: v[r] for k, v in tensors.items() if k not in _PER_SHARD_KEYS}
     out.update(
         faces=tensors["faces"][face_idx],
         counts=ends - starts,

@@ -4,7 +4,7 @@ Each command lives in ``experiments/commands/<name>.py`` and registers itself
 with :func:`command`. A command function receives the parsed ``argparse``
 namespace and returns an exit code. User errors (``UserError`` and its
 subclasses, missing files, bad config) print one line and exit 2 — never a
-traceback.
+traceback. Plug-ins (:mod:`experiments.plugins`) are imported first.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+from experiments.plugins import load_plugins  # noqa: E402
 from neural.compute import flush_denormals  # noqa: E402
 from neural.errors import UserError  # noqa: E402  (re-exported for commands)
 
@@ -87,6 +88,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # before parsing: a plug-in's networks and features are choices some options list
+        load_plugins()
+    except UserError as exc:
+        print(f"emologic: error: {exc}", file=sys.stderr)
+        return 2
     _load_commands()
     parser = build_parser(argv[0]) if argv and argv[0] in _COMMANDS else build_parser()
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ and networks jointly? Runs the whole comparison and writes a run directory.
     python experiments/joint_vs_frozen.py                       # built-in synthetic benchmark
     python experiments/joint_vs_frozen.py --dataset findingemo --images DIR
     python experiments/joint_vs_frozen.py --resume runs/latest  # continue an interrupted run
+    EMOLOGIC_PLUGINS=my_light.py python experiments/joint_vs_frozen.py --program my.pl  # a plug-in predicate
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from experiments.config import add_arguments, config_from_args  # noqa: E402
 from experiments.harness import run  # noqa: E402
+from experiments.plugins import load_plugins  # noqa: E402
 from neural.cluster import add_ray_arguments  # noqa: E402
 from neural.compute import flush_denormals  # noqa: E402
 from neural.errors import UserError  # noqa: E402
@@ -36,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:  # a plug-in's networks and features, before the program's bindings are checked
+        load_plugins()
+    except UserError as exc:
+        print(f"joint_vs_frozen: error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     flush_denormals()  # before torch starts its threads (neural/compute.py)
     try:

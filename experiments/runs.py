@@ -244,11 +244,13 @@ def environment() -> dict:
     Training sums in float32; a different thread count or kernel (AVX2 vs
     AVX-512) changes the summation order, and a network trained for several
     epochs then ends a little elsewhere. Two runs agree bit for bit only when all
-    of this agrees."""
+    of this agrees. Also which plug-ins were loaded: a run that read a plug-in's
+    networks and features needs it loaded again to be queried."""
     from importlib import metadata
 
     import torch
 
+    from experiments.plugins import loaded_plugins
     from neural.compute import denormals_flushed
 
     versions = {"python": platform.python_version()}
@@ -277,6 +279,8 @@ def environment() -> dict:
                                                     "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY")},
             "blas": blas,
         },
+        # the plug-ins (experiments.plugins) this process imported and what each registered
+        "plugins": loaded_plugins(),
     }
 
 

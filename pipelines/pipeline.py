@@ -25,6 +25,7 @@ from neural.configs import strict_config
 from neural.errors import UserError
 from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.vocabulary import MAX_FACES, N_EMOTIONS
+from pipelines.feature_registry import get_feature
 from pipelines.faces import DEFAULT_MTCNN_MAX_SIDE, FaceError, Faces, crop_faces, detector_from_config, list_detectors
 from pipelines.images import DEFAULT_MAX_PIXELS, BadImageError, load_image_and_hash
 
@@ -56,9 +57,15 @@ class PipelineConfig:
     clip_model: str = "openai/clip-vit-base-patch32"  # va_backbone="clip": hub name or local directory
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 32
+    #: registered features (pipelines.feature_registry) computed besides the built-in ones, e.g. a plug-in's
+    features: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "mtcnn_thresholds", tuple(float(t) for t in self.mtcnn_thresholds))
+        features = (self.features,) if isinstance(self.features, str) else self.features
+        object.__setattr__(self, "features", tuple(sorted(set(features))))  # a set: order cannot change a key
+        for name in self.features:
+            get_feature(name)  # an unknown (or not loaded) feature is one line naming the registered ones
         problems = []
         if self.face_source not in list_detectors():
             problems.append(f"face_source {self.face_source!r} is not one of {', '.join(list_detectors())}")
@@ -81,6 +88,7 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mtcnn_thresholds"] = list(self.mtcnn_thresholds)
+        d["features"] = list(self.features)
         return d
 
     @classmethod
@@ -99,13 +107,15 @@ class PipelineConfig:
                 d.pop(k)
         if self.va_backbone != "clip":
             d.pop("clip_model")
+        if not self.features:
+            d.pop("features")  # caches built before registered features existed keep their keys
         return d
 
 
 def feature_provenance(cfg: PipelineConfig, identity: dict[str, str] | None = None) -> dict[str, dict[str, Provenance]]:
     """Where the knowledge of each cached whole-image feature comes from:
-    ``{"scene": {"scene backbone": ...}, "va": {"va backbone": ...}}`` (face crops
-    are pixels and have none).
+    ``{"scene": {"scene backbone": ...}, "va": {"va backbone": ...}, "light": {"light feature": ...}}``
+    (registered features by their spec's provenance; face crops are pixels and have none).
     ``identity``: the cache manifest's record of the weights that made them."""
     from neural.scene import backbone_provenance
 
@@ -116,7 +126,10 @@ def feature_provenance(cfg: PipelineConfig, identity: dict[str, str] | None = No
                                            f"{DOMAIN_PHOTOS} (CLIP image-text pairs)", None)
     else:
         va = scene
-    return {"scene": {"scene backbone": scene}, "va": {"va backbone": va}}
+    out = {"scene": {"scene backbone": scene}, "va": {"va backbone": va}}
+    for name in cfg.features:
+        out[name] = {f"{name} feature": get_feature(name).provenance_for(cfg)}
+    return out
 
 
 def config_differences(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -141,7 +154,8 @@ class ProcessedSample:
     boxes: np.ndarray  # [n, 4] float32 (x1, y1, x2, y2) pixels
     probs: np.ndarray  # [n] float32
     #: "scene": [512]; "scene_layer3": [256, h, w] if configured; "va": [D] only when
-    #: va_backbone != "scene" (otherwise the VA features *are* the scene features).
+    #: va_backbone != "scene" (otherwise the VA features *are* the scene features);
+    #: each of ``cfg.features``: its registered per-sample shape.
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     faces_found: int | None = None  # faces the detector found; the largest max_faces are kept (None: n_faces)
 
@@ -184,6 +198,7 @@ class ImagePipeline:
             self.cfg.scene_size, self.cfg.scene_weights, self.cfg.scene_seed, self.cfg.store_scene_layer3, device
         )
         self.va = CLIPImageEmbeddings(self.cfg.clip_model, device) if self.cfg.va_backbone == "clip" else None
+        self.extra = {name: get_feature(name).build(self.cfg, device) for name in self.cfg.features}
 
     @property
     def identity(self) -> dict[str, str]:
@@ -192,6 +207,8 @@ class ImagePipeline:
             "scene_backbone": self.scene.weights_id,
             "va_backbone": self.va.weights_id if self.va is not None else "scene",
             "face_detector": self.cfg.face_source,
+            # only present when configured, so manifests of caches without registered features keep their identity
+            **{f"feature:{name}": str(ex.weights_id) for name, ex in self.extra.items()},
         }
 
     def _load(self, sample):
@@ -236,6 +253,8 @@ class ImagePipeline:
         feats = self.scene(images)  # {"scene": [B, 512], ...}
         if self.va is not None:
             feats["va"] = self.va(images)  # [B, D]
+        for name, extractor in self.extra.items():
+            feats[name] = get_feature(name).check_output(extractor(images), len(images))  # [B, *shape]
 
         out = []
         for i, (sample, image, digest, faces) in enumerate(ready):

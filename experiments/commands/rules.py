@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from experiments.cli import command
 from neural.errors import UserError
@@ -82,12 +83,17 @@ def _print_clip(program, model, results: dict) -> None:
     configure=_configure,
 )
 def run(args: argparse.Namespace) -> int:
+    from experiments.plugins import missing_plugins
     from experiments.runs import resolve_run
     from logic.inspect import render_sources, render_tables
 
     run_dir = resolve_run(args.run, args.runs_dir)
     config = read_json(run_dir / "config.json", "run config")
     cfg = config.get("config", config)
+    missing = missing_plugins(config.get("plugins"))
+    if missing:  # the rules need no network, so they are shown; a query of this run would be refused
+        print(f"emologic rules: note: {run_dir} was made with {'; '.join(missing)}, which is not loaded",
+              file=sys.stderr)
     seed = args.seed if args.seed is not None else cfg["seeds"][0]
     seed_dir = run_dir / "checkpoints" / f"seed{seed}"
     available = sorted(p.name for p in seed_dir.glob("*") if (p / "rules.json").is_file()) if seed_dir.is_dir() else []

@@ -129,6 +129,9 @@ def locate_checkpoint(run, regime: str | None, seed: int | None, runs_root) -> R
     config = read_json(run_dir / "config.json")
     cfg = config.get("config", config)
     from experiments.config import modality_of
+    from experiments.plugins import check_run_plugins
+
+    check_run_plugins(run_dir, config)  # its networks and features need their plug-ins
 
     if modality_of(cfg.get("dataset", "synthetic")) == "clip":
         raise UserError(f"{run_dir} is a video-clip run ({cfg.get('dataset')}); emologic query answers image "
