@@ -120,19 +120,26 @@ def explain(tp, batch, top: int) -> list[QueryResult]:
     return results
 
 
+#: What the V/A regressor's output columns are (its bin adapters' ``column``, neural/va.py).
+VA_DIMENSIONS = ("valence", "arousal")
+
+
 def va_estimates(tp, prepared) -> list[dict] | None:
-    """Per image, the V/A source's estimate with its uncertainty and bin masses (None without one)."""
+    """Per image, the V/A source's estimate with its uncertainty and bin masses (None without one).
+
+    Which source and networks: the binding's V/A sources and the networks the program's
+    source table says read them (the bin adapters, each reading one column)."""
     if not tp.binding.uses_va:
         return None
-    x = prepared.tensors["va"]  # [B, 4] = (mean_v, mean_a, var_v, var_a)
-    out = []
-    for b in range(len(prepared)):
-        entry = {}
-        for k, (dim, net) in enumerate((("valence", "va_valence"), ("arousal", "va_arousal"))):
-            mass = tp.binding.networks[net](x[b:b + 1])[0].tolist()
-            entry[dim] = {"mean": float(x[b, k]), "std": float(x[b, 2 + k].clamp_min(0).sqrt()),
-                          "bins": dict(zip(tp.program.domain_of(net), mass))}
-        out.append(entry)
+    out = [{} for _ in range(len(prepared))]
+    for src in tp.binding.va_sources:
+        x = prepared.tensors[src]  # [B, 4] = (mean_v, mean_a, var_v, var_a)
+        for net in tp.program.sources[src].networks:
+            k = tp.binding.networks[net].column
+            mass = tp.binding.networks[net](x)  # [B, bins]
+            for b, entry in enumerate(out):
+                entry[VA_DIMENSIONS[k]] = {"mean": float(x[b, k]), "std": float(x[b, 2 + k].clamp_min(0).sqrt()),
+                                           "bins": dict(zip(tp.program.domain_of(net), mass[b].tolist()))}
     return out
 
 
