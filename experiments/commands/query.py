@@ -64,7 +64,10 @@ def format_result(r, min_face_size: int | None = None) -> list[str]:
         lines.append(f"  faces    {count}: {faces}")
     else:
         limit = f" of at least {min_face_size} px" if min_face_size else ""
-        lines.append(f"  faces    none found (the detector finds faces{limit}): the scene alone answers")
+        # the sources the program has without a face (context_selection: the scene alone)
+        alone = " and ".join(r.trust) or "no source"
+        lines.append(f"  faces    none found (the detector finds faces{limit}): the {alone} alone answer"
+                     + ("s" if len(r.trust) == 1 else ""))
     trust = ", ".join(f"{s} {p:.2f}" for s, p in r.trust.items())
     lines.append(f"  context  {r.context} (P(source chosen | context): {trust})")
     if r.decided:
