@@ -95,6 +95,13 @@ def load_plugins(env: str | None = None) -> list[dict]:
     return loaded_plugins()
 
 
+def load_recorded(recorded: list[dict]) -> None:
+    """Import in this process the plug-ins another one loaded (:func:`loaded_plugins` of a
+    driver, shipped to a Ray worker with its work: its networks must be importable
+    before the worker unpickles them)."""
+    load_plugins(",".join(p["entry"] for p in recorded if p.get("from") == ENV_VAR))
+
+
 def loaded_plugins() -> list[dict]:
     """What :func:`load_plugins` imported (recorded in a run's environment)."""
     return [dict(p) for p in _LOADED]
