@@ -93,8 +93,8 @@ def synthetic_root(cfg: dict) -> Path:
     """Where the run's synthetic data set lives (its data_root, else the harness's default)."""
     if cfg.get("data_root"):
         return Path(cfg["data_root"])
-    from experiments.config import HarnessConfig
-    from experiments.data import dataset_options
+    from experiments.harness.config import HarnessConfig
+    from experiments.harness.data import dataset_options
     from pipelines.datasets.synthetic import SyntheticConfig, default_root
 
     known = {f.name for f in dataclasses.fields(HarnessConfig)}
@@ -127,7 +127,7 @@ def locate_checkpoint(run, regime: str | None, seed: int | None, runs_root) -> R
     run_dir = resolve_run(run, runs_root)
     config = read_json(run_dir / "config.json")
     cfg = config.get("config", config)
-    from experiments.config import modality_of
+    from experiments.harness.config import track_of as modality_of
 
     if modality_of(cfg.get("dataset", "synthetic")) == "clip":
         raise UserError(f"{run_dir} is a video-clip run ({cfg.get('dataset')}); emologic query answers image "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments import regimes as regimes_module
-from experiments.config import HarnessConfig
+from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from experiments.runs import load_state
 from tests.run_helpers import numbers

@@ -1,28 +1,24 @@
-"""The training regimes compared by the harness, and their evaluation.
+"""The image track's regimes (:mod:`experiments.harness.regimes`) and their evaluation.
 
-    frozen         networks fixed, only the rule parameters learn (logic-only)
-    joint          rule parameters and the trainable network parts learn together
-    uniform_rules  rules fixed at uniform, networks trained through the logic
-    late_fusion    no logic: a neural late-fusion model on the same network outputs
-
-Each regime is registered with :func:`regime` and returns a :class:`RegimeResult`.
+Every logic regime is :func:`train_logic` with the regime's ``train_rules`` and
+``train_networks``; ``late_fusion`` (no logic) is :func:`late_fusion`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from cache.batch import Batch
-from experiments.config import HarnessConfig
-from experiments.data import ExperimentData
 from experiments.drift import parameter_drift, snapshot
+from experiments.harness.binding import Binding, FrozenBinding
+from experiments.harness.config import HarnessConfig
+from experiments.harness.image_data import ExperimentData
+from experiments.harness.regimes import Regime
 from experiments.metrics import (
     classification_metrics,
     confusion,
@@ -30,28 +26,12 @@ from experiments.metrics import (
     posterior_agreement,
     source_table_error,
 )
-from experiments.stage0 import Predicates, train_mode
-from logic.given import Given, GivenSlice
+from experiments.harness.image_stage0 import Predicates, train_mode
 from logic.model import LogicModel
 from logic.program import Program
-from neural.provenance import mark_trained, provenance_of, source_provenance
+from neural.provenance import mark_trained
 from neural.registry import get_network
 from neural.vocabulary import EMOTIONS, FACE_SLOTS
-
-_REGIMES: dict[str, Callable] = {}
-
-
-def regime(name: str):
-    def deco(fn):
-        _REGIMES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_regime(name: str) -> Callable:
-    return _REGIMES[name]
-
 
 @dataclass
 class RegimeResult:
@@ -84,122 +64,6 @@ class RegimeResult:
             "provenance": self.provenance,
             "va": self.va,
         }
-
-
-# ---------------------------------------------------------------------------
-# Binding the program's neural predicates
-# ---------------------------------------------------------------------------
-class Layer4Head(nn.Module):
-    """The scene predicate when layer4 is trained: [B, 256, h, w] -> layer4 -> pool -> head -> [B, 7]."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.from_layer3(f))
-
-    @property
-    def provenance(self):
-        return provenance_of(self.head)
-
-
-class Binding:
-    """The networks the program's ``nn`` names are bound to in one regime, and
-    how a cached batch becomes the tensors those networks read."""
-
-    def __init__(self, program: Program, pred: Predicates):
-        self.program, self.pred = program, pred
-        self.uses_va = "va_valence" in program.networks
-        scene = pred.scene_head if pred.scene_layer4 is None else Layer4Head(pred.scene_layer4, pred.scene_head)
-        self.networks: dict[str, nn.Module] = {"scene2emotion": scene, "face_emotion": pred.face_net}
-        if self.uses_va:
-            self.networks["va_valence"] = get_network("va_valence")
-            self.networks["va_arousal"] = get_network("va_arousal")
-        self.networks = {k: v for k, v in self.networks.items() if k in program.networks}
-
-    def provenance(self, features: dict) -> dict[str, dict]:
-        """Per source: where its networks' knowledge came from (:func:`neural.provenance.source_provenance`);
-        ``features``: :func:`pipelines.pipeline.feature_provenance` of the cache the run read."""
-        features = {k: dict(v) for k, v in features.items()}
-        if self.uses_va:
-            features.setdefault("va", {})["va_regressor"] = provenance_of(self.pred.va_regressor)
-        return source_provenance(self.program.tensor_networks, self.networks, features)
-
-    def source_outputs(self, prepared: Batch) -> dict[str, torch.Tensor]:
-        """Each source that one network reads (``Program.tensor_networks``): that
-        network's output ``[B, K]`` float32, NaN where the source is absent."""
-        out = {}
-        for src, nets in self.program.tensor_networks.items():
-            if len(nets) != 1 or nets[0] not in self.networks:
-                continue
-            present = prepared.present(src)
-            t = torch.full((len(prepared), len(self.program.domain_of(nets[0]))), float("nan"))
-            if present.any():
-                t[present] = self.networks[nets[0]](prepared.tensors[src][present]).float()
-            out[src] = t
-        return out
-
-    def prepare(self, batch: Batch) -> Batch:
-        tensors = dict(batch.tensors)
-        if self.pred.scene_layer4 is not None:
-            tensors["scene"] = tensors["scene_layer3"]
-        if self.uses_va:
-            from neural.va import va_predicate_input
-
-            va = self.pred.va_regressor
-            # Training through the logic keeps MC dropout *with* gradients: the loss is
-            # taken on the same Gaussian bin mass (mean and variance of the dropout
-            # passes) that evaluation and query use, so the circumplex table and the
-            # trust are learned against the distribution they will be read with, and
-            # the heads learn their uncertainty too. Training on the mean alone would
-            # leave only the min_std floor as variance: near-hard bins, vanishing
-            # gradients far from the edges, and a train/eval mismatch. The heads are
-            # small MLPs on cached features, so n passes cost little.
-            mc = va.mc_predict_with_grad if torch.is_grad_enabled() and va.training else va.mc_predict
-            tensors["va"] = va_predicate_input(*mc(tensors["va"]))
-        return _with_tensors(batch, tensors)
-
-
-class FrozenBinding:
-    """Frozen networks: their outputs are computed once per sample, and the
-    program's predicates read them through :class:`Given` stand-ins."""
-
-    def __init__(self, binding: Binding, splits: dict):
-        self.program = binding.program
-        self.networks: dict[str, nn.Module] = {}
-        for net in binding.networks:
-            self.networks[net] = Given()
-        if binding.uses_va:
-            kv = len(self.program.domain_of("va_valence"))
-            self.networks["va_valence"] = GivenSlice(0, kv)
-            self.networks["va_arousal"] = GivenSlice(kv, kv + len(self.program.domain_of("va_arousal")))
-        self.rows: dict[str, int] = {}
-        self.outputs: dict[str, list[torch.Tensor]] = {}
-        with torch.no_grad():
-            for split in splits.values():
-                for batch in split.batches(512):
-                    prepared = binding.prepare(batch)
-                    for src, out in binding.source_outputs(prepared).items():
-                        self.outputs.setdefault(src, []).append(out)
-                    if binding.uses_va:
-                        va = prepared.tensors["va"]
-                        self.outputs.setdefault("va", []).append(
-                            torch.cat([binding.networks["va_valence"](va), binding.networks["va_arousal"](va)], 1)
-                        )
-                    for sid in batch.sample_ids:
-                        self.rows[sid] = len(self.rows)
-        self.table = {src: torch.cat(parts) for src, parts in self.outputs.items()}
-
-    def prepare(self, batch: Batch) -> Batch:
-        idx = torch.tensor([self.rows[s] for s in batch.sample_ids])
-        # the table is computed once on the CPU; its rows go where the batch is
-        return _with_tensors(batch, {src: t[idx].to(batch.labels.device) for src, t in self.table.items()})
-
-
-def _with_tensors(batch: Batch, tensors: dict) -> Batch:
-    return Batch(batch.sample_ids, tensors, batch.face_mask, batch.face_boxes, batch.face_probs,
-                 batch.image_size, batch.labels, batch.meta)
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +146,7 @@ def train_logic(
     t0 = time.time()
     torch.manual_seed(seed)
     binding = Binding(program, pred)
+    uses_va = binding.uses_va
     if not train_networks:
         binding = FrozenBinding(binding, {s: data.split(s) for s in ("train", "val", "test")})
     model = LogicModel(program, binding.networks, engine=cfg.engine, face_size_threshold=cfg.face_size_threshold,
@@ -354,7 +219,7 @@ def train_logic(
         if train_networks:
             mark_trained(m, f"fine-tuned in {name}", cfg.dataset)
     va = None
-    if pred.va_regressor is not None and "va_valence" in program.networks:
+    if uses_va:
         from experiments.va_source import regime_va_results
 
         va = regime_va_results(pred, model.rule_table(), data)
@@ -374,19 +239,13 @@ def train_logic(
     )
 
 
-@regime("frozen")
-def frozen(cfg, data, program, pred, seed, **kw) -> RegimeResult:
-    return train_logic("frozen", cfg, data, program, pred, seed, train_rules=True, train_networks=False, **kw)
-
-
-@regime("joint")
-def joint(cfg, data, program, pred, seed, **kw) -> RegimeResult:
-    return train_logic("joint", cfg, data, program, pred, seed, train_rules=True, train_networks=True, **kw)
-
-
-@regime("uniform_rules")
-def uniform_rules(cfg, data, program, pred, seed, **kw) -> RegimeResult:
-    return train_logic("uniform_rules", cfg, data, program, pred, seed, train_rules=False, train_networks=True, **kw)
+def run_regime(regime: Regime, cfg: HarnessConfig, data: ExperimentData, program: Program, pred: Predicates,
+               seed: int, log=print, tb=None) -> RegimeResult:
+    """One regime of the image track on a seed's own copy of the stage-0 networks."""
+    if not regime.logic:
+        return late_fusion(cfg, data, program, pred, seed, log=log, tb=tb)
+    return train_logic(regime.name, cfg, data, program, pred, seed, train_rules=regime.train_rules,
+                       train_networks=regime.train_networks, log=log, tb=tb)
 
 
 # ---------------------------------------------------------------------------
@@ -398,14 +257,11 @@ def _fusion_inputs(frozen: FrozenBinding, batch: Batch):
     return t["scene"], faces, batch.face_mask
 
 
-@regime("late_fusion")
 def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeResult:
     """A neural model on the same stage-0 outputs (scene and face distributions + face mask)."""
     t0 = time.time()
     torch.manual_seed(seed)
-    base = Binding(program, pred)
-    base.networks.setdefault("face_emotion", pred.face_net)
-    frozen = FrozenBinding(base, {s: data.split(s) for s in ("train", "val", "test")})
+    frozen = FrozenBinding(Binding(program, pred), {s: data.split(s) for s in ("train", "val", "test")})
     device = torch.device(cfg.device)
     net = get_network("late_fusion").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.baseline_lr)
@@ -443,7 +299,3 @@ def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeRes
         wall_time_s=time.time() - t0,
         model=net,
     )
-
-
-def confusion_sum(matrices: list) -> np.ndarray:
-    return np.sum([np.asarray(m) for m in matrices], axis=0)
