@@ -18,8 +18,8 @@ import pytest
 import torch
 from clip_helpers import write_clip
 
-from experiments import clip_data as clip_data_module
-from experiments import clip_harness as clip_harness_module
+from experiments.harness import clip_data as clip_data_module
+from experiments.harness import clip_track as clip_harness_module
 from experiments.cli import main as emologic
 from experiments.harness.clip_data import clip_features, load_clip_data
 from experiments.harness.clip_track import load_clip_network
