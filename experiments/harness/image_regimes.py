@@ -30,6 +30,7 @@ from experiments.harness.image_stage0 import Predicates, train_mode
 from logic.model import LogicModel
 from logic.program import Program
 from neural.provenance import mark_trained
+from neural.late_fusion import LateFusionNet
 from neural.registry import get_network
 from neural.vocabulary import EMOTIONS, FACE_SLOTS
 
@@ -263,7 +264,7 @@ def late_fusion(cfg, data, program, pred, seed, log=print, tb=None) -> RegimeRes
     torch.manual_seed(seed)
     frozen = FrozenBinding(Binding(program, pred), {s: data.split(s) for s in ("train", "val", "test")})
     device = torch.device(cfg.device)
-    net = get_network("late_fusion").to(device)
+    net = get_network(LateFusionNet.registry_name).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.baseline_lr)
     weights = class_weights_for(data.split("train")).float().to(device) if cfg.class_weights else None
     history = []

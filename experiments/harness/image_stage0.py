@@ -30,7 +30,8 @@ from neural.errors import UserError
 from neural.face import FaceEmotionNet
 from neural.provenance import mark_trained
 from neural.registry import get_network, load_network, save_network
-from neural.scene import Scene2EmotionNet
+from neural.scene import Scene2EmotionNet, SceneBackbone
+from neural.va import VARegressor
 from neural.vocabulary import EMOTIONS, FACE_SLOTS, emotion_index
 
 
@@ -54,9 +55,9 @@ class Predicates:
         """The networks the logic can train, by the name drift is reported under."""
         mods = dict(self.bound())
         if self.va_regressor is not None:
-            mods["va_regressor"] = self.va_regressor
+            mods[VARegressor.registry_name] = self.va_regressor
         if self.scene_layer4 is not None:
-            mods["scene_backbone"] = self.scene_layer4
+            mods[SceneBackbone.registry_name] = self.scene_layer4
         return nn.ModuleDict(mods)
 
 
@@ -245,12 +246,12 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     if needs_va:
         from experiments.va_source import train_va_stage0
 
-        va, metrics["va_regressor"] = train_va_stage0(cfg, data, seed, log=log)
+        va, metrics[VARegressor.registry_name] = train_va_stage0(cfg, data, seed, log=log)
 
     # -- the scene backbone's last block, when the joint regime may train it ----
     layer4 = None
     if cfg.unfreeze_layer4:
-        layer4 = get_network("scene_backbone", weights=data.pipeline.scene_weights, seed=data.pipeline.scene_seed,
+        layer4 = get_network(SceneBackbone.registry_name, weights=data.pipeline.scene_weights, seed=data.pipeline.scene_seed,
                              unfreeze_layer4=True, layer4_lr=cfg.layer4_lr)
         layer4.train(False)
 
@@ -265,10 +266,9 @@ def save_predicates(pred: Predicates, directory: Path) -> None:
     for name, net in pred.bound().items():
         if hasattr(net, "registry_name"):  # an external face predicate is reloaded from where it came from
             save_network(net, directory / name)
-    if pred.va_regressor is not None:
-        save_network(pred.va_regressor, directory / "va_regressor")
-    if pred.scene_layer4 is not None:
-        save_network(pred.scene_layer4, directory / "scene_backbone")
+    for net in (pred.va_regressor, pred.scene_layer4):
+        if net is not None:
+            save_network(net, directory / net.registry_name)
 
 
 def load_predicates(directory: Path, face_source: str) -> Predicates:
@@ -285,11 +285,12 @@ def load_predicates(directory: Path, face_source: str) -> Predicates:
             from neural.facetrain.backbones import load_face_predicate
 
             face = load_face_predicate(face_source)
-    layer4 = opt("scene_backbone")
+    layer4 = opt(SceneBackbone.registry_name)
     for m in (face, layer4):
         if m is not None:
             m.eval()
-    return Predicates(load_network(directory / Scene2EmotionNet.registry_name).eval(), face, opt("va_regressor"), layer4, face_source)
+    return Predicates(load_network(directory / Scene2EmotionNet.registry_name).eval(), face,
+                      opt(VARegressor.registry_name), layer4, face_source)
 
 
 # --------------------------------------------------------------------------- #
