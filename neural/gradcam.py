@@ -3,7 +3,7 @@
 For each face crop: the crop, its Grad-CAM and its Grad-CAM++ heat map for the
 predicted class, side by side in one PNG panel titled with the predicted label
 (and its probability) and the true label when known. Files and photos (faces
-found by MTCNN, heat put back on the photo) are :mod:`experiments.face_explain`.
+found by MTCNN, heat put back on the photo) are :mod:`experiments.tools.face_explain`.
 
 The target layer is the backbone's last convolutional block
 (:attr:`neural.facetrain.backbones.BackboneSpec.cam_layer`): mini-XCEPTION's

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from experiments.face_explain import explain_files, photo_heat
+from experiments.tools.face_explain import explain_files, photo_heat
 from neural.face import FaceEmotionConfig, FaceEmotionNet
 from neural.gradcam import GradCamError
 from neural.registry import save_network

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from experiments.harness.config import ClipConfig, HarnessConfig, ImageConfig, SharedConfig, add_arguments
-from experiments.harness.regimes import REGIMES, regime_names
+from experiments.regimes import REGIMES, regime_names
 from experiments.harness.track import Track, track_class
 from experiments.joint_vs_frozen import main as joint_vs_frozen
 from neural.errors import UserError

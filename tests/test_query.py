@@ -180,7 +180,8 @@ def test_usage_errors_exit_2_with_one_line(tiny_run, synth, capsys):
 
 
 def test_library_api(tiny_run, synth):
-    from experiments.query import QueryError, QueryResult, TrainedProgram
+    from experiments.query.program import TrainedProgram
+    from experiments.query.results import QueryError, QueryResult
 
     tp = TrainedProgram.load(tiny_run, regime="uniform_rules")
     assert (tp.regime, tp.seed) == ("uniform_rules", 0) and "uniform_rules" in tp.describe()
@@ -220,7 +221,7 @@ def test_latest_run_answers_by_default_and_the_prior_on_request(tiny_run, synth,
 
 
 def test_results_carry_the_provenance_of_their_sources(tiny_run, synth):
-    from experiments.query import TrainedProgram
+    from experiments.query.program import TrainedProgram
     from neural.provenance import provenance_of
 
     tp = TrainedProgram.load(tiny_run, regime="frozen")

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from experiments.cli import main
-from experiments.query import QueryError, QueryResult, TrainedProgram
+from experiments.query.program import TrainedProgram
+from experiments.query.results import QueryError, QueryResult
 from neural.vocabulary import EMOTIONS
 
 ASTRONAUT_HEAD = (150, 30, 300, 210)  # around the face MTCNN finds at about (181, 62)-(268, 172)
@@ -334,7 +335,7 @@ def test_bench_query_times_a_fresh_process_and_a_folder(real_photos, tmp_path, c
 
 
 def test_bench_default_folder_mixes_photos_and_synthetic_images(tmp_path):
-    from experiments.query_bench import SKIMAGE_PHOTOS, write_default_images
+    from experiments.query.bench import SKIMAGE_PHOTOS, write_default_images
 
     images = write_default_images(tmp_path, n_images=12)
     assert len(images) == len(set(images)) == 12

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from cache.verify import verify_cache
-from experiments.temporal_va import (TemporalVAConfig, coverage_windows, extract_features, feature_pipeline_config,
-                                     finetune_init, info_nce, run, sample_indices)
+from experiments.tools.temporal_va.config import TemporalVAConfig
+from experiments.tools.temporal_va.inputs import coverage_windows, extract_features, feature_pipeline_config, sample_indices
+from experiments.tools.temporal_va.run import finetune_init, run
+from experiments.tools.temporal_va.train import info_nce
 from neural.registry import get_network
 from neural.temporal_va import clip_va, clip_va_predicate_input, load_checkpoint
 from pipelines.datasets.afewva import load_afewva

@@ -70,7 +70,7 @@ def test_va_metrics_circumplex_error_and_trust_are_reported(clip_run):
 
 
 def test_the_report_takes_regimes_without_a_va_part(clip_run):
-    from experiments.report import render_report, summary_lines
+    from experiments.reports.render import render_report, summary_lines
 
     run_dir, _ = clip_run
     results = json.loads((run_dir / "results.json").read_text())

@@ -6,7 +6,7 @@
 backward at batch 512 on the CPU, of the compiled engine and of DeepProbLog's
 exact engine on the same program and inputs, and their largest output difference.
 
-``bench query`` (see ``experiments/query_bench.py``): seconds from starting a
+``bench query`` (see ``experiments/query/bench.py``): seconds from starting a
 fresh ``emologic query PHOTO`` to its first answer, and images per second over
 a folder (``--images DIR``; default scikit-image photos + synthetic images).
 
@@ -239,7 +239,7 @@ def bench_engines(args: argparse.Namespace) -> dict:
 
 
 def bench_query(args: argparse.Namespace) -> dict:
-    from experiments.query_bench import bench_query as run_bench
+    from experiments.query.bench import bench_query as run_bench
 
     return run_bench(images_dir=args.images, run=args.run, cold_runs=args.cold_runs, seed=args.seed)
 

@@ -51,7 +51,7 @@ def load_model(checkpoint: str):
     configure=_args,
 )
 def run(args: argparse.Namespace) -> int:
-    from experiments.face_explain import explain_files, record
+    from experiments.tools.face_explain import explain_files, record
     from neural.vocabulary import EMOTIONS
 
     exps = explain_files(load_model(args.checkpoint), args.images, args.out, _labels(args), detect=args.detect)

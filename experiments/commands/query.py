@@ -3,7 +3,7 @@
 With ``--run RUN``, or when ``runs/latest`` exists, a trained run answers; with
 ``--prior``, or before any training, the untrained program does (its documented
 trust, FER2013 for faces, no scene knowledge). The work is done by
-:mod:`experiments.query`; this module parses the options and prints.
+:mod:`experiments.query.program`; this module parses the options and prints.
 
 Exit codes: 0 every input answered, 1 some input failed (one line each on
 stderr, the others still answered), 2 usage error (unknown run, bad option).
@@ -52,7 +52,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 
 def format_result(r, min_face_size: int | None = None) -> list[str]:
-    """The text block of one :class:`~experiments.query.QueryResult`
+    """The text block of one :class:`~experiments.query.results.QueryResult`
     (``min_face_size``: the detector's, to say why no face was found)."""
     lines = [r.input]
     if r.faces:
@@ -90,7 +90,8 @@ def format_result(r, min_face_size: int | None = None) -> list[str]:
     configure=_configure,
 )
 def run(args: argparse.Namespace) -> int:
-    from experiments.query import QueryError, open_program
+    from experiments.query.program import open_program
+    from experiments.query.results import QueryError
     from neural.provenance import describe_sources
 
     if args.max_pixels is not None and args.max_pixels < 1:

@@ -36,7 +36,7 @@ _HELP = {
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    from experiments.temporal_va import TemporalVAConfig
+    from experiments.tools.temporal_va.config import TemporalVAConfig
 
     p.add_argument("--data", required=True, help="AFEW-VA root: one folder per clip with frames and <clip>.json")
     p.add_argument("--out", required=True, help="output directory (cache, checkpoints, evaluation)")
@@ -62,7 +62,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     configure=_configure,
 )
 def run(args: argparse.Namespace) -> int:
-    from experiments.temporal_va import TemporalVAConfig, run as run_temporal
+    from experiments.tools.temporal_va.config import TemporalVAConfig
+    from experiments.tools.temporal_va.run import run as run_temporal
     from pipelines.datasets.afewva_synthetic import AfewVASyntheticConfig, ensure_afewva_synthetic
 
     if args.synthetic:

@@ -42,7 +42,7 @@ from neural.provenance import mark_trained
 from experiments.drift import parameter_drift, snapshot
 from experiments.harness.clip_data import ClipExperimentData, ClipFeatures
 from experiments.harness.config import HarnessConfig
-from experiments.harness.regimes import Regime
+from experiments.regimes import Regime
 from experiments.metrics import classification_metrics, confusion, table_error
 from logic.clip_model import ClipInputs, ClipLogicModel
 from logic.given import GivenSlice

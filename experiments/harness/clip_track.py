@@ -39,7 +39,7 @@ from experiments.harness import clip_regimes
 from experiments.harness.clip_data import ClipExperimentData, clip_features, features_key, load_clip_data
 from experiments.harness.clip_regimes import HEADS, FusionStage0, logic_model, polarity_errors, train_clip_stage0
 from experiments.harness.config import HarnessConfig
-from experiments.harness.regimes import Regime, get_regime
+from experiments.regimes import Regime, get_regime
 from experiments.harness.track import Track, log, skipped_summary
 from experiments.runs import RunState, atomic_write_json, config_fingerprint
 from logic.program import Program, available_programs, load_program

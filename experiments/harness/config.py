@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.harness.regimes import regime_names
+from experiments.regimes import regime_names
 from neural.errors import UserError
 
 #: Which track runs each data set.

@@ -1,4 +1,4 @@
-"""The image track's regimes (:mod:`experiments.harness.regimes`) and their evaluation.
+"""The image track's regimes (:mod:`experiments.regimes`) and their evaluation.
 
 Every logic regime is :func:`train_logic` with the regime's ``train_rules`` and
 ``train_networks``; ``late_fusion`` (no logic) is :func:`late_fusion`.
@@ -18,7 +18,7 @@ from experiments.drift import parameter_drift, snapshot
 from experiments.harness.binding import Binding, FrozenBinding
 from experiments.harness.config import HarnessConfig
 from experiments.harness.image_data import ExperimentData
-from experiments.harness.regimes import Regime
+from experiments.regimes import Regime
 from experiments.metrics import (
     classification_metrics,
     confusion,

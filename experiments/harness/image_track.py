@@ -23,7 +23,7 @@ from experiments.harness.image_stage0 import (
     stage0_key,
     train_stage0,
 )
-from experiments.harness.regimes import Regime
+from experiments.regimes import Regime
 from experiments.harness.track import Track, log, skipped_summary
 from experiments.runs import RunState, atomic_write_json
 from logic.program import Program, available_programs, load_program

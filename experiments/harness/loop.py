@@ -63,7 +63,7 @@ def open_run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> tuple[P
 
 def finish_run(run_dir: Path, results: dict, command: str, cfg: HarnessConfig, plots: dict) -> None:
     """Write ``results.json`` and ``report.md`` and print the summary."""
-    from experiments.report import render_report, summary_lines
+    from experiments.reports.render import render_report, summary_lines
 
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "report.md", render_report(results, command, cfg.to_dict(), plots=plots))
@@ -194,7 +194,7 @@ def _run(cfg: HarnessConfig, argv: list[str], resume: str | None, sweep=None) ->
 def write_plots(results: dict, run_dir: Path) -> dict[str, str]:
     import numpy as np
 
-    from experiments.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
+    from experiments.reports.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
     from neural.vocabulary import EMOTIONS
 
     out = run_dir / "plots"

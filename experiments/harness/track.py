@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from experiments.harness.config import HarnessConfig
-from experiments.harness.regimes import Regime, get_regime
+from experiments.regimes import Regime, get_regime
 from experiments.metrics import aggregate_seeds
 from experiments.runs import RunState, config_fingerprint
 

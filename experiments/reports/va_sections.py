@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from experiments.report import DASH, context_sort_key, fmt_number, fmt_stat, markdown_table, ordered_regimes, stat
+from experiments.reports.tables import (DASH, context_sort_key, fmt_number, fmt_stat, markdown_table, ordered_regimes,
+                                        stat)
 
 SOURCE = "va"
 _METRICS = (("ccc", "CCC"), ("rmse", "RMSE"), ("pearson", "r"))

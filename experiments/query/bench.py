@@ -93,7 +93,8 @@ def first_answer_seconds(photo: Path, run: str | None, timeout: float = 300.0) -
 
 
 def folder_images_per_s(images: list[Path], run: str | None, passes: int = 2) -> dict:
-    from experiments.query import QueryError, open_program
+    from experiments.query.program import open_program
+    from experiments.query.results import QueryError
 
     tp = open_program(run, prior=run is None)
     tp.answer([images[0]])  # construction and first calls are not throughput
@@ -115,7 +116,7 @@ def bench_query(images_dir: str | None = None, run: str | None = None, cold_runs
     """Both figures (see module doc); ``images_dir``: a folder of your own (its first image is the cold photo)."""
     import torch
 
-    from experiments.query import expand_inputs
+    from experiments.query.results import expand_inputs
 
     if cold_runs < 1:
         raise UserError(f"--cold-runs must be at least 1, got {cold_runs}")

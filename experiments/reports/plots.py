@@ -1,7 +1,7 @@
 """PNG plots of a joint-vs-frozen run (matplotlib, Agg backend: no display needed).
 
 Each function draws one figure from the ``results`` dict (schema in
-:mod:`experiments.report`), writes it to ``path`` and returns the path. Missing
+:mod:`experiments.reports.tables`), writes it to ``path`` and returns the path. Missing
 data gives a figure that says so instead of an exception, so a partial run
 still produces its plots.
 """
@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # before pyplot: headless, deterministic
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.report import context_sort_key, mean_table, ordered_regimes, source_sort_key  # noqa: E402
+from experiments.reports.tables import context_sort_key, mean_table, ordered_regimes, source_sort_key  # noqa: E402
 
 DPI = 110
 

@@ -1,6 +1,6 @@
 """Where ``emologic query`` finds a trained program inside a run directory.
 
-A run directory (``experiments/harness.py``) holds, per seed and regime,
+A run directory (:mod:`experiments.harness.loop`) holds, per seed and regime,
 ``checkpoints/seed<S>/<regime>/{model.json, networks/, rules.json}``. The
 default regime of a seed is the logic regime (not ``late_fusion``, which has no
 program to explain) with the lowest final validation NLL.
@@ -12,11 +12,12 @@ import json
 import math
 from pathlib import Path
 
+from experiments.regimes import REGIMES
 from experiments.runs import load_state, resolve_run
 from neural.errors import UserError
 
 #: Regimes whose checkpoints hold no program (nothing to explain).
-NON_LOGIC_REGIMES = ("late_fusion",)
+NON_LOGIC_REGIMES = tuple(name for name, r in REGIMES.items() if not r.logic)
 
 
 def read_json(path: Path) -> dict:

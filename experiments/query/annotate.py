@@ -6,7 +6,7 @@ import io
 import math
 from pathlib import Path
 
-from experiments.query_results import is_uniform
+from experiments.query.results import is_uniform
 from neural.files import atomic_write_bytes
 from pipelines.images import DEFAULT_MAX_PIXELS
 
@@ -55,7 +55,7 @@ def _said(result, source: str) -> str:
 
 def annotate_image(result, out_dir: Path, taken: set[str] | None = None,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
-    """Write ``out_dir/<image stem>.png`` for a :class:`~experiments.query.QueryResult`:
+    """Write ``out_dir/<image stem>.png`` for a :class:`~experiments.query.results.QueryResult`:
     the image with its face boxes, each source's own top emotion and the final
     answer drawn on it. Returns the path."""
     from PIL import ImageDraw

@@ -6,7 +6,8 @@
     late_fusion    no logic: a neural late-fusion model on the same network outputs
 
 A track runs a regime from its declaration (:meth:`experiments.harness.track.Track.run_regime`);
-the config's defaults and checks, the report and the query read the names here.
+the config's defaults and checks, the report's order and the query read the names here. A leaf
+module (no imports), so reports and the query read it without reaching into the harness.
 """
 from __future__ import annotations
 
