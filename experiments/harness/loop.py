@@ -27,7 +27,6 @@ from experiments.harness.track import Track, log, stage0, track_class
 from experiments.resume import check_resumable
 from experiments.runs import (
     RunState,
-    TBLogger,
     atomic_write_json,
     atomic_write_text,
     config_fingerprint,
@@ -39,6 +38,7 @@ from experiments.runs import (
     save_state,
     write_resolved_config,
 )
+from experiments.tensorboard import TBLogger
 from neural.errors import UserError
 
 
