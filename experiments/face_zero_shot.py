@@ -65,7 +65,7 @@ def fer_zero_shot(split, net: torch.nn.Module | None = None) -> dict[str, Any]:
         {"per_class_recall": {emotion: recall | None}, "macro_recall": float | None,
          "accuracy": float | None, "n_faces": int, "counts": {emotion: int}}
     """
-    from experiments.stage0 import face_examples
+    from experiments.harness.image_stage0 import face_examples
 
     examples = face_examples(split)
     if examples is None:
@@ -92,7 +92,7 @@ def face_reading(data, face_net: torch.nn.Module) -> dict[str, Any] | None:
     """How well the face predicate reads a run's labelled faces, for its report:
     FER2013 unchanged (zero-shot) on the pretrain and test splits, and the run's
     stage-0 face net on the test split. None when the data set labels no faces."""
-    from experiments.stage0 import face_examples
+    from experiments.harness.image_stage0 import face_examples
     from neural.fer_weights import pretrained_face_net
 
     test = face_examples(data.split("test"))  # read once, for both nets

@@ -15,8 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.config import add_arguments, config_from_args  # noqa: E402
-from experiments.harness import run  # noqa: E402
+from experiments.harness import add_arguments, config_from_args, run  # noqa: E402
 from experiments.plugins import load_plugins  # noqa: E402
 from neural.cluster import add_ray_arguments  # noqa: E402
 from neural.compute import flush_denormals  # noqa: E402

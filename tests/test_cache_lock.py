@@ -14,8 +14,8 @@ import pytest
 from cache.store import cache_lock
 from cache.verify import verify_cache
 from experiments.cli import main
-from experiments.config import HarnessConfig
-from experiments.data import load_data
+from experiments.harness.config import HarnessConfig
+from experiments.harness.image_data import load_data
 from experiments.joint_vs_frozen import build_parser
 from neural.errors import UserError
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from cache.verify import verify_cache
-from experiments.config import HarnessConfig
-from experiments.data import load_data
-from experiments.harness import stage0_key
+from experiments.harness.config import HarnessConfig
+from experiments.harness.image_data import load_data
+from experiments.harness.image_stage0 import stage0_key
 from neural.vocabulary import EMOTIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:SceneBackbone")

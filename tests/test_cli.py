@@ -53,7 +53,7 @@ def test_main_script_bad_option_is_one_line(tmp_path):
 
 
 def test_rules_command_on_a_finished_run(tmp_path, capsys):
-    from experiments.config import HarnessConfig
+    from experiments.harness.config import HarnessConfig
     from experiments.harness import run
 
     run_dir = run(HarnessConfig(n_images=40, seeds=[0], epochs=1, stage0_epochs=1, head_epochs=1,

@@ -18,13 +18,13 @@ import pytest
 import torch
 from clip_helpers import write_clip
 
-from experiments import clip_data as clip_data_module
-from experiments import clip_harness as clip_harness_module
+from experiments.harness import clip_data as clip_data_module
+from experiments.harness import clip_track as clip_harness_module
 from experiments.cli import main as emologic
-from experiments.clip_data import clip_features, load_clip_data
-from experiments.clip_harness import load_clip_network
-from experiments.clip_regimes import trainable_modules
-from experiments.config import HarnessConfig
+from experiments.harness.clip_data import clip_features, load_clip_data
+from experiments.harness.clip_track import load_clip_network
+from experiments.harness.clip_regimes import trainable_modules
+from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from experiments.joint_vs_frozen import main as joint_vs_frozen
 from logic.model import ClipInputs, LogicModel

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.config import HarnessConfig
+from experiments.harness.config import HarnessConfig
 from neural.cluster import resolve_device
 from neural.errors import UserError
 

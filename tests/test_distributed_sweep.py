@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from experiments import harness
-from experiments.config import HarnessConfig
+from experiments.harness import loop as harness
+from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from experiments.runs import load_state
 
@@ -99,19 +99,21 @@ def test_distributed_run_equals_serial_and_survives_a_dead_worker(shared, serial
 
 
 def test_serial_interruption_resumed_on_ray(shared, serial, tmp_path, monkeypatch):
-    from experiments.regimes import _REGIMES
+    from experiments.harness.image_track import ImageTrack
     from experiments.sweep import RaySweep
 
     cfg = tiny(shared, tmp_path / "runs")
-    real = _REGIMES["joint"]
+    real = ImageTrack.run_regime
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
+    def interrupt(self, regime, *args, **kwargs):
+        if regime.name == "joint":
+            raise KeyboardInterrupt
+        return real(self, regime, *args, **kwargs)
 
-    monkeypatch.setitem(_REGIMES, "joint", interrupt)
+    monkeypatch.setattr(ImageTrack, "run_regime", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, argv=[])
-    monkeypatch.setitem(_REGIMES, "joint", real)
+    monkeypatch.setattr(ImageTrack, "run_regime", real)
     run_dir = next((tmp_path / "runs").glob("2*"))
     assert load_state(run_dir).completed() == [("frozen", 0)]
     run(cfg, argv=[], resume=str(run_dir), sweep=RaySweep(workers=2))

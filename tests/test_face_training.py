@@ -320,7 +320,7 @@ def test_train_face_cli_runs_and_reports_user_errors_in_one_line(crops_dir, tmp_
 def test_trained_face_predicate_plugs_into_the_harness_and_query(face_data, tmp_path, capsys):
     """`--face-weights DIR` binds the program's face predicate to a train-face model."""
     from experiments.cli import main
-    from experiments.config import HarnessConfig
+    from experiments.harness.config import HarnessConfig
     from experiments.harness import run
 
     train_face(FaceTrainConfig(epochs=1, use_mixup=False, augment=False, **FAST), face_data, tmp_path / "face",

@@ -12,9 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from experiments import harness
+from experiments.harness import loop as harness
+from experiments.harness.image_track import ImageTrack
 from experiments.cli import main as emologic
-from experiments.config import HarnessConfig
+from experiments.harness.config import HarnessConfig
 from experiments.joint_vs_frozen import main as joint_vs_frozen
 from experiments.runs import RunState, RunStateError, list_runs, mark_latest, new_run_dir, save_state, write_resolved_config
 from logic.program import ProgramError, load_program, resolve_program_path
@@ -119,16 +120,14 @@ def test_latest_moves_only_when_a_run_finishes(tmp_path, monkeypatch):
     cfg = HarnessConfig(n_images=24, seeds=[0], epochs=1, stage0_epochs=1, head_epochs=1, progress=False,
                         regimes=["frozen", "late_fusion"], runs_dir=str(runs), cache=str(tmp_path / "cache"),
                         data_root=str(tmp_path / "data"))
-    real = harness.get_regime
+    real = ImageTrack.run_regime
 
-    def failing(name):
-        if name == "late_fusion":
-            def boom(*a, **k):
-                raise RuntimeError("late_fusion exploded")
-            return boom
-        return real(name)
+    def failing(self, regime, *a, **k):
+        if regime.name == "late_fusion":
+            raise RuntimeError("late_fusion exploded")
+        return real(self, regime, *a, **k)
 
-    monkeypatch.setattr(harness, "get_regime", failing)
+    monkeypatch.setattr(ImageTrack, "run_regime", failing)
     with pytest.raises(RuntimeError):
         harness.run(cfg, argv=[])
     failed = [runs / n for n in list_runs(runs) if runs / n != done]
@@ -136,7 +135,7 @@ def test_latest_moves_only_when_a_run_finishes(tmp_path, monkeypatch):
     assert (runs / "latest").resolve() == done.resolve()
     assert (runs / "latest.txt").read_text().strip() == done.name
 
-    monkeypatch.setattr(harness, "get_regime", real)
+    monkeypatch.setattr(ImageTrack, "run_regime", real)
     finished = harness.run(cfg, argv=[], resume=str(failed[0]))
     assert finished == failed[0] and not (finished / "FAILED").exists()
     assert (runs / "latest").resolve() == finished.resolve()

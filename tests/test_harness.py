@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from experiments import regimes as regimes_module
-from experiments.config import HarnessConfig
+from experiments.harness.image_track import ImageTrack
+from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from experiments.runs import load_state
 from tests.run_helpers import numbers
@@ -99,12 +99,14 @@ def test_same_seed_gives_identical_results(finished, tmp_path):
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, regimes=["frozen", "joint"])
-    real = regimes_module._REGIMES["joint"]
+    real = ImageTrack.run_regime
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
+    def interrupt(self, regime, *args, **kwargs):
+        if regime.name == "joint":
+            raise KeyboardInterrupt
+        return real(self, regime, *args, **kwargs)
 
-    monkeypatch.setitem(regimes_module._REGIMES, "joint", interrupt)
+    monkeypatch.setattr(ImageTrack, "run_regime", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, argv=[])
     run_dir = next((tmp_path / "runs").glob("2*"))
@@ -112,7 +114,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     assert state.is_done("frozen", 0) and not state.is_done("joint", 0)
     assert not (run_dir / "results.json").exists()
 
-    monkeypatch.setitem(regimes_module._REGIMES, "joint", real)
+    monkeypatch.setattr(ImageTrack, "run_regime", real)
     assert run(cfg, argv=[], resume=str(run_dir)) == run_dir
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["regimes"]) == {"frozen", "joint"}

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from experiments.config import HarnessConfig
-from experiments.stage0 import _batchnorms, stage0_face_net, train_mode
+from experiments.harness.config import HarnessConfig
+from experiments.harness.image_stage0 import _batchnorms, stage0_face_net, train_mode
 from logic.program import load_program
 from neural.errors import UserError
 from neural.provenance import (
@@ -76,7 +76,7 @@ def test_a_source_without_pretrained_weights_is_flagged(fer):
 
 def _labelled_faces(monkeypatch, examples):
     """Make the pretrain split's labelled face crops ``examples`` ((crops, labels) or None)."""
-    monkeypatch.setattr("experiments.stage0.face_examples", lambda split: examples)
+    monkeypatch.setattr("experiments.harness.image_stage0.face_examples", lambda split: examples)
 
 
 def test_stage0_fine_tunes_fer2013_without_moving_its_batchnorm_statistics(monkeypatch, fer):

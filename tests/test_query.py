@@ -16,7 +16,7 @@ SLOT_COLOUR_FACE1 = (255, 140, 0)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished run with two logic regimes (so the default choice means something)."""
-    from experiments.config import HarnessConfig
+    from experiments.harness.config import HarnessConfig
     from experiments.harness import run
 
     tmp = tmp_path_factory.mktemp("query_run")

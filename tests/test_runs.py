@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import experiments.runs as runs
+import experiments.tensorboard as tensorboard
 from experiments.runs import (
     RunState,
     RunStateError,
-    TBLogger,
     atomic_write_json,
     atomic_write_text,
     config_fingerprint,
@@ -23,6 +23,7 @@ from experiments.runs import (
     save_state,
     write_resolved_config,
 )
+from experiments.tensorboard import TBLogger
 from neural.errors import UserError
 
 
@@ -148,7 +149,7 @@ def test_tb_logger_without_tensorboard(tmp_path, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.setattr(runs, "_TB_WARNED", False)
+    monkeypatch.setattr(tensorboard, "_TB_WARNED", False)
     with pytest.warns(RuntimeWarning, match="pip install tensorboard"):
         tb = TBLogger(tmp_path / "tb")
     assert not tb.enabled

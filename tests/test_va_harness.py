@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments.config import HarnessConfig
+from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from neural.errors import UserError
 from tests.run_helpers import numbers

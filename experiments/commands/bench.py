@@ -172,7 +172,7 @@ def bench_sweep(args: argparse.Namespace) -> dict:
     stage 0 come from the first run and are reused by the others, so what is timed is the units alone."""
     import json as _json
 
-    from experiments.config import HarnessConfig
+    from experiments.harness.config import HarnessConfig
     from experiments.harness import run
     from experiments.sweep import RaySweep
 
@@ -213,8 +213,8 @@ def _figures(results: dict) -> dict:
             for r, reg in results["regimes"].items()}
 
 def bench_faces(args: argparse.Namespace) -> dict:
-    from experiments.config import HarnessConfig
-    from experiments.data import load_data
+    from experiments.harness.config import HarnessConfig
+    from experiments.harness.image_data import load_data
     from experiments.face_zero_shot import fer_zero_shot
 
     cfg = HarnessConfig(n_images=args.n_images, data_seed=args.seed, progress=not args.json)

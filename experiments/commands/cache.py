@@ -65,7 +65,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
             default = f.default
             shown = (", ".join(f"{v} for {k}s" for k, v in defaults[f.name].items())
                      if len(defaults[f.name]) > 1 else default)
-            if f.name == "face_source":  # chosen per data set (experiments.data.default_face_source)
+            if f.name == "face_source":  # chosen per data set (experiments.harness.config.default_face_source)
                 shown = "annotations for synthetic, mtcnn for other data sets"
             helptext = f"{_PIPELINE_HELP.get(f.name) or f.metadata.get('help', '')} (default: {shown})"
             if isinstance(default, bool):
@@ -166,7 +166,7 @@ def _build(args) -> int:
     dataset = _dataset(args)
     kind = kind_of_dataset(dataset).name
     if kind == "image" and getattr(args, "face_source", None) is None:
-        from experiments.data import default_face_source
+        from experiments.harness.config import default_face_source
 
         args.face_source = default_face_source(args.dataset)
     cfg = pipeline_config_from_args(args, kind)

@@ -1,6 +1,6 @@
 """Where ``emologic query`` finds a trained program inside a run directory.
 
-A run directory (``experiments/harness.py``) holds, per seed and regime,
+A run directory (:mod:`experiments.harness.loop`) holds, per seed and regime,
 ``checkpoints/seed<S>/<regime>/{model.json, networks/, rules.json}``. The
 default regime of a seed is the logic regime (not ``late_fusion``, which has no
 program to explain) with the lowest final validation NLL.
@@ -12,11 +12,12 @@ import json
 import math
 from pathlib import Path
 
+from experiments.regimes import REGIMES
 from experiments.runs import load_state, resolve_run
 from neural.errors import UserError
 
 #: Regimes whose checkpoints hold no program (nothing to explain).
-NON_LOGIC_REGIMES = ("late_fusion",)
+NON_LOGIC_REGIMES = tuple(name for name, r in REGIMES.items() if not r.logic)
 
 
 def read_json(path: Path) -> dict:
@@ -93,8 +94,8 @@ def synthetic_root(cfg: dict) -> Path:
     """Where the run's synthetic data set lives (its data_root, else the harness's default)."""
     if cfg.get("data_root"):
         return Path(cfg["data_root"])
-    from experiments.config import HarnessConfig
-    from experiments.data import dataset_options
+    from experiments.harness.config import HarnessConfig
+    from experiments.harness.data import dataset_options
     from pipelines.datasets.synthetic import default_root
     from pipelines.datasets.synthetic_config import SyntheticConfig
 
@@ -128,7 +129,7 @@ def locate_checkpoint(run, regime: str | None, seed: int | None, runs_root) -> R
     run_dir = resolve_run(run, runs_root)
     config = read_json(run_dir / "config.json")
     cfg = config.get("config", config)
-    from experiments.config import modality_of
+    from experiments.harness.config import track_of as modality_of
     from experiments.plugins import check_run_plugins
 
     check_run_plugins(run_dir, config)  # its networks and features need their plug-ins

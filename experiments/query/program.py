@@ -102,10 +102,10 @@ class TrainedProgram:
     def __init__(self, program, pred, pipeline_config, origin: Origin, face_size_threshold: float | None = None,
                  rules: Path | None = None, config: dict | None = None, max_pixels: int | None = None):
         """``program``: a :class:`logic.program.Program`; ``pred``: its
-        :class:`experiments.stage0.Predicates`; ``rules``: a saved ``rules.json``,
+        :class:`experiments.harness.image_stage0.Predicates`; ``rules``: a saved ``rules.json``,
         or None for the program's own ``t(p)`` values; ``config``: the run's
         harness config (``--face-source annotations`` finds its data set there)."""
-        from experiments.regimes import Binding
+        from experiments.harness.binding import Binding
         from logic.model import LogicModel
         from pipelines.context import DEFAULT_LARGE_FACE
 
@@ -144,7 +144,7 @@ class TrainedProgram:
         the lowest final validation NLL of that seed. ``late_fusion`` is refused.
         ``face_weights``: another face predicate (``emologic train-face`` output) in place of the run's.
         """
-        from experiments.stage0 import load_predicates
+        from experiments.harness.image_stage0 import load_predicates
         from logic.program import load_program
         from pipelines.pipeline import PipelineConfig
 
@@ -166,7 +166,7 @@ class TrainedProgram:
         """The untrained ``program`` (a name or a ``.pl`` path of an image
         program): its documented trust, FER2013 (or ``face_weights``) for faces,
         a uniform scene head over a random (or ``scene_weights``) backbone, MTCNN."""
-        from experiments.stage0 import Predicates
+        from experiments.harness.image_stage0 import Predicates
         from logic.program import load_program
         from neural.scene import uniform_scene_head
         from pipelines.pipeline import PipelineConfig

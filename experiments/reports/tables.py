@@ -29,11 +29,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from experiments.metrics import mean_std
+from experiments.regimes import regime_names
 from neural.vocabulary import SOURCES
 
 
 #: The regimes in the order they are reported; others follow alphabetically.
-REGIMES: tuple[str, ...] = ("frozen", "joint", "uniform_rules", "late_fusion")
+REGIMES: tuple[str, ...] = regime_names()
 #: Main-table metrics: (key in ``metrics``, column title, lower is better).
 MAIN_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("accuracy", "accuracy", False),

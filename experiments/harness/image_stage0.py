@@ -13,6 +13,7 @@ Every regime of a seed starts from the same stage-0 networks.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.config import HarnessConfig
-from experiments.data import ExperimentData
+from experiments.harness.config import HarnessConfig
+from experiments.harness.image_data import ExperimentData
 from experiments.metrics import classification_metrics
+from experiments.runs import atomic_write_json
 from neural.errors import UserError
+from neural.face import FaceEmotionNet
 from neural.provenance import mark_trained
 from neural.registry import get_network, load_network, save_network
+from neural.scene import Scene2EmotionNet, SceneBackbone
+from neural.va import VARegressor
 from neural.vocabulary import EMOTIONS, FACE_SLOTS, emotion_index
 
 
@@ -41,14 +46,26 @@ class Predicates:
     face_source: str = "stage0"  # fer2013 | fer2013+stage0 | stage0 | <--face-weights path>
     metrics: dict = field(default_factory=dict)
 
+    def bound(self) -> dict[str, nn.Module]:
+        """The predicates stage 0 trains, by the network name a program's ``nn(...)`` binds
+        (the face predicate plays the face network's part whatever its architecture)."""
+        return {Scene2EmotionNet.registry_name: self.scene_head, FaceEmotionNet.registry_name: self.face_net}
+
     def trainable(self) -> nn.ModuleDict:
         """The networks the logic can train, by the name drift is reported under."""
-        mods = {"scene2emotion": self.scene_head, "face_emotion": self.face_net}
+        mods = dict(self.bound())
         if self.va_regressor is not None:
-            mods["va_regressor"] = self.va_regressor
+            mods[VARegressor.registry_name] = self.va_regressor
         if self.scene_layer4 is not None:
-            mods["scene_backbone"] = self.scene_layer4
+            mods[SceneBackbone.registry_name] = self.scene_layer4
         return nn.ModuleDict(mods)
+
+
+def needs_va(program) -> bool:
+    """Whether ``program`` reads the V/A regressor: it binds networks stage 0 does not train
+    (the regressor's valence and arousal bin adapters)."""
+    trained = {Scene2EmotionNet.registry_name, FaceEmotionNet.registry_name}
+    return any(n not in trained for n in program.networks)
 
 
 def _seeded(seed: int, salt: int) -> torch.Generator:
@@ -188,7 +205,7 @@ def stage0_face_net(cfg: HarnessConfig, pre, seed: int) -> tuple[nn.Module, str]
         raise UserError(f"--face-init scratch needs faces labelled with their own emotion in the pretrain split; "
                         f"the {dataset} data set has none (use --face-init fer2013 or --face-weights DIR)")
     torch.manual_seed(seed)
-    face_net = get_network("face_emotion", bn_momentum=0.1)  # from scratch: torch's usual momentum
+    face_net = get_network(FaceEmotionNet.registry_name, bn_momentum=0.1)  # from scratch: torch's usual momentum
     crops, labels = train_faces
     _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
                     augment=_flip, device=cfg.device)
@@ -208,57 +225,57 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
 
     # -- scene head -----------------------------------------------------------
     torch.manual_seed(seed)
-    scene_head = get_network("scene2emotion")
+    scene_head = get_network(Scene2EmotionNet.registry_name)
     x_pre, y_pre = _all(pre, "scene"), scene_targets(pre, pre.sample_ids)
     _fit_classifier(scene_head, x_pre, y_pre, cfg.head_epochs, cfg.stage0_lr, 128, seed, scene_head.logits,
                     device=cfg.device)
     mark_trained(scene_head, "trained in stage 0", cfg.dataset)
     with torch.no_grad():
         p = scene_head(_all(val, "scene"))
-    metrics["scene2emotion"] = classification_metrics(p, scene_targets(val, val.sample_ids), len(EMOTIONS))
+    metrics[scene_head.registry_name] = classification_metrics(p, scene_targets(val, val.sample_ids), len(EMOTIONS))
 
     # -- face net --------------------------------------------------------------
     face_net, face_source = stage0_face_net(cfg, pre, seed)
     val_faces = face_examples(val)
     if val_faces is not None:
         with torch.no_grad():
-            metrics["face_emotion"] = classification_metrics(face_net(val_faces[0]), val_faces[1], len(EMOTIONS))
+            metrics[FaceEmotionNet.registry_name] = classification_metrics(face_net(val_faces[0]), val_faces[1], len(EMOTIONS))
 
     # -- valence/arousal -------------------------------------------------------
     va = None
     if needs_va:
         from experiments.va_source import train_va_stage0
 
-        va, metrics["va_regressor"] = train_va_stage0(cfg, data, seed, log=log)
+        va, metrics[VARegressor.registry_name] = train_va_stage0(cfg, data, seed, log=log)
 
     # -- the scene backbone's last block, when the joint regime may train it ----
     layer4 = None
     if cfg.unfreeze_layer4:
-        layer4 = get_network("scene_backbone", weights=data.pipeline.scene_weights, seed=data.pipeline.scene_seed,
+        layer4 = get_network(SceneBackbone.registry_name, weights=data.pipeline.scene_weights, seed=data.pipeline.scene_seed,
                              unfreeze_layer4=True, layer4_lr=cfg.layer4_lr)
         layer4.train(False)
 
+    face_metrics = metrics.get(FaceEmotionNet.registry_name)
     log(f"[seed {seed}] stage 0 in {time.time() - t0:.1f} s: scene head val acc "
-        f"{metrics['scene2emotion']['accuracy']:.3f}"
-        + (f", face net ({face_source}) val acc {metrics['face_emotion']['accuracy']:.3f}" if "face_emotion" in metrics else ""))
+        f"{metrics[scene_head.registry_name]['accuracy']:.3f}"
+        + (f", face net ({face_source}) val acc {face_metrics['accuracy']:.3f}" if face_metrics else ""))
     return Predicates(scene_head, face_net, va, layer4, face_source, metrics)
 
 
 def save_predicates(pred: Predicates, directory: Path) -> None:
-    save_network(pred.scene_head, directory / "scene2emotion")
-    if hasattr(pred.face_net, "registry_name"):
-        save_network(pred.face_net, directory / "face_emotion")
-    if pred.va_regressor is not None:
-        save_network(pred.va_regressor, directory / "va_regressor")
-    if pred.scene_layer4 is not None:
-        save_network(pred.scene_layer4, directory / "scene_backbone")
+    for name, net in pred.bound().items():
+        if hasattr(net, "registry_name"):  # an external face predicate is reloaded from where it came from
+            save_network(net, directory / name)
+    for net in (pred.va_regressor, pred.scene_layer4):
+        if net is not None:
+            save_network(net, directory / net.registry_name)
 
 
 def load_predicates(directory: Path, face_source: str) -> Predicates:
     def opt(name):
         return load_network(directory / name) if (directory / name).is_dir() else None
 
-    face = opt("face_emotion")
+    face = opt(FaceEmotionNet.registry_name)
     if face is None:  # an external face predicate: reload it from where it came from
         if face_source == "fer2013":
             from neural.fer_weights import pretrained_face_net
@@ -268,8 +285,47 @@ def load_predicates(directory: Path, face_source: str) -> Predicates:
             from neural.facetrain.backbones import load_face_predicate
 
             face = load_face_predicate(face_source)
-    layer4 = opt("scene_backbone")
+    layer4 = opt(SceneBackbone.registry_name)
     for m in (face, layer4):
         if m is not None:
             m.eval()
-    return Predicates(load_network(directory / "scene2emotion").eval(), face, opt("va_regressor"), layer4, face_source)
+    return Predicates(load_network(directory / Scene2EmotionNet.registry_name).eval(), face,
+                      opt(VARegressor.registry_name), layer4, face_source)
+
+
+# --------------------------------------------------------------------------- #
+# Kept in the run and beside the cache
+# --------------------------------------------------------------------------- #
+#: bumped when stage-0 training changes, so older reusable stage-0 networks are not reused
+STAGE0_VERSION = 4
+STAGE0_KEYS = ("stage0_epochs", "head_epochs", "stage0_lr", "face_lr", "face_weights", "face_init", "unfreeze_layer4",
+               "layer4_lr")
+
+
+def load_stage0(directory: Path) -> Predicates | None:
+    marker = directory / "stage0.json"
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    pred = load_predicates(directory, info["face_source"])
+    pred.metrics = info["metrics"]
+    return pred
+
+
+def save_stage0(pred: Predicates, directory: Path) -> None:
+    save_predicates(pred, directory)
+    atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics})
+
+
+def stage0_key(cfg: HarnessConfig, data, seed: int, va: bool) -> dict:
+    """What stage 0 of ``seed`` depends on, and so what reusing it requires to be equal:
+    the content it was trained and selected on (sample ids, labels, image hashes and
+    annotations of the pretrain and val splits -- not where the data set lives), the
+    pipeline that made the features and the stage-0 settings. With a V/A source the
+    test split too: stage 0 records the V/A regressor's test metrics."""
+    splits = ("pretrain", "val", "test") if va else ("pretrain", "val")
+    return {k: getattr(cfg, k) for k in STAGE0_KEYS} | {
+        "seed": seed, "va": va, "version": STAGE0_VERSION,
+        "pipeline": data.pipeline.semantic_dict(),
+        "data": {s: data.split(s).content_digest() for s in splits},
+    }

@@ -14,7 +14,7 @@
 Both regimes start from the same stage-0 net and the same rule initialisation
 (``--rule-init``: the program's documented values, or uniform), train on the
 ``train`` split, pick nothing on ``test``, and are evaluated there. Everything
-runs on the cached frozen-encoder features (:mod:`experiments.clip_data`): the
+runs on the cached frozen-encoder features (:mod:`experiments.harness.clip_data`): the
 encoders never run here and never change.
 
 Choices worth knowing:
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,14 +39,15 @@ from torch import nn
 
 from neural.provenance import mark_trained
 
-from experiments.clip_data import ClipExperimentData, ClipFeatures
-from experiments.config import HarnessConfig
 from experiments.drift import parameter_drift, snapshot
+from experiments.harness.clip_data import ClipExperimentData, ClipFeatures
+from experiments.harness.config import HarnessConfig
+from experiments.regimes import Regime
 from experiments.metrics import classification_metrics, confusion, table_error
 from logic.model import ClipInputs, LogicModel
 from logic.given import GivenSlice
 from logic.program import Program
-from neural.multimodal import FusionHead, MultimodalFusionNet
+from neural.multimodal import FusionHead, MultimodalEmotionHead, MultimodalFusionNet, MultimodalSentimentHead
 from neural.multimodal_recipe import (
     RecipeConfig,
     class_weights,
@@ -60,19 +60,28 @@ from neural.multimodal_training import train_fusion
 from neural.vocabulary import EMOTIONS, SENTIMENTS
 
 E, S = len(EMOTIONS), len(SENTIMENTS)
-_CLIP_REGIMES: dict[str, Callable] = {}
+#: The fusion net's head that each of its predicates' networks is (``FusionHead(net, head)``).
+HEADS = {MultimodalEmotionHead.registry_name: "emotion", MultimodalSentimentHead.registry_name: "sentiment"}
 
 
-def clip_regime(name: str):
-    def deco(fn):
-        _CLIP_REGIMES[name] = fn
-        return fn
-
-    return deco
+def logic_model(cfg: HarnessConfig, program: Program, networks: dict) -> LogicModel:
+    """The program over ``networks``: the one place the clip track builds its logic model."""
+    return LogicModel(program, networks, engine=cfg.engine, param_lr=cfg.rule_lr)
 
 
-def get_clip_regime(name: str) -> Callable:
-    return _CLIP_REGIMES[name]
+def bound_heads(program: Program, net: MultimodalFusionNet | None) -> dict[str, nn.Module]:
+    """The program's networks bound to the fusion net's heads (``net``), or, with ``net=None``,
+    to slices of the heads' outputs side by side in the program's order (:func:`head_outputs`)."""
+    out, start = {}, 0
+    for nets in program.tensor_networks.values():
+        for name in nets:
+            if net is not None:
+                out[name] = FusionHead(net, HEADS[name])
+            else:
+                end = start + len(program.domain_of(name))
+                out[name] = GivenSlice(start, end)
+                start = end
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -138,13 +147,14 @@ def clip_metrics(emotion: torch.Tensor, sentiment: torch.Tensor, joint: torch.Te
 
 
 @torch.no_grad()
-def head_outputs(net: MultimodalFusionNet, f: ClipFeatures, batch_size: int = 1024) -> torch.Tensor:
-    """The net's two heads on cached features, in eval mode: [N, 7 + 3] = [emotion | sentiment]."""
+def head_outputs(net: MultimodalFusionNet, f: ClipFeatures, heads=("emotion", "sentiment"),
+                 batch_size: int = 1024) -> torch.Tensor:
+    """The net's ``heads`` on cached features, in eval mode, side by side: [N, 7 + 3] = [emotion | sentiment]."""
     net.eval()
     parts = []
     for i in range(0, len(f), batch_size):
         out = net.forward_features(f.feats[i:i + batch_size])  # [b, F] -> {emotion [b, 7], sentiment [b, 3]}
-        parts.append(torch.cat([out["emotion"], out["sentiment"]], 1))
+        parts.append(torch.cat([out[h] for h in heads], 1))
     return torch.cat(parts)
 
 
@@ -201,7 +211,8 @@ class FusionStage0:
 
 def stage0_metrics(net: MultimodalFusionNet, feats: dict[str, ClipFeatures]) -> tuple[dict, dict]:
     val, test = evaluate_net(net, feats["val"]), evaluate_net(net, feats["test"])
-    return {"multimodal_emotion": val["metrics"], "multimodal_sentiment": val["sentiment_metrics"]}, test
+    return {MultimodalEmotionHead.registry_name: val["metrics"],
+            MultimodalSentimentHead.registry_name: val["sentiment_metrics"]}, test
 
 
 def train_clip_stage0(cfg: HarnessConfig, feats: dict[str, ClipFeatures], base_net: MultimodalFusionNet,
@@ -364,20 +375,21 @@ def train_clip_logic(name: str, cfg: HarnessConfig, data: ClipExperimentData, fe
     )
 
 
-@clip_regime("frozen")
-def frozen(cfg, data, feats, program: Program, stage0: FusionStage0, seed: int, log=print, tb=None):
-    """Only the rules learn, on the stage-0 heads' outputs (computed once per clip)."""
-    x = {s: head_outputs(stage0.net, feats[s]) for s in ("train", "val", "test")}
-    given = {"multimodal_emotion": GivenSlice(0, E), "multimodal_sentiment": GivenSlice(E, E + S)}
-    model = LogicModel(program, given, engine=cfg.engine, param_lr=cfg.rule_lr)
-    return train_clip_logic("frozen", cfg, data, feats, x, model, stage0.net, seed, train_net=False, log=log, tb=tb)
+def run_regime(regime: Regime, cfg: HarnessConfig, data: ClipExperimentData, feats: dict[str, ClipFeatures],
+               program: Program, stage0: FusionStage0, seed: int, log=print, tb=None) -> ClipRegimeResult:
+    """One regime of the clip track on a seed's own copy of the stage-0 net.
 
-
-@clip_regime("joint")
-def joint(cfg, data, feats, program: Program, stage0: FusionStage0, seed: int, log=print, tb=None):
-    """Rules and the fusion net's trainable parts, through the logic (both heads on one shared net)."""
+    Networks frozen: only the rules learn, on the stage-0 heads' outputs (computed once per
+    clip). Networks trained: rules and the fusion net's trainable parts, through the logic
+    (both heads on one shared net), reading the cached features."""
+    splits = ("train", "val", "test")
     net = stage0.net
-    heads = {"multimodal_emotion": FusionHead(net, "emotion"), "multimodal_sentiment": FusionHead(net, "sentiment")}
-    model = LogicModel(program, heads, engine=cfg.engine, param_lr=cfg.rule_lr)
-    x = {s: feats[s].feats for s in ("train", "val", "test")}
-    return train_clip_logic("joint", cfg, data, feats, x, model, net, seed, train_net=True, log=log, tb=tb)
+    if regime.train_networks:
+        model = logic_model(cfg, program, bound_heads(program, net))
+        x = {s: feats[s].feats for s in splits}
+    else:
+        heads = [HEADS[n] for nets in program.tensor_networks.values() for n in nets]
+        x = {s: head_outputs(net, feats[s], heads) for s in splits}
+        model = logic_model(cfg, program, bound_heads(program, None))
+    return train_clip_logic(regime.name, cfg, data, feats, x, model, net, seed, train_net=regime.train_networks,
+                            log=log, tb=tb)

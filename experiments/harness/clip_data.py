@@ -1,5 +1,5 @@
 """Data for the clip track of the harness: a clip data set, its verified tensor
-cache, and the fusion net's frozen-encoder features per split.
+cache (:mod:`experiments.harness.data`), and the fusion net's frozen-encoder features per split.
 
     data = load_clip_data(cfg)       # generate/read the set, build or reuse the clip cache
     feats = clip_features(data, progress=True)   # {split: ClipFeatures}, cached on disk
@@ -45,10 +45,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cache.build import build_cache
 from cache.loader import CachedSplit
-from experiments.config import HarnessConfig
-from experiments.data import REBUILD_HINT, SPLITS, dataset_options, default_cache_dir
+from experiments.harness.config import HarnessConfig
+from experiments.harness.data import SPLITS, CachedData, load_cached
 from experiments.runs import config_fingerprint
 from neural.errors import UserError
 from neural.files import atomic_write_bytes, sha256_file
@@ -59,8 +58,6 @@ from neural.multimodal import (
 )
 from neural.vocabulary import EMOTIONS, SENTIMENTS
 from pipelines.clips import ClipPipelineConfig
-from pipelines.datasets import get_dataset
-from pipelines.datasets.base import Dataset
 
 #: Seed under which the fusion net is built, so its random frozen parts are the same everywhere.
 ENCODER_SEED = 0
@@ -104,20 +101,10 @@ def empirical_polarity(labels: torch.Tensor, sentiments: torch.Tensor) -> dict[s
 
 
 @dataclass
-class ClipExperimentData:
-    dataset: Dataset
-    pipeline: ClipPipelineConfig
-    fusion: MultimodalFusionConfig
-    cache_dir: Path
-    splits: dict[str, CachedSplit]
-    truth_polarity: dict | None  # synthetic_clips: the generator's P(sentiment | emotion)
-    build_summary: str
-    #: (sample id, reason) left out before the cache: by the data set and by the cache build
-    skipped: list[tuple[str, str]]
+class ClipExperimentData(CachedData):
+    fusion: MultimodalFusionConfig | None = None
+    truth_polarity: dict | None = None  # synthetic_clips: the generator's P(sentiment | emotion)
     _base_net: MultimodalFusionNet | None = None
-
-    def split(self, name: str) -> CachedSplit:
-        return self.splits[name]
 
     def base_net(self) -> MultimodalFusionNet:
         """The fusion net as built (frozen encoders, untrained trainable parts); built once."""
@@ -179,30 +166,15 @@ def encoder_identity(fusion: MultimodalFusionConfig) -> dict:
 # --------------------------------------------------------------------------- #
 def load_clip_data(cfg: HarnessConfig, progress: bool | None = None) -> ClipExperimentData:
     """Load (generating the synthetic set if needed) the clip data set and build or reuse its cache."""
-    progress = cfg.progress if progress is None else progress
-    dataset = get_dataset(cfg.dataset, **dataset_options(cfg))
-    missing = [s for s in SPLITS if s not in dataset.split_names or not dataset.by_split(s)]
-    if missing:
-        raise UserError(f"data set {dataset.name} has no clips in split(s) {', '.join(missing)}; "
-                        f"the harness needs {', '.join(SPLITS)}")
     pipeline = clip_pipeline_config(cfg)
-    cache_dir = Path(cfg.cache) if cfg.cache else default_cache_dir(dataset, pipeline)
-    report = build_cache(dataset, cache_dir, pipeline, progress=progress, repair=cfg.rebuild_cache,
-                         replace_mismatched=cfg.rebuild_cache, hint=REBUILD_HINT)
-    splits = {s: CachedSplit(cache_dir, s, expected_cfg=pipeline) for s in SPLITS}
-    for s, split in splits.items():  # the data set is the truth: exactly its clips, labels and files
-        split.check_samples(dataset.by_split(s), report.splits[s].hashes, where=f"{cache_dir}/{s}")
-    empty = [s for s, split in splits.items() if len(split) == 0]
-    if empty:
-        raise UserError(f"{cache_dir}: no usable clip in split(s) {', '.join(empty)} (see the skip report)")
-    truth = None
+    cached = load_cached(cfg, pipeline, CachedSplit, progress)
+    data = ClipExperimentData(**{f.name: getattr(cached, f.name) for f in dataclasses.fields(CachedData)},
+                              fusion=fusion_config(cfg, pipeline))
     if cfg.dataset == "synthetic_clips":
         from pipelines.datasets.synthetic_clips import read_truth
 
-        truth = read_truth(dataset.source)["polarity_table"]
-    skipped = list(dataset.skipped) + [(s.sample_id, s.reason) for s in report.skipped]
-    return ClipExperimentData(dataset, pipeline, fusion_config(cfg, pipeline), cache_dir, splits, truth,
-                              report.summary(), skipped)
+        data.truth_polarity = read_truth(data.dataset.source)["polarity_table"]
+    return data
 
 
 # --------------------------------------------------------------------------- #
