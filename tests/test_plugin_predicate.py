@@ -137,10 +137,14 @@ def _results(run: Path) -> dict:
 
 def test_joint_trains_the_new_network_and_frozen_does_not(plugin_run):
     regimes = _results(plugin_run["run"])["regimes"]
-    joint = regimes["joint"]["per_seed"]["0"]["drift"]["light2emotion"]
-    frozen = regimes["frozen"]["per_seed"]["0"]["drift"]["light2emotion"]
-    assert joint["relative_l2"] > 0
-    assert frozen["relative_l2"] == 0
+
+    def drift(regime):  # the parameter groups of the new network (drift reports "light2emotion.mlp")
+        groups = {k: v for k, v in regimes[regime]["per_seed"]["0"]["drift"].items() if k.startswith("light2emotion.")}
+        assert groups, "the new network's drift is not reported"
+        return sum(g["rel_l2"] for g in groups.values())
+
+    assert drift("joint") > 0
+    assert drift("frozen") == 0
 
 
 def test_the_run_learns_the_new_sources_trust(plugin_run):
@@ -168,9 +172,13 @@ def test_both_engines_agree_with_the_runs_networks(plugin_run):
     batch = tp.binding.prepare(split.batch(split.sample_ids))
     with torch.no_grad():
         compiled, exact = tp.model(batch, explain=True), reference(batch, explain=True)
+        nll = {name: -m.label_log_probs(batch).mean().item() for name, m in (("compiled", tp.model),
+                                                                             ("deepproblog", reference))}
     assert "light" in compiled.sources
+    assert abs(nll["compiled"] - nll["deepproblog"]) < 1e-6  # the test NLL
     torch.testing.assert_close(compiled.probs.double(), exact.probs.double(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(compiled.posterior.double(), exact.posterior.double(), atol=1e-6, rtol=0)
+    # the posterior is a ratio of float32 circuit values: agreement to float32 precision
+    torch.testing.assert_close(compiled.posterior.double(), exact.posterior.double(), atol=1e-5, rtol=0)
 
 
 def _cli(capsys, *argv):
@@ -203,7 +211,8 @@ def test_query_answers_a_photo_with_the_new_source(plugin_run, real_photos, caps
     assert set(r["source_probs"]["light"]) == set(EMOTIONS)
     assert sum(r["source_probs"]["light"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(r["trust"]) == {"scene", "face1", "light"} and "light" in r["posterior"]
-    parts = r["provenance"]["light"]["parts"]
+    assert "light" in r["sources"] and r["pretrained_knowledge"]["light"] is False
+    parts = r["model"]["sources"]["light"]["parts"]  # where the answering source's knowledge came from
     assert set(parts) == {"light feature", "light2emotion"}
     assert parts["light2emotion"]["steps"][0] == "trained in stage 0 on synthetic"
     rc, out, _ = _cli(capsys, "query", photo, "--run", plugin_run["run"], "--regime", "joint")

@@ -19,8 +19,15 @@ class ExperimentData(CachedData):
     va_truth: dict | None = None
 
 
-def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
+def pipeline_config(cfg: HarnessConfig, program=None) -> PipelineConfig:
+    """The image pipeline of a run; with ``program``, computing the registered features its
+    sources read (:mod:`pipelines.feature_registry`, e.g. a plug-in's) besides the built-in ones."""
+    from pipelines.feature_registry import is_registered_feature
+
+    features = () if program is None else tuple(
+        s.feature for s in program.sources.values() if is_registered_feature(s.feature))
     return PipelineConfig(
+        features=features,
         face_source=cfg.face_source or default_face_source(cfg.dataset),
         scene_weights=cfg.scene_weights,
         store_scene_layer3=cfg.unfreeze_layer4,
@@ -30,9 +37,10 @@ def pipeline_config(cfg: HarnessConfig) -> PipelineConfig:
     )
 
 
-def load_data(cfg: HarnessConfig) -> ExperimentData:
-    """Load (generating if needed) the image data set and build or reuse its cache."""
-    cached = load_cached(cfg, pipeline_config(cfg), CachedSplit)
+def load_data(cfg: HarnessConfig, program=None) -> ExperimentData:
+    """Load (generating if needed) the image data set and build or reuse its cache
+    (with the registered features ``program`` reads, when given)."""
+    cached = load_cached(cfg, pipeline_config(cfg, program), CachedSplit)
     data = ExperimentData(**{f.name: getattr(cached, f.name) for f in dataclasses.fields(CachedData)})
     if cfg.dataset == "synthetic":
         from pipelines.datasets.synthetic import read_truth

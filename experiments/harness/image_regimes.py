@@ -26,7 +26,8 @@ from experiments.metrics import (
     posterior_agreement,
     source_table_error,
 )
-from experiments.harness.image_stage0 import Predicates, train_mode
+from experiments.harness.fitting import train_mode
+from experiments.harness.image_stage0 import Predicates
 from logic.model import LogicModel
 from logic.program import Program
 from neural.provenance import mark_trained
@@ -171,6 +172,9 @@ def train_logic(
             groups += pred.scene_layer4.param_groups()
         if binding.uses_va:
             groups += pred.va_regressor.param_groups(cfg.net_lr)  # the V/A heads, through the bin mass
+        if pred.feature_nets:  # the program's networks on registered features (a plug-in's)
+            groups.append({"params": [p for net in pred.feature_nets.values() for p in net.parameters()],
+                           "lr": cfg.net_lr})
         for g in groups:
             for p in g["params"]:
                 p.requires_grad_(True)

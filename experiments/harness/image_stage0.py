@@ -7,7 +7,11 @@
   as they are otherwise; on request a random init trained on those crops
   (``--face-init scratch``) or a predicate from ``emologic train-face``;
 - valence/arousal regressor (only for programs with a VA source) on the
-  valence/arousal annotations (:mod:`experiments.va_source`).
+  valence/arousal annotations (:mod:`experiments.va_source`);
+- every other network of the program that reads a registered cached feature
+  (:mod:`pipelines.feature_registry`, e.g. a plug-in's): built with
+  ``get_network(name)`` and trained like the scene head, as a classifier of the
+  image's label on its feature (:func:`feature_networks`).
 
 Every regime of a seed starts from the same stage-0 networks.
 """
@@ -19,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from experiments.harness.config import HarnessConfig
 from experiments.harness.image_data import ExperimentData
+from experiments.harness.fitting import fit_classifier, recalibrate_batchnorm, train_feature_head
 from experiments.metrics import classification_metrics
 from experiments.runs import atomic_write_json
 from neural.errors import UserError
@@ -45,11 +49,14 @@ class Predicates:
     scene_layer4: nn.Module | None = None  # the scene backbone, when layer4 is trained
     face_source: str = "stage0"  # fer2013 | fer2013+stage0 | stage0 | <--face-weights path>
     metrics: dict = field(default_factory=dict)
+    #: the program's networks on registered features (:func:`feature_networks`), by network name
+    feature_nets: dict[str, nn.Module] = field(default_factory=dict)
 
     def bound(self) -> dict[str, nn.Module]:
         """The predicates stage 0 trains, by the network name a program's ``nn(...)`` binds
         (the face predicate plays the face network's part whatever its architecture)."""
-        return {Scene2EmotionNet.registry_name: self.scene_head, FaceEmotionNet.registry_name: self.face_net}
+        return {Scene2EmotionNet.registry_name: self.scene_head, FaceEmotionNet.registry_name: self.face_net,
+                **self.feature_nets}
 
     def trainable(self) -> nn.ModuleDict:
         """The networks the logic can train, by the name drift is reported under."""
@@ -61,82 +68,39 @@ class Predicates:
         return nn.ModuleDict(mods)
 
 
+def feature_networks(program) -> dict[str, str]:
+    """``{network: feature}`` for every network of ``program`` that reads a registered cached
+    feature (its source's ``feature``, :mod:`logic.sources`): stage 0 builds it with
+    ``get_network`` and trains it as a classifier of the image's label on that feature."""
+    from pipelines.feature_registry import is_registered_feature
+
+    return {net: src.feature for src in program.sources.values() if is_registered_feature(src.feature)
+            for net in src.networks}
+
+
 def needs_va(program) -> bool:
     """Whether ``program`` reads the V/A regressor: it binds networks stage 0 does not train
     (the regressor's valence and arousal bin adapters)."""
-    trained = {Scene2EmotionNet.registry_name, FaceEmotionNet.registry_name}
+    trained = {Scene2EmotionNet.registry_name, FaceEmotionNet.registry_name, *feature_networks(program)}
     return any(n not in trained for n in program.networks)
 
 
-def _seeded(seed: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1000 + salt)
-
-
-def train_mode(net: nn.Module, training: bool = True) -> nn.Module:
-    """``net.train(training)`` with every BatchNorm kept in eval mode (statistics frozen).
-
-    Used whenever a network that already has its BatchNorm statistics is trained
-    further -- the FER2013 net fine-tuned in stage 0, every network trained through
-    the logic. The affine parameters still learn; the statistics stay those of
-    the data the network was made on (real faces for FER2013), so a short run on a
-    new domain cannot drag them away, and a network gives the same output for a
-    query whether it sees it in a batch (compiled engine) or alone (DeepProbLog).
-    """
-    net.train(training)
-    for bn in _batchnorms(net):
-        bn.eval()
-    return net
-
-
-def _fit_classifier(net, inputs, targets, epochs, lr, batch_size, seed, logits_fn, weights=None, augment=None,
-                    freeze_bn=False, device="cpu"):
-    # trains on ``device``, hands the network back on the CPU (where it is evaluated, saved and shared)
-    net.to(device)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    g = _seeded(seed, 17)
-    train_mode(net) if freeze_bn else net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(targets), generator=g)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            x = inputs[idx].to(device)
-            if augment is not None:
-                x = augment(x, g)
-            loss = F.cross_entropy(logits_fn(x), targets[idx].to(device),
-                                   weight=None if weights is None else weights.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    net.eval().cpu()
-
-
-def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
-    """Set BatchNorm running statistics to the exact mean/variance over ``inputs``.
-
-    mini-XCEPTION's BatchNorm keeps Keras' momentum (0.01): after a short
-    training run its running statistics are far from the data and the network
-    is near chance in eval mode. A pass with a cumulative average fixes that.
-    """
-    bns = _batchnorms(net)
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: the exact mean over all batches
-        m.train()
-    for start in range(0, len(inputs), batch_size):
-        net(inputs[start:start + batch_size])
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
+def train_feature_networks(cfg: HarnessConfig, data: ExperimentData, program, seed: int,
+                           metrics: dict) -> dict[str, nn.Module]:
+    """Stage 0 of the program's networks on registered features (:func:`feature_networks`):
+    each a fresh ``get_network(name)`` trained as the scene head is (:func:`train_feature_head`),
+    on the image labels; their validation metrics go into ``metrics``."""
+    pre, val = data.split("pretrain"), data.split("val")
+    out = {}
+    for name, feature in feature_networks(program).items():
+        if tuple(program.domain_of(name)) != tuple(EMOTIONS):
+            raise UserError(f"network {name} reads the registered feature {feature!r}, so stage 0 trains it on the "
+                            f"image labels; its nn(...) domain must be the emotions ({', '.join(EMOTIONS)})")
+        torch.manual_seed(seed)
+        net = get_network(name)
+        metrics[name] = train_feature_head(net, pre, val, feature, pre.labels(), val.labels(), cfg, seed)
+        out[name] = net
+    return out
 
 
 def _flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -197,7 +161,7 @@ def stage0_face_net(cfg: HarnessConfig, pre, seed: int) -> tuple[nn.Module, str]
         if train_faces is None:
             return face_net, "fer2013"
         crops, labels = train_faces
-        _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.face_lr, 64, seed, face_net.logits,
+        fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.face_lr, 64, seed, face_net.logits,
                         augment=_flip, freeze_bn=True, device=cfg.device)
         mark_trained(face_net, "fine-tuned in stage 0", dataset)
         return face_net, "fer2013+stage0"
@@ -207,18 +171,16 @@ def stage0_face_net(cfg: HarnessConfig, pre, seed: int) -> tuple[nn.Module, str]
     torch.manual_seed(seed)
     face_net = get_network(FaceEmotionNet.registry_name, bn_momentum=0.1)  # from scratch: torch's usual momentum
     crops, labels = train_faces
-    _fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
+    fit_classifier(face_net, crops, labels, cfg.stage0_epochs, cfg.stage0_lr, 64, seed, face_net.logits,
                     augment=_flip, device=cfg.device)
     recalibrate_batchnorm(face_net, crops)
     mark_trained(face_net, "trained from scratch in stage 0", dataset)
     return face_net, "stage0"
 
 
-def _all(split, key: str) -> torch.Tensor:
-    return split.batch(split.sample_ids).tensors[key]
-
-
-def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: bool, log=print) -> Predicates:
+def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: bool, log=print,
+                 program=None) -> Predicates:
+    """The stage-0 networks of ``seed``; with ``program``, also its networks on registered features."""
     pre, val = data.split("pretrain"), data.split("val")
     t0 = time.time()
     metrics: dict = {}
@@ -226,13 +188,8 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     # -- scene head -----------------------------------------------------------
     torch.manual_seed(seed)
     scene_head = get_network(Scene2EmotionNet.registry_name)
-    x_pre, y_pre = _all(pre, "scene"), scene_targets(pre, pre.sample_ids)
-    _fit_classifier(scene_head, x_pre, y_pre, cfg.head_epochs, cfg.stage0_lr, 128, seed, scene_head.logits,
-                    device=cfg.device)
-    mark_trained(scene_head, "trained in stage 0", cfg.dataset)
-    with torch.no_grad():
-        p = scene_head(_all(val, "scene"))
-    metrics[scene_head.registry_name] = classification_metrics(p, scene_targets(val, val.sample_ids), len(EMOTIONS))
+    metrics[scene_head.registry_name] = train_feature_head(
+        scene_head, pre, val, "scene", scene_targets(pre, pre.sample_ids), scene_targets(val, val.sample_ids), cfg, seed)
 
     # -- face net --------------------------------------------------------------
     face_net, face_source = stage0_face_net(cfg, pre, seed)
@@ -255,11 +212,15 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
                              unfreeze_layer4=True, layer4_lr=cfg.layer4_lr)
         layer4.train(False)
 
+    # -- the program's networks on registered features (a plug-in's) -----------
+    feature_nets = train_feature_networks(cfg, data, program, seed, metrics) if program is not None else {}
+
     face_metrics = metrics.get(FaceEmotionNet.registry_name)
     log(f"[seed {seed}] stage 0 in {time.time() - t0:.1f} s: scene head val acc "
         f"{metrics[scene_head.registry_name]['accuracy']:.3f}"
-        + (f", face net ({face_source}) val acc {face_metrics['accuracy']:.3f}" if face_metrics else ""))
-    return Predicates(scene_head, face_net, va, layer4, face_source, metrics)
+        + (f", face net ({face_source}) val acc {face_metrics['accuracy']:.3f}" if face_metrics else "")
+        + "".join(f", {name} val acc {metrics[name]['accuracy']:.3f}" for name in feature_nets))
+    return Predicates(scene_head, face_net, va, layer4, face_source, metrics, feature_nets)
 
 
 def save_predicates(pred: Predicates, directory: Path) -> None:
@@ -271,7 +232,9 @@ def save_predicates(pred: Predicates, directory: Path) -> None:
             save_network(net, directory / net.registry_name)
 
 
-def load_predicates(directory: Path, face_source: str) -> Predicates:
+def load_predicates(directory: Path, face_source: str, feature_nets=()) -> Predicates:
+    """The networks :func:`save_predicates` wrote; ``feature_nets``: the names of the program's
+    networks on registered features (:func:`feature_networks`) to load too."""
     def opt(name):
         return load_network(directory / name) if (directory / name).is_dir() else None
 
@@ -290,7 +253,8 @@ def load_predicates(directory: Path, face_source: str) -> Predicates:
         if m is not None:
             m.eval()
     return Predicates(load_network(directory / Scene2EmotionNet.registry_name).eval(), face,
-                      opt(VARegressor.registry_name), layer4, face_source)
+                      opt(VARegressor.registry_name), layer4, face_source,
+                      feature_nets={name: load_network(directory / name).eval() for name in feature_nets})
 
 
 # --------------------------------------------------------------------------- #
@@ -307,25 +271,28 @@ def load_stage0(directory: Path) -> Predicates | None:
     if not marker.is_file():
         return None
     info = json.loads(marker.read_text())
-    pred = load_predicates(directory, info["face_source"])
+    pred = load_predicates(directory, info["face_source"], info.get("feature_networks", ()))
     pred.metrics = info["metrics"]
     return pred
 
 
 def save_stage0(pred: Predicates, directory: Path) -> None:
     save_predicates(pred, directory)
-    atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics})
+    atomic_write_json(directory / "stage0.json", {"face_source": pred.face_source, "metrics": pred.metrics,
+                                                  "feature_networks": sorted(pred.feature_nets)})
 
 
-def stage0_key(cfg: HarnessConfig, data, seed: int, va: bool) -> dict:
+def stage0_key(cfg: HarnessConfig, data, seed: int, va: bool, feature_nets=()) -> dict:
     """What stage 0 of ``seed`` depends on, and so what reusing it requires to be equal:
     the content it was trained and selected on (sample ids, labels, image hashes and
     annotations of the pretrain and val splits -- not where the data set lives), the
     pipeline that made the features and the stage-0 settings. With a V/A source the
-    test split too: stage 0 records the V/A regressor's test metrics."""
+    test split too: stage 0 records the V/A regressor's test metrics. ``feature_nets``: the
+    program's networks on registered features (only in the key when there are some, so the
+    keys of programs without them stay those of earlier runs)."""
     splits = ("pretrain", "val", "test") if va else ("pretrain", "val")
     return {k: getattr(cfg, k) for k in STAGE0_KEYS} | {
         "seed": seed, "va": va, "version": STAGE0_VERSION,
         "pipeline": data.pipeline.semantic_dict(),
         "data": {s: data.split(s).content_digest() for s in splits},
-    }
+    } | ({"feature_networks": sorted(feature_nets)} if feature_nets else {})

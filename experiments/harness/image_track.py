@@ -16,6 +16,7 @@ from experiments.harness.config import FACE_INITS, VA_BACKBONES, HarnessConfig, 
 from experiments.harness.image_data import ExperimentData, load_data
 from experiments.harness.image_stage0 import (
     Predicates,
+    feature_networks,
     load_stage0,
     needs_va,
     save_predicates,
@@ -59,6 +60,7 @@ class ImageTrack(Track):
             raise UserError(f"--program {cfg.program} is a {program.kind} program; image data sets need an image "
                             f"program ({', '.join(available_programs('image'))})")
         self.va = needs_va(program)
+        self.feature_nets = tuple(feature_networks(program))  # stage 0 trains them on their registered features
         if cfg.va_backbone != "scene" and not self.va:
             raise UserError(f"--va-backbone {cfg.va_backbone} applies to programs with a V/A source "
                             f"(va_selection); {cfg.program} has none")
@@ -66,7 +68,7 @@ class ImageTrack(Track):
 
     def load(self, timings: dict) -> None:
         t = time.time()
-        self.data: ExperimentData = load_data(self.cfg)
+        self.data: ExperimentData = load_data(self.cfg, self.program)
         timings["data_and_cache"] = time.time() - t
         engine = engine_class(self.cfg.engine)
         if not engine.torch_rules:
@@ -78,16 +80,19 @@ class ImageTrack(Track):
 
     # -- stage 0 ----------------------------------------------------------------
     def stage0_key(self, seed: int) -> dict:
-        return stage0_key(self.cfg, self.data, seed, self.va)
+        return stage0_key(self.cfg, self.data, seed, self.va, self.feature_nets)
 
     def load_stage0(self, directory: Path) -> Predicates | None:
-        return load_stage0(directory)
+        found = load_stage0(directory)
+        if found is not None and not set(self.feature_nets) <= set(found.feature_nets):
+            return None  # saved without the program's networks on registered features: train them
+        return found
 
     def save_stage0(self, stage0: Predicates, directory: Path) -> None:
         save_stage0(stage0, directory)
 
     def train_stage0(self, seed: int, tb=None) -> Predicates:
-        return train_stage0(self.cfg, self.data, seed, self.va, log=log)
+        return train_stage0(self.cfg, self.data, seed, self.va, log=log, program=self.program)
 
     # -- units ------------------------------------------------------------------
     def run_regime(self, regime: Regime, seed: int, stage0: Predicates, stage0_dir, unit_dir: Path, tb):

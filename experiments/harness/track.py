@@ -37,10 +37,16 @@ class Track:
         self.program = self.load_program()
 
     def __getstate__(self) -> dict:
-        # shipped to Ray workers without the program: each loads its own (compiled circuits stay per process)
-        return {k: v for k, v in self.__dict__.items() if k != "program"}
+        # shipped to Ray workers without the program: each loads its own (compiled circuits stay per process),
+        # with the plug-ins this process loaded, whose networks the program and the stage-0 networks hold
+        from experiments.plugins import loaded_plugins
+
+        return {k: v for k, v in self.__dict__.items() if k != "program"} | {"plugins": loaded_plugins()}
 
     def __setstate__(self, state: dict) -> None:
+        from experiments.plugins import load_recorded
+
+        load_recorded(state.pop("plugins", []))
         self.__dict__.update(state)
         self.program = self.load_program()
 

@@ -54,8 +54,6 @@ from neural.vocabulary import EMOTIONS
 
 FACE_SOURCES = ("mtcnn", "annotations")
 DEFAULT_PROGRAM = "context_selection"
-#: The networks the untrained program has; any other (va_selection's VA regressor) only a trained run has.
-PRIOR_NETWORKS = ("scene2emotion", "face_emotion")
 
 
 # --------------------------------------------------------------------------- #
@@ -151,7 +149,10 @@ class TrainedProgram:
         ck = locate_checkpoint(run, regime, seed, runs_root)
         meta = ck.meta
         program = load_program(meta["program"], check_bindings=False)
-        pred = load_predicates(ck.directory / meta.get("networks", "networks"), meta["face_source"])
+        from experiments.harness.image_stage0 import feature_networks
+
+        pred = load_predicates(ck.directory / meta.get("networks", "networks"), meta["face_source"],
+                               feature_networks(program))  # the program says which networks it has on features
         why = ck.why
         if face_weights:
             pred.face_net = _face_predicate(face_weights)
@@ -174,10 +175,12 @@ class TrainedProgram:
         prog = load_program(program, check_bindings=False)
         if prog.kind != "image":
             raise UserError(f"program {prog.name} is a {prog.kind} program; emologic query answers images")
-        missing = [n for n in prog.networks if n not in PRIOR_NETWORKS]
+        # the untrained program has the predicates stage 0 would bind, before any training
+        prior_networks = list(Predicates(scene_head=None, face_net=None).bound())
+        missing = [n for n in prog.networks if n not in prior_networks]
         if missing:
             raise UserError(f"program {prog.name} reads {', '.join(missing)}, which only a trained run has; "
-                            f"query a run of it (--run RUN) or an untrained program of {', '.join(PRIOR_NETWORKS)}")
+                            f"query a run of it (--run RUN) or an untrained program of {', '.join(prior_networks)}")
         if face_weights:
             face = _face_predicate(face_weights)
         else:
