@@ -30,6 +30,7 @@ _PIPELINE_HELP = {
     "scene_weights": "Places365 ResNet-18 checkpoint (file or URL); default: seeded random init",
     "scene_seed": "seed of the random init when no scene weights are given",
     "store_scene_layer3": "also cache the backbone's layer3 maps (for fine-tuning layer4)",
+    "features": "registered cached features to compute besides the built-in ones (a plug-in's: EMOLOGIC_PLUGINS)",
     "va_backbone": "valence/arousal features: scene (reuse scene features) or clip",
     "clip_model": "va_backbone=clip: hub name or local directory of a CLIP model",
     "max_pixels": "refuse images with more pixels than this (decompression bombs)",
@@ -70,6 +71,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
             helptext = f"{_PIPELINE_HELP.get(f.name) or f.metadata.get('help', '')} (default: {shown})"
             if isinstance(default, bool):
                 g.add_argument(_flag(f.name), action="store_true", dest=f.name, help=helptext)
+            elif isinstance(default, tuple) and not default:  # names (features): as many as given
+                g.add_argument(_flag(f.name), nargs="+", dest=f.name, metavar="NAME", help=helptext)
             elif isinstance(default, tuple):
                 g.add_argument(_flag(f.name), type=float, nargs=len(default), dest=f.name, metavar="T", help=helptext)
             else:
