@@ -116,9 +116,9 @@ def missing_plugins(recorded: list[dict] | None) -> list[str]:
         lost = [f"network {n}" for n in p.get("networks", []) if n not in nets] + \
                [f"feature {f}" for f in p.get("features", []) if f not in feats]
         if lost:
-            how = f"{ENV_VAR}={p.get('path') or p.get('entry')}" if p.get("from") == ENV_VAR else \
-                f"install the distribution of its {p.get('from')}"
-            out.append(f"plug-in {p.get('module')} ({', '.join(lost)}; load it with {how})")
+            how = f"load it with {ENV_VAR}={p.get('path') or p.get('entry')}" if p.get("from") == ENV_VAR else \
+                f"install the distribution that declares its {p.get('from')}"
+            out.append(f"plug-in {p.get('module')} ({', '.join(lost)}; {how})")
     return out
 
 

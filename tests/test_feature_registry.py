@@ -107,3 +107,31 @@ def test_a_plugin_that_fails_to_import_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == (f"emologic: error: plug-in {bad} (EMOLOGIC_PLUGINS) failed to import: "
                                 "RuntimeError: the plug-in is broken")
+
+
+def test_entry_point_plugins_are_loaded_and_recorded(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from experiments import plugins
+    from neural.registry import list_networks
+
+    (tmp_path / "ep_plugin_mod.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from torch import nn\n"
+        "from neural.registry import register\n\n"
+        "@dataclass\nclass EPConfig:\n    n_classes: int = 7\n\n"
+        "@register('ep_plugin_net', EPConfig)\n"
+        "class EPNet(nn.Module):\n"
+        "    def __init__(self, config):\n        super().__init__()\n        self.config = config\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = [EntryPoint("ep", "ep_plugin_mod", plugins.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(plugins.metadata, "entry_points",
+                        lambda group: found if group == plugins.ENTRY_POINT_GROUP else [])
+    loaded = plugins.load_plugins(env="")
+    assert "ep_plugin_net" in list_networks()
+    record = next(p for p in loaded if p["module"] == "ep_plugin_mod")
+    assert record["from"] == "entry point ep" and record["networks"] == ["ep_plugin_net"]
+    assert plugins.missing_plugins([record]) == []
+    gone = dict(record, networks=["not_here_net"])
+    assert plugins.missing_plugins([gone]) == [
+        "plug-in ep_plugin_mod (network not_here_net; install the distribution that declares its entry point ep)"]
