@@ -18,6 +18,7 @@ from experiments.va_metrics import va_metrics
 from neural.errors import UserError
 from neural.provenance import mark_trained
 from neural.registry import get_network
+from neural.va import VARegressor
 
 #: The program's table of P(emotion | valence bin, arousal bin): ``circumplex(V, A)`` groups.
 CIRCUMPLEX = "circumplex"
@@ -68,7 +69,7 @@ def train_va_stage0(cfg, data, seed: int, log=print) -> tuple[torch.nn.Module, d
     target, feats = va_targets(pre), _features(pre)
     torch.manual_seed(seed)
     # the regressor reads cached features of any width (512 scene, CLIP's projection_dim)
-    net = get_network("va_regressor", feature_dim=int(feats.shape[1]))
+    net = get_network(VARegressor.registry_name, feature_dim=int(feats.shape[1]))
     net.fit_input_scaling(feats)
     device = getattr(cfg, "device", "cpu")
     net.to(device)

@@ -89,6 +89,8 @@ class PipelineConfig:
         d = dataclasses.asdict(self)
         d["mtcnn_thresholds"] = list(self.mtcnn_thresholds)
         d["features"] = list(self.features)
+        if not self.features:
+            d.pop("features")  # manifests and checkpoints without registered features read as before they existed
         return d
 
     @classmethod
@@ -99,7 +101,8 @@ class PipelineConfig:
         """The keys that determine the cached tensors (compared when loading a cache).
 
         Drops ``batch_size`` and knobs of components that are not in use (detector
-        knobs with ``face_source="annotations"``, ``clip_model`` with ``va_backbone="scene"``).
+        knobs with ``face_source="annotations"``, ``clip_model`` with ``va_backbone="scene"``); ``features``
+        only when there are some (:meth:`to_dict`), so caches built before them keep their keys.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_KEYS}
         if self.face_source == "annotations":
@@ -107,8 +110,6 @@ class PipelineConfig:
                 d.pop(k)
         if self.va_backbone != "clip":
             d.pop("clip_model")
-        if not self.features:
-            d.pop("features")  # caches built before registered features existed keep their keys
         return d
 
 

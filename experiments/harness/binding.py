@@ -2,9 +2,10 @@
 
 Which network reads which cached tensor comes from the program
 (``Program.tensor_networks``); the networks come from stage 0
-(:meth:`experiments.harness.image_stage0.Predicates.bound`). A network of the program
-that stage 0 does not train is a parameter-free adapter on the V/A regressor's output
-(the valence and arousal bins): its tensor is the regressor's prediction.
+(:meth:`experiments.harness.image_stage0.Predicates.bound`: the scene head, the face net
+and the program's networks on registered features, e.g. a plug-in's). A network of the
+program that stage 0 does not train is a parameter-free adapter on the V/A regressor's
+output (the valence and arousal bins): its tensor is the regressor's prediction.
 """
 from __future__ import annotations
 
