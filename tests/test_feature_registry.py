@@ -135,3 +135,19 @@ def test_entry_point_plugins_are_loaded_and_recorded(tmp_path, monkeypatch):
     gone = dict(record, networks=["not_here_net"])
     assert plugins.missing_plugins([gone]) == [
         "plug-in ep_plugin_mod (network not_here_net; install the distribution that declares its entry point ep)"]
+
+
+def test_a_worker_reloads_the_plugins_its_driver_recorded(tmp_path):
+    """What a Ray worker does with the harness track it receives (Track.__setstate__)."""
+    plugin = tmp_path / "worker_plugin.py"
+    plugin.write_text("from neural.provenance import Provenance\n"
+                      "from pipelines.feature_registry import register_feature\n"
+                      "register_feature('workerfeat', lambda cfg, device: None, (2,), Provenance('fixed', 'test'))\n")
+    code = ("from experiments.plugins import load_recorded, loaded_plugins\n"
+            "from pipelines.feature_registry import list_features\n"
+            f"load_recorded([{{'entry': {str(plugin)!r}, 'from': 'EMOLOGIC_PLUGINS'}}])\n"
+            "print(list_features(), loaded_plugins()[0]['features'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "EMOLOGIC_PLUGINS"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['workerfeat'] ['workerfeat']"
