@@ -32,9 +32,11 @@ import torch
 from neural.errors import UserError
 from neural.provenance import Provenance
 
+#: The features an image batch holds without registration: what ImagePipeline makes itself.
+BUILTIN_FEATURES = ("scene", "va", "face1", "face2", "face3")
 #: Tensor names the image pipeline and cache use themselves; a registered feature may not take one.
-RESERVED_NAMES = frozenset({"scene", "scene_layer3", "va", "face1", "face2", "face3", "faces", "face_offsets",
-                            "boxes", "probs", "image_size", "labels", "counts", "n_faces"})
+RESERVED_NAMES = frozenset({*BUILTIN_FEATURES, "scene_layer3", "faces", "face_offsets", "boxes", "probs",
+                            "image_size", "labels", "counts", "n_faces"})
 
 
 class FeatureExtractor(Protocol):
@@ -109,3 +111,14 @@ def get_feature(name: str) -> FeatureSpec:
         raise UnknownFeatureError(f"unknown cached feature {name!r}; registered features: {known} "
                                   "(a plug-in registers its features: see EMOLOGIC_PLUGINS)")
     return _FEATURES[name]
+
+
+def check_program_features(program) -> None:
+    """One line when a source of an image ``program`` reads a feature that is neither built in
+    nor registered (a plug-in that was not loaded, a misspelt source)."""
+    for src in program.sources.values():
+        if src.feature not in BUILTIN_FEATURES and src.feature not in _FEATURES:
+            raise UnknownFeatureError(
+                f"source {src.name} of program {program.name} reads the cached feature {src.feature!r}, which is "
+                f"neither built in ({', '.join(BUILTIN_FEATURES)}) nor registered "
+                f"({', '.join(sorted(_FEATURES)) or 'none'}); a plug-in registers it (EMOLOGIC_PLUGINS)")

@@ -151,3 +151,21 @@ def test_a_worker_reloads_the_plugins_its_driver_recorded(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "['workerfeat'] ['workerfeat']"
+
+
+def test_a_program_reading_an_unregistered_feature_is_refused_in_one_line(tmp_path):
+    from experiments.harness import HarnessConfig
+    from experiments.harness.image_track import ImageTrack
+
+    program = tmp_path / "nofeat.pl"
+    program.write_text(
+        "nn(scene2emotion, [X], E, [angry, disgust, fear, happy, sad, surprise, neutral]) :: scene_emotion(X, E).\n"
+        "t(0.5)::trust(n0, scene); t(0.5)::trust(n0, glow).\n"
+        "source_emotion(Img, scene, E) :- scene_emotion(tensor(scene(Img)), E).\n"
+        "source_emotion(Img, glow, E) :- scene_emotion(tensor(glow(Img)), E).\n"
+        "selected(_, Ctx, S) :- trust(Ctx, S).\nvalid(Img, Ctx) :- selected(Img, Ctx, _).\n"
+        "via(Img, Ctx, S, E) :- selected(Img, Ctx, S), source_emotion(Img, S, E).\n"
+        "emotion(Img, Ctx, E) :- via(Img, Ctx, _, E).\n")
+    with pytest.raises(UserError, match=r"^source glow of program nofeat reads the cached feature 'glow', which is "
+                                        r"neither built in \(scene, va, face1, face2, face3\) nor registered"):
+        ImageTrack(HarnessConfig(program=str(program)).resolved())

@@ -32,6 +32,7 @@ from logic.program import Program, available_programs, load_program
 from neural.errors import UserError
 from neural.registry import save_network
 from neural.vocabulary import FACE_SLOTS
+from pipelines.feature_registry import check_program_features
 from pipelines.pipeline import feature_provenance
 
 
@@ -59,6 +60,7 @@ class ImageTrack(Track):
         if program.kind != "image":
             raise UserError(f"--program {cfg.program} is a {program.kind} program; image data sets need an image "
                             f"program ({', '.join(available_programs('image'))})")
+        check_program_features(program)  # every source's feature is made by the pipeline or a plug-in
         self.va = needs_va(program)
         self.feature_nets = tuple(feature_networks(program))  # stage 0 trains them on their registered features
         if cfg.va_backbone != "scene" and not self.va:
