@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from neural.vocabulary import FACE_SLOTS
+from neural.common import FACE_SLOTS
 from pipelines.context import DEFAULT_LARGE_FACE, batch_context_codes, batch_context_keys
 
 
@@ -121,7 +121,7 @@ class ClipBatch(Batch):
     input_ids: torch.Tensor  # [B, max_tokens] long, the text model's tokens
     attention_mask: torch.Tensor  # [B, max_tokens] long
     labels: torch.Tensor  # [B] long, index into EMOTIONS; -1 where unknown
-    sentiments: torch.Tensor  # [B] long, index into neural.vocabulary.SENTIMENTS; -1 where unknown
+    sentiments: torch.Tensor  # [B] long, index into neural.common.SENTIMENTS; -1 where unknown
     annotations: list[dict] = field(default_factory=list)  # per sample: utterance, speaker, ...
 
     def video_input(self) -> torch.Tensor:

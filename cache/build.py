@@ -34,7 +34,7 @@ from typing import Callable
 from cache.kinds import kind_of_config, kind_of_dataset
 from cache.store import CacheConfigMismatch, DEFAULT_SPLIT, cache_lock, check_config, split_dir  # noqa: F401 (re-exported)
 from cache.writer import SplitWriter
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.pipeline import Skip
 
 DEFAULT_SHARD_SIZE = 256

@@ -23,7 +23,7 @@ import torch
 from cache.batch import ImageBatch
 from cache.kinds import CacheKind, ProblemFn, register_cache_kind
 from cache.store import CacheError, checked_shard_bytes, entries_by_shard, read_shard_bytes
-from neural.vocabulary import MAX_FACES
+from neural.common import MAX_FACES
 from pipelines.feature_registry import get_feature
 from pipelines.pipeline import ImagePipeline, PipelineConfig, ProcessedSample
 

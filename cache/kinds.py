@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from neural.errors import UserError
+from neural.common import UserError
 
 #: ``problem(kind, where, message)``: how verify checks report what they find.
 ProblemFn = Callable[[str, str, str], None]

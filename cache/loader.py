@@ -28,7 +28,7 @@ import torch
 from cache.batch import Batch
 from cache.kinds import get_cache_kind, kind_of_config, kind_of_manifest
 from cache.store import MANIFEST, CacheError, check_config, read_manifest
-from neural.errors import UserError
+from neural.common import UserError
 
 
 class UnknownSampleError(UserError, KeyError):

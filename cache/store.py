@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural.errors import UserError
-from neural.files import atomic_write_bytes, sha256_file
+from neural.common import UserError, atomic_write_bytes, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

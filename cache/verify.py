@@ -35,8 +35,7 @@ from pathlib import Path
 from cache.kinds import CacheKind, kind_of_manifest
 from cache.loader import split_dirs
 from cache.store import MANIFEST, check_config, read_manifest, read_shard_bytes
-from neural.errors import UserError
-from neural.files import sha256_file
+from neural.common import UserError, sha256_file
 
 
 @dataclass

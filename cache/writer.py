@@ -21,7 +21,7 @@ from cache.store import (
     write_json,
     write_shard,
 )
-from neural.files import sha256_file
+from neural.common import sha256_file
 from pipelines.pipeline import Skip
 
 

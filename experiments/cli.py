@@ -19,7 +19,7 @@ from typing import Callable
 
 from experiments.plugins import load_plugins  # noqa: E402
 from neural.compute import flush_denormals  # noqa: E402
-from neural.errors import UserError  # noqa: E402  (re-exported for commands)
+from neural.common import UserError  # noqa: E402  (re-exported for commands)
 
 
 @dataclass

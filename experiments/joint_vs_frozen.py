@@ -19,7 +19,7 @@ from experiments.harness import add_arguments, config_from_args, run  # noqa: E4
 from experiments.plugins import load_plugins  # noqa: E402
 from neural.cluster import add_ray_arguments  # noqa: E402
 from neural.compute import flush_denormals  # noqa: E402
-from neural.errors import UserError  # noqa: E402
+from neural.common import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers is not None and args.workers < 1:
             raise UserError(f"--workers must be positive, got {args.workers}")
         if args.ray is not None:
-            from experiments.sweep import RaySweep
+            from experiments.harness.sweep import RaySweep
             from neural.cluster import import_ray
 
             import_ray()  # before the data and stage 0: without Ray, say so at once

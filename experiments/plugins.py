@@ -23,7 +23,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from neural.errors import UserError
+from neural.common import UserError
 
 ENV_VAR = "EMOLOGIC_PLUGINS"
 ENTRY_POINT_GROUP = "emologic.plugins"

@@ -28,8 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from neural.errors import UserError
-from neural.files import atomic_write_bytes  # noqa: F401  (re-exported)
+from neural.common import UserError, atomic_write_bytes  # noqa: F401  (re-exported)
 
 LATEST = "latest"
 LATEST_FILE = "latest.txt"

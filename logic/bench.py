@@ -19,7 +19,7 @@ import torch
 from logic.inputs import ALL_LAYOUTS, given_networks, make_batch, random_outputs, random_rule_probs
 from logic.model import LogicModel
 from logic.program import load_program
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 
 def _timed(fn, repeats: int) -> float:

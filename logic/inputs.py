@@ -10,7 +10,7 @@ import torch
 
 from cache.batch import ImageBatch
 from logic.given import given_networks  # noqa: F401 - part of this module's API
-from neural.vocabulary import FACE_SLOTS
+from neural.common import FACE_SLOTS
 from pipelines.context import DEFAULT_LARGE_FACE
 
 IMAGE = 128

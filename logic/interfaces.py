@@ -26,8 +26,7 @@ from problog.logic import Term, Var
 
 from logic.engines.base import FALSE, PLACEHOLDER, Family, QuerySpec
 from logic.program import INTERFACES, Program, ProgramError
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS, SENTIMENTS
+from neural.common import EMOTIONS, SENTIMENTS, UserError
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE
 
 

@@ -29,7 +29,7 @@ from logic.engines.base import engine_class, engine_options, make_engine
 from logic.interfaces import ClipInputs, LogicOutput, query_interface  # noqa: F401 - part of this API
 from logic.program import Program, ProgramError, load_program
 from logic.rules import RulesMixin
-from neural.vocabulary import emotion_index
+from neural.common import emotion_index
 
 
 class LogicModel(RulesMixin, nn.Module):

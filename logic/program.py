@@ -21,7 +21,7 @@ from problog.logic import AnnotatedDisjunction, Clause, Constant, Or, Term, term
 from problog.program import PrologFile, PrologString, SimpleProgram
 
 from logic.sources import Source, source_table
-from neural.errors import UserError
+from neural.common import UserError
 
 PROGRAM_DIR = Path(__file__).resolve().parent / "programs"
 

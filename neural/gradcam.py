@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, UserError
 
 
 class GradCamError(UserError):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from neural.registry import register
-from neural.vocabulary import MAX_FACES, N_EMOTIONS
+from neural.common import MAX_FACES, N_EMOTIONS
 
 
 @dataclass

@@ -44,11 +44,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import N_EMOTIONS, SENTIMENTS, UserError
 from neural.multimodal_encoders import PROJ_DIM, AudioEncoder, TextEncoder, VideoEncoder
 from neural.provenance import provenance_of
 from neural.registry import register
-from neural.vocabulary import N_EMOTIONS, SENTIMENTS
 
 HEADS: tuple[str, ...] = ("emotion", "sentiment")
 FUSION_DIM = 256

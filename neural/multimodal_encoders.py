@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.provenance import DOMAIN_CLIPS, Provenance
 
 log = logging.getLogger(__name__)

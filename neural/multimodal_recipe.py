@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural.configs import strict_config
-from neural.errors import UserError
+from neural.common import UserError, strict_config
 from neural.multimodal import HEADS
 
 #: parameter groups of the differential learning rates, in optimizer order

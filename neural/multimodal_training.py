@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.multimodal import HEADS
 from neural.multimodal_recipe import (
     RecipeConfig,
@@ -99,7 +99,7 @@ def save_trainable(net: nn.Module, path) -> None:
     net relative to the one it started from (a few MB instead of the frozen encoders' hundreds)."""
     from safetensors.torch import save
 
-    from neural.files import atomic_write_bytes
+    from neural.common import atomic_write_bytes
 
     atomic_write_bytes(path, save({k: v.contiguous().cpu() for k, v in _trainable_state(net).items()}))
 

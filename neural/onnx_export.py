@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.face import FACE_SIZE
 
 INPUT_NAME, OUTPUT_NAME = "faces", "probabilities"

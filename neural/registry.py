@@ -17,8 +17,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from neural.errors import UserError
-from neural.files import atomic_write_bytes
+from neural.common import UserError, atomic_write_bytes
 from neural.provenance import Provenance, provenance_of
 
 _REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}

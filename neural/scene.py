@@ -23,11 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neural.errors import UserError
-from neural.files import sha256_file
+from neural.common import N_EMOTIONS, UserError, sha256_file
 from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.registry import register
-from neural.vocabulary import N_EMOTIONS
 
 log = logging.getLogger(__name__)
 

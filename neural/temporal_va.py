@@ -36,8 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neural.errors import UserError
-from neural.files import atomic_write_bytes
+from neural.common import UserError, atomic_write_bytes
 from neural.registry import build_from_checkpoint, register
 from neural.va import _load_clip, va_predicate_input
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.registry import register
 
 VALENCE_BINS: tuple[str, ...] = ("negative", "neutral", "positive")

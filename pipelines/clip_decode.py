@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from neural.errors import UserError
+from neural.common import UserError
 
 if TYPE_CHECKING:  # the config module imports this one
     from pipelines.clips import ClipPipelineConfig

@@ -6,11 +6,11 @@
 
 A clip sample is anything with ``sample_id``, ``path`` (or ``image_path``),
 ``label`` and ``annotations`` holding the ``"utterance"`` (and optionally a
-``"sentiment"`` index into :data:`neural.vocabulary.SENTIMENTS`), e.g. the
+``"sentiment"`` index into :data:`neural.common.SENTIMENTS`), e.g. the
 samples of the ``meld`` data set. It mirrors :class:`pipelines.pipeline.ImagePipeline`:
 bad input is never an exception here but a :class:`~pipelines.pipeline.Skip`
 with a one-line reason; configuration errors raise
-:class:`~neural.errors.UserError`.
+:class:`~neural.common.UserError`.
 
 What one clip becomes (T = ``frames``, S = ``frame_size``, L = :attr:`ClipPipelineConfig.audio_frames`):
 
@@ -53,9 +53,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from neural.configs import strict_config
-from neural.errors import UserError
-from neural.files import sha256_file
+from neural.common import UserError, sha256_file, strict_config
 from pipelines.clip_decode import BadClipError, ClipDecoder
 from pipelines.pipeline import NON_SEMANTIC_KEYS, Skip, _check_label, process_in_chunks
 
@@ -280,7 +278,7 @@ class ClipPipeline:
 
 
 def _check_sentiment(sentiment) -> str | None:
-    from neural.vocabulary import SENTIMENTS
+    from neural.common import SENTIMENTS
 
     if sentiment is None:
         return None

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from neural.vocabulary import MAX_FACES
+from neural.common import MAX_FACES
 
 SIZE_BUCKETS: tuple[str, ...] = ("small", "large")
 DEFAULT_LARGE_FACE = 0.3

@@ -1,6 +1,6 @@
 """Labelled face-crop data sets from disk, for training the face emotion recogniser.
 
-Two layouts are read (labels must be names from :data:`neural.vocabulary.EMOTIONS`):
+Two layouts are read (labels must be names from :data:`neural.common.EMOTIONS`):
 
 * a folder ``root/<split>/<emotion>/*.png`` (any image format PIL reads), e.g.
   ``faces/train/happy/0001.png``; every sub-directory of ``root`` is a split;
@@ -30,7 +30,7 @@ from PIL import Image
 
 from neural.face import FACE_SIZE
 from neural.face_data import FaceCropData, FaceCrops, FaceDataError, crop_to_uint8
-from neural.vocabulary import EMOTIONS, VocabularyError, emotion_index
+from neural.common import EMOTIONS, VocabularyError, emotion_index
 from pipelines.datasets.synthetic import load_synthetic_dir
 from pipelines.faces import crop_faces
 from pipelines.images import BadImageError, load_image

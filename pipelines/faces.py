@@ -20,8 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from neural.errors import UserError
-from neural.vocabulary import MAX_FACES
+from neural.common import MAX_FACES, UserError
 
 
 class FaceError(UserError):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.provenance import Provenance
 
 #: The features an image batch holds without registration: what ImagePipeline makes itself.

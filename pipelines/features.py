@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from neural.errors import UserError
+from neural.common import UserError
 
 
 class SceneFeatures:

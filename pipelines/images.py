@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from neural.errors import UserError
-from neural.files import sha256_file  # noqa: F401  (re-exported)
+from neural.common import UserError, sha256_file  # noqa: F401  (re-exported)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 

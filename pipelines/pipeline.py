@@ -8,7 +8,7 @@ A sample is anything with ``sample_id``, ``image_path``, ``label`` and
 ``annotations`` (``pipelines.datasets.base.Sample``). Bad input is never an
 exception here: it becomes a :class:`Skip` with a one-line reason. Configuration
 errors (unknown face source, a data set without boxes for ``annotations``) raise
-:class:`~neural.errors.UserError`.
+:class:`~neural.common.UserError`.
 """
 from __future__ import annotations
 
@@ -21,10 +21,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from neural.configs import strict_config
-from neural.errors import UserError
+from neural.common import MAX_FACES, N_EMOTIONS, UserError, strict_config
 from neural.provenance import DOMAIN_PHOTOS, Provenance
-from neural.vocabulary import MAX_FACES, N_EMOTIONS
 from pipelines.feature_registry import get_feature
 from pipelines.faces import DEFAULT_MTCNN_MAX_SIDE, FaceError, Faces, crop_faces, detector_from_config, list_detectors
 from pipelines.images import DEFAULT_MAX_PIXELS, BadImageError, load_image_and_hash

@@ -20,7 +20,7 @@ import hashlib
 import math
 from collections.abc import Hashable, Mapping, Sequence
 
-from neural.errors import UserError
+from neural.common import UserError
 
 #: The four splits of the training harness: stage-0 pretraining of the networks,
 #: training of the logic (and jointly the networks), validation, test.

@@ -165,7 +165,7 @@ def test_clip_va_features_are_cached_separately(tmp_path, synthetic_small):
 
 
 def test_unloadable_clip_model_is_a_user_error(tmp_path):
-    from neural.errors import UserError
+    from neural.common import UserError
 
     pytest.importorskip("transformers")
     with pytest.raises(UserError, match="cannot load CLIP model"):

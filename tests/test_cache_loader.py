@@ -11,7 +11,7 @@ from cache.build import build_cache
 from cache.batch import ImageBatch
 from cache.loader import CachedSplit, UnknownSampleError, collate
 from cache.store import CacheConfigMismatch, CacheError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.faces import crop_faces
 from pipelines.images import load_image
 from pipelines.pipeline import ImagePipeline, PipelineConfig

@@ -17,7 +17,7 @@ from experiments.cli import main
 from experiments.harness.config import HarnessConfig
 from experiments.harness.image_data import load_data
 from experiments.joint_vs_frozen import build_parser
-from neural.errors import UserError
+from neural.common import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore:SceneBackbone")
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from cache.verify import verify_cache
 from experiments.harness.config import HarnessConfig
 from experiments.harness.image_data import load_data
 from experiments.harness.image_stage0 import stage0_key
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:SceneBackbone")
 

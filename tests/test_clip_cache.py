@@ -16,7 +16,7 @@ from cache.loader import CachedSplit, collate
 from cache.store import CacheConfigMismatch, CacheError, read_shard
 from cache.verify import verify_cache
 from experiments.cli import main
-from neural.files import sha256_file
+from neural.common import sha256_file
 from pipelines.clips import ClipPipeline, ClipPipelineConfig
 from pipelines.datasets import get_dataset
 from pipelines.pipeline import PipelineConfig

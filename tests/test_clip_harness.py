@@ -31,7 +31,7 @@ from logic.model import ClipInputs, LogicModel
 from logic.program import load_program
 from neural.multimodal import FusionHead
 from neural.registry import load_network
-from neural.vocabulary import EMOTIONS, SENTIMENTS
+from neural.common import EMOTIONS, SENTIMENTS
 from pipelines.datasets.synthetic_clips import generate_clips
 from pipelines.datasets.synthetic_clips_config import SyntheticClipsConfig
 from tests.run_helpers import numbers

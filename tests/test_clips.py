@@ -8,7 +8,7 @@ import pytest
 import torch
 from clip_helpers import level, write_clip
 
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.clip_decode import ClipDecoder, LogMel
 from pipelines.clips import ClipPipeline, ClipPipelineConfig, ClipPipelineConfigError
 from pipelines.datasets import Sample

@@ -13,7 +13,7 @@ from logic.engines import compile_cache
 from logic.engines.compiled import CompiledFamilies, compile_families
 from logic.model import LogicModel
 from logic.program import PROGRAM_DIR, load_program
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.context import CONTEXTS
 from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch, random_outputs
 

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, UserError
 from pipelines.datasets import Dataset, DatasetError, Sample, get_dataset, list_datasets, load_mapping, register_dataset
 from pipelines.datasets.base import MAPPINGS_DIR, dataset_options, resolve_label
 

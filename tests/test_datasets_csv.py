@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets import DatasetError, get_dataset
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets import DatasetError, get_dataset
 
 # The real column format of findingemo-light's data/annotations_single.ann.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neural.vocabulary import EMOTIONS, FACE_SLOTS
+from neural.common import EMOTIONS, FACE_SLOTS
 from pipelines.context import CONTEXTS, context_key, relative_face_size
 from pipelines.datasets import DEFAULT_SOURCE_TABLE, DatasetError, SyntheticConfig, ensure_synthetic, generate_synthetic, get_dataset, load_synthetic_dir
 from pipelines.datasets.synthetic import _draw_latent, render_image

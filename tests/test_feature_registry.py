@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.provenance import Provenance
 from pipelines.feature_registry import get_feature, register_feature
 from pipelines.pipeline import ImagePipeline, PipelineConfig

@@ -15,7 +15,7 @@ from experiments.tools.face_explain import explain_files, photo_heat
 from neural.face import FaceEmotionConfig, FaceEmotionNet
 from neural.gradcam import GradCamError
 from neural.registry import save_network
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 
 def _face_png(path, smile: bool):

@@ -124,7 +124,7 @@ def test_the_runs_face_predicate_still_reads_a_real_face(finished, astronaut_fac
     """FER2013 is the face predicate's start, and stage 0 + joint fine-tuning on the
     synthetic faces keep what it knows: the astronaut's smile is still happy."""
     from neural.registry import load_network
-    from neural.vocabulary import EMOTIONS
+    from neural.common import EMOTIONS
 
     run_dir, _ = finished
     for regime in ("frozen", "joint"):

@@ -10,7 +10,7 @@ from experiments.harness.config import ClipConfig, HarnessConfig, ImageConfig, S
 from experiments.regimes import REGIMES, regime_names
 from experiments.harness.track import Track, track_class
 from experiments.joint_vs_frozen import main as joint_vs_frozen
-from neural.errors import UserError
+from neural.common import UserError
 
 IMAGE_ONLY = [["--unfreeze-layer4"], ["--face-weights", "/nonexistent"], ["--scene-weights", "places.pth"],
               ["--net-lr", "0.01"], ["--face-init", "scratch"], ["--va-backbone", "clip"], ["--n-images", "50"]]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.images import BadImageError, load_image, load_image_and_hash, sha256_file
 
 

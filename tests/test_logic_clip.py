@@ -17,8 +17,7 @@ from logic.given import GivenSlice
 from logic.inputs import random_rule_probs
 from logic.learning import train_rules
 from logic.program import ProgramError, available_programs, load_program
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS, SENTIMENTS
+from neural.common import EMOTIONS, SENTIMENTS, UserError
 from tests.logic_helpers import explained_with_rule_grad
 
 pytestmark = pytest.mark.usefixtures("float64")

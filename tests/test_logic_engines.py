@@ -10,7 +10,7 @@ from problog.sdd_formula import SDD
 
 from logic.model import LogicModel
 from logic.program import available_programs, load_program
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from tests.logic_helpers import (
     ALL_LAYOUTS,
     explained_with_rule_grad,

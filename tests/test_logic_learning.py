@@ -7,7 +7,7 @@ import torch
 from logic.learning import train_rules
 from logic.model import LogicModel
 from logic.program import load_program
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from tests.logic_helpers import ALL_LAYOUTS, given_networks, make_batch
 
 TRUE = {"scene": 0.1, "face1": 0.2, "face2": 0.3, "face3": 0.4}

@@ -10,7 +10,7 @@ import torch
 from logic.model import LogicModel
 from logic.program import ProgramError, available_programs, load_program, parse_problog
 from neural.registry import get_network, list_networks
-from neural.vocabulary import EMOTIONS, VocabularyError
+from neural.common import EMOTIONS, VocabularyError
 from tests.logic_helpers import given_networks, make_batch, random_outputs
 
 

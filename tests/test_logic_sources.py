@@ -14,8 +14,7 @@ from logic.given import Given, GivenSlice
 from logic.model import LogicModel
 from logic.program import PROGRAM_DIR, available_programs, load_program
 from logic.sources import Source
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, UserError
 from tests.logic_helpers import ALL_LAYOUTS, explained_with_rule_grad, given_networks, make_batch, random_outputs, \
     random_rule_probs
 

@@ -8,8 +8,7 @@ import shutil
 import pytest
 from clip_helpers import TRAIN_EMOTIONS, row, write_clip, write_csv, write_meld
 
-from neural.vocabulary import SENTIMENTS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, SENTIMENTS
 from pipelines.datasets import DatasetError, get_dataset, list_datasets
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.face import FACE_SIZE, FaceEmotionConfig, FaceEmotionNet, TFSameMaxPool2d, face_preprocess, keras_parameter_count
 from neural import fer_weights
 from neural.registry import load_network, save_network

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.multimodal import (MultimodalFusionConfig, MultimodalFusionNet, frames_first_to_channels_first,
                                packaged_minilm_path)
 from neural.registry import load_network, save_network

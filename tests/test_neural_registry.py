@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.multimodal import packaged_minilm_path
 from neural.registry import get_network, list_networks
 

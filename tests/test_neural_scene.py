@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.registry import get_network, load_network, save_network
 from neural.scene import Scene2EmotionConfig, Scene2EmotionNet, SceneBackbone, SceneBackboneConfig, preprocess
 

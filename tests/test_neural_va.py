@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import UserError
 from neural.registry import get_network, load_network, save_network
 from neural.va import (AROUSAL_BINS, VALENCE_BINS, ArousalBins, ValenceBins, VABinsConfig, VARegressor,
                        VARegressorConfig, va_predicate_input)

@@ -11,7 +11,7 @@ import torch
 from cache.loader import CachedSplit
 from experiments.joint_vs_frozen import main
 from neural.registry import load_network
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from tests.photo_helpers import write_photo
 from tests.run_helpers import numbers
 

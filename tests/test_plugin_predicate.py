@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 PLUGIN = '''\
 """A user's neural predicate: the light of a picture (how bright, how contrasted) says an emotion."""

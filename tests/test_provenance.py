@@ -12,7 +12,7 @@ from experiments.harness.config import HarnessConfig
 from experiments.harness.fitting import batchnorms as _batchnorms, train_mode
 from experiments.harness.image_stage0 import stage0_face_net
 from logic.program import load_program
-from neural.errors import UserError
+from neural.common import UserError
 from neural.provenance import (
     DOMAIN_SYNTHETIC,
     Provenance,

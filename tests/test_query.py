@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 SLOT_COLOUR_FACE1 = (255, 140, 0)
 

@@ -15,7 +15,7 @@ from PIL import Image
 from experiments.cli import main
 from experiments.query.program import TrainedProgram
 from experiments.query.results import QueryError, QueryResult
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 ASTRONAUT_HEAD = (150, 30, 300, 210)  # around the face MTCNN finds at about (181, 62)-(268, 172)
 

@@ -9,7 +9,7 @@ from PIL import Image
 from experiments.reports.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
 from experiments.reports.render import render_report, summary_lines
 from experiments.reports.tables import fmt_stat, paired_difference, stat
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 TRUTH = {"1": {"scene": 0.3, "face1": 0.7}, "2": {"scene": 0.2, "face1": 0.5, "face2": 0.3}}
 

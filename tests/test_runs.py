@@ -24,7 +24,7 @@ from experiments.runs import (
     write_resolved_config,
 )
 from experiments.tensorboard import TBLogger
-from neural.errors import UserError
+from neural.common import UserError
 
 
 def test_new_run_dirs_are_unique_and_latest_follows(tmp_path):

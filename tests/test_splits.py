@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS, SplitError, assign_splits, check_fractions
 
 FRACTIONS = {"pretrain": 0.35, "train": 0.35, "val": 0.1, "test": 0.2}

@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neural.errors import UserError
-from neural.vocabulary import SENTIMENTS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, SENTIMENTS, UserError
 from pipelines.datasets.synthetic_clips import TRUTH_FILE, generate_clips, read_truth, render_clip
 from pipelines.datasets.synthetic_clips_config import (
     DEFAULT_POLARITY_TABLE,

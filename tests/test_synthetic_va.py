@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from neural.va import AROUSAL_BINS, VALENCE_BINS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets.synthetic import _draw_latent, generate_synthetic, render_image
 from pipelines.datasets.synthetic_config import SyntheticConfig
 from pipelines.datasets.synthetic_va import (

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.harness.config import HarnessConfig
 from experiments.harness import run
-from neural.errors import UserError
+from neural.common import UserError
 from tests.run_helpers import numbers
 
 

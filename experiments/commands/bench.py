@@ -29,7 +29,7 @@ whether the figures equal the serial run's).
 ``bench faces`` loads (generating and caching if needed, exactly as the harness
 does) the synthetic benchmark of ``--n-images`` images and reports how well the
 real FER2013 recogniser, unchanged, reads the face crops of one split:
-per-class recall, macro average, accuracy (``experiments/face_zero_shot.py``).
+per-class recall, macro average, accuracy (``experiments/harness/face_zero_shot.py``).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from typing import Callable
 from experiments.cli import command
 from neural.cluster import add_device_argument, add_ray_arguments, connect_ray, resolve_device
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS  # light: the harness's splits, without torch
-from neural.errors import UserError
+from neural.common import UserError
 
 
 def _bytes_of(directory: Path) -> int:
@@ -174,7 +174,7 @@ def bench_sweep(args: argparse.Namespace) -> dict:
 
     from experiments.harness.config import HarnessConfig
     from experiments.harness import run
-    from experiments.sweep import RaySweep
+    from experiments.harness.sweep import RaySweep
 
     if not _worker_counts(args):
         raise UserError("bench sweep needs --workers N (units on Ray with 1 and N workers, against serial)")
@@ -215,7 +215,7 @@ def _figures(results: dict) -> dict:
 def bench_faces(args: argparse.Namespace) -> dict:
     from experiments.harness.config import HarnessConfig
     from experiments.harness.image_data import load_data
-    from experiments.face_zero_shot import fer_zero_shot
+    from experiments.harness.face_zero_shot import fer_zero_shot
 
     cfg = HarnessConfig(n_images=args.n_images, data_seed=args.seed, progress=not args.json)
     cfg.validate()
@@ -226,7 +226,7 @@ def bench_faces(args: argparse.Namespace) -> dict:
 
 
 def _faces_table(results: dict) -> None:
-    from experiments.face_zero_shot import format_recall
+    from experiments.harness.face_zero_shot import format_recall
 
     print(format_recall(results, f"FER2013 zero-shot on {results['split']} faces of {results['dataset']}"))
 

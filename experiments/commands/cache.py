@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experiments.cli import command
 from neural.cluster import add_device_argument, add_ray_arguments, resolve_device
-from neural.errors import UserError
+from neural.common import UserError
 
 #: Options of ``cache build`` that are pipeline config fields (help text per field).
 _PIPELINE_HELP = {

@@ -25,7 +25,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _labels(args: argparse.Namespace) -> list[int | None]:
-    from neural.vocabulary import EMOTIONS, emotion_index
+    from neural.common import EMOTIONS, emotion_index
 
     if args.labels is not None:
         return [emotion_index(name.lower()) for name in args.labels]
@@ -52,7 +52,7 @@ def load_model(checkpoint: str):
 )
 def run(args: argparse.Namespace) -> int:
     from experiments.tools.face_explain import explain_files, record
-    from neural.vocabulary import EMOTIONS
+    from neural.common import EMOTIONS
 
     exps = explain_files(load_model(args.checkpoint), args.images, args.out, _labels(args), detect=args.detect)
     if args.json:

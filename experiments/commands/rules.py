@@ -12,7 +12,7 @@ import json
 import sys
 
 from experiments.cli import command
-from neural.errors import UserError
+from neural.common import UserError
 from neural.provenance import describe_sources
 
 

@@ -49,14 +49,12 @@ from cache.loader import CachedSplit
 from experiments.harness.config import HarnessConfig
 from experiments.harness.data import SPLITS, CachedData, load_cached
 from experiments.runs import config_fingerprint
-from neural.errors import UserError
-from neural.files import atomic_write_bytes, sha256_file
+from neural.common import EMOTIONS, SENTIMENTS, UserError, atomic_write_bytes, sha256_file
 from neural.multimodal import (
     MultimodalFusionConfig,
     MultimodalFusionNet,
     packaged_minilm_path,
 )
-from neural.vocabulary import EMOTIONS, SENTIMENTS
 from pipelines.clips import ClipPipelineConfig
 
 #: Seed under which the fusion net is built, so its random frozen parts are the same everywhere.

@@ -39,7 +39,7 @@ from torch import nn
 
 from neural.provenance import mark_trained
 
-from experiments.drift import parameter_drift, snapshot
+from experiments.harness.drift import parameter_drift, snapshot
 from experiments.harness.clip_data import ClipExperimentData, ClipFeatures
 from experiments.harness.config import HarnessConfig
 from experiments.regimes import Regime
@@ -57,7 +57,7 @@ from neural.multimodal_recipe import (
     make_scheduler,
 )
 from neural.multimodal_training import train_fusion
-from neural.vocabulary import EMOTIONS, SENTIMENTS
+from neural.common import EMOTIONS, SENTIMENTS
 
 E, S = len(EMOTIONS), len(SENTIMENTS)
 #: The fusion net's head that each of its predicates' networks is (``FusionHead(net, head)``).

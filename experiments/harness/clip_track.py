@@ -43,7 +43,7 @@ from experiments.regimes import Regime, get_regime
 from experiments.harness.track import Track, log, skipped_summary
 from experiments.runs import RunState, atomic_write_json, config_fingerprint
 from logic.program import Program, available_programs, load_program
-from neural.errors import UserError
+from neural.common import UserError
 from neural.multimodal import MultimodalFusionNet
 from neural.multimodal_training import load_trainable, save_trainable
 from neural.registry import load_network, save_network

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.regimes import regime_names
-from neural.errors import UserError
+from neural.common import UserError
 
 #: Which track runs each data set.
 TRACK_OF = {"synthetic": "image", "findingemo": "image", "csv": "image", "synthetic_clips": "clip", "meld": "clip"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cache.build import build_cache
 from cache.store import cache_lock
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.datasets import get_dataset
 from pipelines.datasets.base import Dataset
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from experiments.metrics import classification_metrics
 from neural.provenance import mark_trained
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 
 def seeded(seed: int, salt: int) -> torch.Generator:

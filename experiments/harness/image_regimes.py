@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cache.batch import Batch
-from experiments.drift import parameter_drift, snapshot
+from experiments.harness.drift import parameter_drift, snapshot
 from experiments.harness.binding import Binding, FrozenBinding
 from experiments.harness.config import HarnessConfig
 from experiments.harness.image_data import ExperimentData
@@ -33,7 +33,7 @@ from logic.program import Program
 from neural.provenance import mark_trained
 from neural.late_fusion import LateFusionNet
 from neural.registry import get_network
-from neural.vocabulary import EMOTIONS, FACE_SLOTS
+from neural.common import EMOTIONS, FACE_SLOTS
 
 @dataclass
 class RegimeResult:
@@ -49,7 +49,7 @@ class RegimeResult:
     wall_time_s: float = 0.0
     model: nn.Module | None = None  # LogicModel, or the late-fusion network
     provenance: dict | None = None  # per source: where its networks' knowledge came from (set by the harness)
-    va: dict | None = None  # programs with a V/A source: experiments.va_source.regime_va_results
+    va: dict | None = None  # programs with a V/A source: experiments.harness.va_source.regime_va_results
 
     def to_json(self) -> dict:
         return {
@@ -225,7 +225,7 @@ def train_logic(
             mark_trained(m, f"fine-tuned in {name}", cfg.dataset)
     va = None
     if uses_va:
-        from experiments.va_source import regime_va_results
+        from experiments.harness.va_source import regime_va_results
 
         va = regime_va_results(pred, model.rule_table(), data)
     return RegimeResult(

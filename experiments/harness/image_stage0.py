@@ -7,7 +7,7 @@
   as they are otherwise; on request a random init trained on those crops
   (``--face-init scratch``) or a predicate from ``emologic train-face``;
 - valence/arousal regressor (only for programs with a VA source) on the
-  valence/arousal annotations (:mod:`experiments.va_source`);
+  valence/arousal annotations (:mod:`experiments.harness.va_source`);
 - every other network of the program that reads a registered cached feature
   (:mod:`pipelines.feature_registry`, e.g. a plug-in's): built with
   ``get_network(name)`` and trained like the scene head, as a classifier of the
@@ -30,13 +30,12 @@ from experiments.harness.image_data import ExperimentData
 from experiments.harness.fitting import fit_classifier, recalibrate_batchnorm, train_feature_head
 from experiments.metrics import classification_metrics
 from experiments.runs import atomic_write_json
-from neural.errors import UserError
+from neural.common import EMOTIONS, FACE_SLOTS, UserError, emotion_index
 from neural.face import FaceEmotionNet
 from neural.provenance import mark_trained
 from neural.registry import get_network, load_network, save_network
 from neural.scene import Scene2EmotionNet, SceneBackbone
 from neural.va import VARegressor
-from neural.vocabulary import EMOTIONS, FACE_SLOTS, emotion_index
 
 
 @dataclass
@@ -201,7 +200,7 @@ def train_stage0(cfg: HarnessConfig, data: ExperimentData, seed: int, needs_va: 
     # -- valence/arousal -------------------------------------------------------
     va = None
     if needs_va:
-        from experiments.va_source import train_va_stage0
+        from experiments.harness.va_source import train_va_stage0
 
         va, metrics[VARegressor.registry_name] = train_va_stage0(cfg, data, seed, log=log)
 

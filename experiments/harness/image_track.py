@@ -29,9 +29,8 @@ from experiments.harness.track import Track, log, skipped_summary
 from experiments.runs import RunState, atomic_write_json
 from logic.engines import engine_class
 from logic.program import Program, available_programs, load_program
-from neural.errors import UserError
+from neural.common import FACE_SLOTS, UserError
 from neural.registry import save_network
-from neural.vocabulary import FACE_SLOTS
 from pipelines.feature_registry import check_program_features
 from pipelines.pipeline import feature_provenance
 
@@ -151,7 +150,7 @@ class ImageTrack(Track):
             "skipped": skipped_summary(data.skipped, "images"),
         }
         if any(slot in self.program.tensor_networks for slot in FACE_SLOTS):  # the program reads faces
-            from experiments.face_zero_shot import face_reading
+            from experiments.harness.face_zero_shot import face_reading
 
             out["face_reading"] = face_reading(data, next(iter(stage0s.values())).face_net)
         return out

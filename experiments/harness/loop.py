@@ -24,7 +24,7 @@ from pathlib import Path
 
 from experiments.harness.config import HarnessConfig
 from experiments.harness.track import Track, log, stage0, track_class
-from experiments.resume import check_resumable
+from experiments.harness.resume import check_resumable
 from experiments.runs import (
     RunState,
     atomic_write_json,
@@ -39,7 +39,7 @@ from experiments.runs import (
     write_resolved_config,
 )
 from experiments.tensorboard import TBLogger
-from neural.errors import UserError
+from neural.common import UserError
 
 
 def open_run(cfg: HarnessConfig, argv: list[str], resume: str | None) -> tuple[Path, RunState, str]:
@@ -80,7 +80,7 @@ def run_units(track: Track, state: RunState, run_dir: Path, timings: dict, tb, s
     then every unfinished (regime, seed) unit, each saved and marked done as it finishes,
     so Ctrl-C keeps them for ``--resume``. Returns the stage-0 networks by their seed (as a string).
 
-    ``sweep`` (:class:`experiments.sweep.RaySweep`): the units run as Ray tasks
+    ``sweep`` (:class:`experiments.harness.sweep.RaySweep`): the units run as Ray tasks
     (:func:`remote_unit` on the track), and so does the training of stage 0
     (:func:`remote_stage0`) where none is there to load.
     """
@@ -122,12 +122,12 @@ def run_units(track: Track, state: RunState, run_dir: Path, timings: dict, tb, s
 
 
 def remote_stage0(track: Track, seed: int):
-    """Stage 0 of ``seed`` on a Ray worker (:mod:`experiments.sweep`); the driver saves it."""
+    """Stage 0 of ``seed`` on a Ray worker (:mod:`experiments.harness.sweep`); the driver saves it."""
     return track.train_stage0(seed)
 
 
 def remote_unit(track: Track, stage0, regime: str, seed: int, unit_dir: Path, tb_dir: Path, device: str):
-    """One unit on a Ray worker (:mod:`experiments.sweep`), with its own TensorBoard log."""
+    """One unit on a Ray worker (:mod:`experiments.harness.sweep`), with its own TensorBoard log."""
     with TBLogger(tb_dir) as tb:
         return track.run_unit(regime, seed, stage0, None, unit_dir, tb)
 
@@ -153,7 +153,7 @@ def _abandon(run_dir: Path, exc: BaseException) -> None:
 def run(cfg: HarnessConfig, argv: list[str], resume: str | None = None, sweep=None) -> Path:
     """The whole comparison on the data set's track.
 
-    ``sweep``: a :class:`experiments.sweep.RaySweep` runs the units on Ray (same run directory)."""
+    ``sweep``: a :class:`experiments.harness.sweep.RaySweep` runs the units on Ray (same run directory)."""
     _OPENED.clear()
     try:
         return _run(cfg, argv, resume, sweep)
@@ -195,7 +195,7 @@ def write_plots(results: dict, run_dir: Path) -> dict[str, str]:
     import numpy as np
 
     from experiments.reports.plots import plot_confusions, plot_drift, plot_source_trajectories, plot_training_curves
-    from neural.vocabulary import EMOTIONS
+    from neural.common import EMOTIONS
 
     out = run_dir / "plots"
     confusions = {

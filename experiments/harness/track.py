@@ -128,7 +128,7 @@ def stage0(track: Track, seed: int, directory: Path, train: bool = True, trained
     stage 0 is deterministic in it).
 
     ``train=False``: ``None`` where they would be trained; ``trained``: networks
-    trained elsewhere (a Ray worker, :mod:`experiments.sweep`), saved as these."""
+    trained elsewhere (a Ray worker, :mod:`experiments.harness.sweep`), saved as these."""
     if trained is None:
         found = track.load_stage0(directory)
         if found is not None:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from experiments.query.results import is_uniform
-from neural.files import atomic_write_bytes
+from neural.common import atomic_write_bytes
 from pipelines.images import DEFAULT_MAX_PIXELS
 
 #: Annotated pictures are upscaled by an integer factor until their short side reaches this.

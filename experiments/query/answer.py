@@ -17,8 +17,7 @@ import torch
 
 from experiments.query.annotate import annotate_image
 from experiments.query.results import Face, QueryError, QueryResult
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS, FACE_SLOTS
+from neural.common import EMOTIONS, FACE_SLOTS, UserError
 
 
 def process(pipeline, samples) -> tuple[list, list]:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from neural.errors import UserError
+from neural.common import UserError
 
 SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")
 ANSWER_PREFIX = "  answer   "

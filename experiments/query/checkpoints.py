@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experiments.regimes import REGIMES
 from experiments.runs import load_state, resolve_run
-from neural.errors import UserError
+from neural.common import UserError
 
 #: Regimes whose checkpoints hold no program (nothing to explain).
 NON_LOGIC_REGIMES = tuple(name for name, r in REGIMES.items() if not r.logic)

@@ -49,8 +49,7 @@ from typing import Iterator, Sequence
 from experiments.query.answer import answer_chunk
 from experiments.query.checkpoints import locate_checkpoint, synthetic_root
 from experiments.query.results import QueryError, QueryResult, expand_inputs
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, UserError
 
 FACE_SOURCES = ("mtcnn", "annotations")
 DEFAULT_PROGRAM = "context_selection"

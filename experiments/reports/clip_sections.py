@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from experiments.reports.tables import (DASH, dig, fmt_number, fmt_stat, is_clip, markdown_table, mean_row,
                                         mean_table, ordered_regimes, paired_difference, seed_count, single, stat,
                                         text_table)
-from neural.vocabulary import EMOTIONS, SENTIMENTS
+from neural.common import EMOTIONS, SENTIMENTS
 
 
 #: Clip-run columns: (path in a seed's result, title).

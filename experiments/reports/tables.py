@@ -30,7 +30,7 @@ from typing import Any
 
 from experiments.metrics import mean_std
 from experiments.regimes import regime_names
-from neural.vocabulary import SOURCES
+from neural.common import SOURCES
 
 
 #: The regimes in the order they are reported; others follow alphabetically.

@@ -1,6 +1,6 @@
 """The report's valence/arousal section and console lines (programs with a V/A source).
 
-Reads what :mod:`experiments.va_source` put in ``results.json``: stage-0 V/A
+Reads what :mod:`experiments.harness.va_source` put in ``results.json``: stage-0 V/A
 metrics (val, test), each regime's test V/A metrics and circumplex table, its
 error against the generator's, and the learned trust in the ``va`` source per
 context against the generator's (synthetic).

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from experiments.runs import atomic_write_json
 from neural.gradcam import Explanation, GradCamError, explain, save_panel
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 
 @dataclass

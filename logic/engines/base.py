@@ -14,7 +14,7 @@ so the model never asks which engine it holds:
 
 Engines are registered by name (:func:`register_engine`) and built with
 :func:`make_engine`; an unknown name, or an option the engine does not have,
-is a :class:`~neural.errors.UserError` naming the known ones.
+is a :class:`~neural.common.UserError` naming the known ones.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 from problog.logic import Term
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import UserError
 
 #: the sample placeholder every query is written with (``emotion(img, n0, happy)``)
 PLACEHOLDER = Term("img")

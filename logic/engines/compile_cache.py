@@ -141,7 +141,7 @@ def load_or_build(name: str, text: str, options, build: Callable[[], T], kind: t
     if found is not None:
         return found
     compiled = build()
-    from neural.files import atomic_write_bytes
+    from neural.common import atomic_write_bytes
 
     try:
         data = _dumps({"key": key, "compiled": compiled})

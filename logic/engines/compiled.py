@@ -24,7 +24,7 @@ from logic.engines.compile_cache import load_or_build
 from logic.engines.cone import KeyedCone, PackedLeaves
 from logic.engines.rule_logits import RuleLogits
 from logic.program import Program
-from neural.errors import UserError
+from neural.common import UserError
 
 #: How answers are evaluated: per-sample cones (numba), or KLay's whole circuit
 #: for answers without gradients (see CompiledEngine._answers).

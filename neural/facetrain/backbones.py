@@ -2,7 +2,7 @@
 
 Every model built here has the face predicate's interface:
 ``forward(x)`` with ``x`` = [B, 1, 64, 64] grayscale in [-1, 1] -> probabilities
-[B, 7] in :data:`neural.vocabulary.EMOTIONS` order, and ``logits(x)``. Each is a
+[B, 7] in :data:`neural.common.EMOTIONS` order, and ``logits(x)``. Each is a
 registered network (:mod:`neural.registry`), so its checkpoint directory
 (``weights.safetensors`` + ``config.json``) rebuilds itself.
 
@@ -39,10 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural.errors import UserError
+from neural.common import N_EMOTIONS, UserError
 from neural.face import FACE_SIZE, FaceEmotionConfig, FaceEmotionNet
 from neural.registry import load_network, register
-from neural.vocabulary import N_EMOTIONS
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from neural.configs import strict_config
-from neural.errors import UserError
+from neural.common import UserError, strict_config
 
 
 class FaceTrainConfigError(UserError, ValueError):

@@ -44,7 +44,7 @@ from neural.facetrain.recipe import (
     mixed_loss,
     set_backbone_trainable,
 )
-from neural.vocabulary import EMOTIONS, N_EMOTIONS
+from neural.common import EMOTIONS, N_EMOTIONS
 
 HISTORY_KEYS = (
     "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from neural.files import atomic_write_bytes
+from neural.common import atomic_write_bytes
 from pipelines.datasets.base import DatasetError
 from pipelines.datasets.synthetic import VA_CENTRES
 from pipelines.datasets.synthetic_draw import FACE_ASPECT, SUPERSAMPLE, FaceStyle, draw_face

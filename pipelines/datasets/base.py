@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, UserError
 
 #: Directory of the editable label-mapping tables shipped with emologic.
 MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"

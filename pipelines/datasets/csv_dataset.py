@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets.base import Dataset, DatasetError, Sample, load_mapping, read_csv_table, register_dataset, resolve_label
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS, assign_splits
 

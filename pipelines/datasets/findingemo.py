@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets.base import (
     Dataset,
     DatasetError,

@@ -17,7 +17,7 @@ Sentiment, Dialogue_ID, Utterance_ID, Season, Episode, StartTime, EndTime``.
 - Emotions (neutral, joy, sadness, anger, surprise, fear, disgust) map to the
   seven basic emotions through an editable table (default
   ``pipelines/mappings/meld_to_basic.csv``); sentiments (negative, neutral,
-  positive) become an index into :data:`neural.vocabulary.SENTIMENTS`.
+  positive) become an index into :data:`neural.common.SENTIMENTS`.
 - Splits: MELD's dev is ``val``, test is ``test``; train is cut into ``pretrain``
   (stage-0 training of the networks) and ``train`` (the logic) with
   :func:`pipelines.splits.assign_splits` -- stratified by emotion, from the ids
@@ -37,8 +37,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from neural.vocabulary import SENTIMENTS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, SENTIMENTS
 from pipelines.datasets.base import (
     Dataset,
     DatasetError,

@@ -39,9 +39,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from neural.files import atomic_write_bytes
+from neural.common import EMOTIONS, FACE_SLOTS, MAX_FACES, atomic_write_bytes
 from neural.processes import die_with_parent
-from neural.vocabulary import EMOTIONS, FACE_SLOTS, MAX_FACES
 from pipelines.context import context_key, relative_face_size
 from pipelines.datasets.base import Dataset, DatasetError, Sample, register_dataset
 from pipelines.datasets.synthetic_config import (

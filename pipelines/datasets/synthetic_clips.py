@@ -67,9 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from neural.files import atomic_write_bytes
-from neural.vocabulary import SENTIMENTS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, SENTIMENTS, atomic_write_bytes
 from pipelines.datasets.base import DatasetError, register_dataset
 from pipelines.datasets.synthetic_clips_draw import (
     TONES,

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from neural.vocabulary import SENTIMENTS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, SENTIMENTS
 from pipelines.datasets.base import DatasetError
 
 

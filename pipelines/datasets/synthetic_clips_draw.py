@@ -26,8 +26,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image, ImageDraw
 
-from neural.errors import UserError
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, UserError
 from pipelines.datasets.synthetic_draw import (
     FACE_ASPECT,
     SUPERSAMPLE,

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from neural.vocabulary import SENTIMENTS
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS, SENTIMENTS
 from pipelines.datasets.synthetic_clips_draw import TONES
 
 from pipelines.datasets.synthetic_clips_config import (

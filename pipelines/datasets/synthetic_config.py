@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from neural.vocabulary import MAX_FACES, SOURCES
+from neural.common import MAX_FACES, SOURCES
 from pipelines.context import CONTEXTS, DEFAULT_LARGE_FACE
 from pipelines.datasets.base import DatasetError
 from pipelines.splits import DEFAULT_SPLIT_FRACTIONS, SplitError, check_fractions

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 from pipelines.datasets.synthetic_faces import EXPRESSIONS, FaceStyle, draw_face, face_style  # noqa: F401  (re-exported)
 
 SUPERSAMPLE = 2

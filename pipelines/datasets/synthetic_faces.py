@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ImageDraw
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 RGB = tuple[int, int, int]
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from neural.va import AROUSAL_BINS, VALENCE_BINS, VABinsConfig
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 #: Circumplex centre (valence, arousal) of each emotion, both in [-1, 1].
 VA_CENTRES: dict[str, tuple[float, float]] = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.runs import config_fingerprint
-from neural.errors import UserError
+from neural.common import UserError
 from neural.temporal_va import TemporalHeadConfig
 
 

@@ -16,7 +16,7 @@ from experiments.runs import atomic_write_json, atomic_write_text
 from experiments.tools.temporal_va.config import TemporalVAConfig
 from experiments.tools.temporal_va.inputs import Inputs, coverage_windows
 from experiments.va_metrics import va_metrics
-from neural.errors import UserError
+from neural.common import UserError
 from neural.temporal_va import clip_va
 from pipelines.datasets.afewva import Clip
 

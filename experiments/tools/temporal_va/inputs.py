@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from experiments.tools.temporal_va.config import TemporalVAConfig
-from neural.errors import UserError
+from neural.common import UserError
 from pipelines.datasets.afewva import AfewVADataset, Clip
 
 

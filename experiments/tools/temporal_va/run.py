@@ -15,7 +15,7 @@ from experiments.tools.temporal_va.evaluate import evaluate
 from experiments.tools.temporal_va.inputs import (FeatureInputs, FrameInputs, Inputs, extract_features,
                                                   feature_pipeline_config, load_features)
 from experiments.tools.temporal_va.train import fit, resolve_device
-from neural.errors import UserError
+from neural.common import UserError
 from neural.temporal_va import load_checkpoint
 from pipelines.datasets.afewva import Clip, load_afewva
 

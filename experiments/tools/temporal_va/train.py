@@ -15,7 +15,7 @@ from experiments.runs import atomic_write_json
 from experiments.tools.temporal_va.config import TemporalVAConfig
 from experiments.tools.temporal_va.evaluate import predict_clips, score_predictions
 from experiments.tools.temporal_va.inputs import Inputs, sample_batch
-from neural.errors import UserError
+from neural.common import UserError
 from neural.temporal_va import TRAINER_FILE, save_checkpoint
 from pipelines.datasets.afewva import Clip
 

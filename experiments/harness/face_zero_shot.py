@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural.vocabulary import EMOTIONS
+from neural.common import EMOTIONS
 
 #: Crops per forward pass: mini-XCEPTION at 64 px is small, this bounds memory.
 _BATCH = 512

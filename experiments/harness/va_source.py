@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.va_metrics import va_metrics
-from neural.errors import UserError
+from neural.common import UserError
 from neural.provenance import mark_trained
 from neural.registry import get_network
 from neural.va import VARegressor

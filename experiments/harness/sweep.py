@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from neural.cluster import connect_ray
-from neural.files import atomic_write_bytes
+from neural.common import atomic_write_bytes
 
 #: Called in the worker with (regime, seed) after the unit trained, before it returns (fault injection in tests).
 UnitHook = Callable[[str, int], None]
