@@ -12,3 +12,19 @@ def numbers(obj):
             yield from numbers(v)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         yield obj
+
+
+def interrupt_at(monkeypatch, regime_name: str):
+    """Make the image track raise ``KeyboardInterrupt`` (Ctrl-C) when it reaches ``regime_name``;
+    the other regimes run as usual. Returns the real ``ImageTrack.run_regime``, to put back."""
+    from experiments.harness.image_track import ImageTrack
+
+    real = ImageTrack.run_regime
+
+    def interrupt(self, regime, *args, **kwargs):
+        if regime.name == regime_name:
+            raise KeyboardInterrupt
+        return real(self, regime, *args, **kwargs)
+
+    monkeypatch.setattr(ImageTrack, "run_regime", interrupt)
+    return real

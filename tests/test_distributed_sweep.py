@@ -13,6 +13,7 @@ from experiments.harness import loop as harness
 from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from experiments.runs import load_state
+from tests.run_helpers import interrupt_at
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore:SceneBackbone")
@@ -103,14 +104,7 @@ def test_serial_interruption_resumed_on_ray(shared, serial, tmp_path, monkeypatc
     from experiments.harness.sweep import RaySweep
 
     cfg = tiny(shared, tmp_path / "runs")
-    real = ImageTrack.run_regime
-
-    def interrupt(self, regime, *args, **kwargs):
-        if regime.name == "joint":
-            raise KeyboardInterrupt
-        return real(self, regime, *args, **kwargs)
-
-    monkeypatch.setattr(ImageTrack, "run_regime", interrupt)
+    real = interrupt_at(monkeypatch, "joint")
     with pytest.raises(KeyboardInterrupt):
         run(cfg, argv=[])
     monkeypatch.setattr(ImageTrack, "run_regime", real)

@@ -11,7 +11,7 @@ from experiments.harness.image_track import ImageTrack
 from experiments.harness.config import HarnessConfig
 from experiments.harness import run
 from experiments.runs import load_state
-from tests.run_helpers import numbers
+from tests.run_helpers import interrupt_at, numbers
 
 REGIMES = ("frozen", "joint", "uniform_rules", "late_fusion")
 
@@ -99,14 +99,7 @@ def test_same_seed_gives_identical_results(finished, tmp_path):
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, regimes=["frozen", "joint"])
-    real = ImageTrack.run_regime
-
-    def interrupt(self, regime, *args, **kwargs):
-        if regime.name == "joint":
-            raise KeyboardInterrupt
-        return real(self, regime, *args, **kwargs)
-
-    monkeypatch.setattr(ImageTrack, "run_regime", interrupt)
+    real = interrupt_at(monkeypatch, "joint")
     with pytest.raises(KeyboardInterrupt):
         run(cfg, argv=[])
     run_dir = next((tmp_path / "runs").glob("2*"))
