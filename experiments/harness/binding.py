@@ -14,7 +14,7 @@ from torch import nn
 
 from cache.batch import Batch
 from experiments.harness.image_stage0 import Predicates
-from logic.given import Given, GivenSlice
+from logic.given import given_networks
 from logic.program import Program
 from neural.provenance import provenance_of, source_provenance
 from neural.registry import get_network
@@ -71,7 +71,7 @@ class Binding:
                 out[src] = torch.cat([self.networks[n](x) for n in nets], 1)
                 continue
             present = prepared.present(src)
-            t = torch.full((len(prepared), len(self.program.domain_of(nets[0]))), float("nan"))
+            t = torch.full((len(prepared), self.program.sources[src].width), float("nan"))
             if present.any():
                 t[present] = self.networks[nets[0]](prepared.tensors[src][present]).float()
             out[src] = t
@@ -106,16 +106,7 @@ class FrozenBinding:
 
     def __init__(self, binding: Binding, splits: dict):
         self.program = binding.program
-        self.networks: dict[str, nn.Module] = {}
-        for nets in self.program.tensor_networks.values():
-            start = 0
-            for net in nets:
-                if len(nets) == 1:
-                    self.networks[net] = Given()
-                else:
-                    end = start + len(self.program.domain_of(net))
-                    self.networks[net] = GivenSlice(start, end)
-                    start = end
+        self.networks: dict[str, nn.Module] = given_networks(self.program)
         self.rows: dict[str, int] = {}
         outputs: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():

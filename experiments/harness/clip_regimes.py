@@ -4,7 +4,7 @@
               the source's recipe (:func:`neural.multimodal_training.train_fusion`): both heads,
               class-weighted cross-entropy with label smoothing, differential learning rates,
               gradient clipping, ReduceLROnPlateau, the best validation epoch kept
-    frozen    the two heads' outputs computed once per clip and bound through ``GivenSlice``;
+    frozen    the two heads' outputs computed once per clip and bound through ``logic.given.given_networks``;
               only the rule parameters learn (the polarity table and the sentiment sources)
     joint     rules and the fusion net's trainable parts (projections, fusion layer, heads)
               learn together through the logic's loss ``model.nll`` (-log P(label(clip,
@@ -45,7 +45,7 @@ from experiments.harness.config import HarnessConfig
 from experiments.regimes import Regime
 from experiments.metrics import classification_metrics, confusion, table_error
 from logic.model import ClipInputs, LogicModel
-from logic.given import GivenSlice
+from logic.given import given_networks
 from logic.program import Program
 from neural.multimodal import FusionHead, MultimodalEmotionHead, MultimodalFusionNet, MultimodalSentimentHead
 from neural.multimodal_recipe import (
@@ -69,19 +69,9 @@ def logic_model(cfg: HarnessConfig, program: Program, networks: dict) -> LogicMo
     return LogicModel(program, networks, engine=cfg.engine, param_lr=cfg.rule_lr)
 
 
-def bound_heads(program: Program, net: MultimodalFusionNet | None) -> dict[str, nn.Module]:
-    """The program's networks bound to the fusion net's heads (``net``), or, with ``net=None``,
-    to slices of the heads' outputs side by side in the program's order (:func:`head_outputs`)."""
-    out, start = {}, 0
-    for nets in program.tensor_networks.values():
-        for name in nets:
-            if net is not None:
-                out[name] = FusionHead(net, HEADS[name])
-            else:
-                end = start + len(program.domain_of(name))
-                out[name] = GivenSlice(start, end)
-                start = end
-    return out
+def bound_heads(program: Program, net: MultimodalFusionNet) -> dict[str, nn.Module]:
+    """The program's networks bound to the fusion net's heads."""
+    return {name: FusionHead(net, HEADS[name]) for nets in program.tensor_networks.values() for name in nets}
 
 
 # --------------------------------------------------------------------------- #
@@ -390,6 +380,7 @@ def run_regime(regime: Regime, cfg: HarnessConfig, data: ClipExperimentData, fea
     else:
         heads = [HEADS[n] for nets in program.tensor_networks.values() for n in nets]
         x = {s: head_outputs(net, feats[s], heads) for s in splits}
-        model = logic_model(cfg, program, bound_heads(program, None))
+        # the heads' outputs side by side, in the source table's columns (head_outputs keeps that order)
+        model = logic_model(cfg, program, given_networks(program))
     return train_clip_logic(regime.name, cfg, data, feats, x, model, net, seed, train_net=regime.train_networks,
                             log=log, tb=tb)

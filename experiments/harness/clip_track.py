@@ -42,6 +42,7 @@ from experiments.harness.config import HarnessConfig
 from experiments.regimes import Regime, get_regime
 from experiments.harness.track import Track, log, skipped_summary
 from experiments.runs import RunState, atomic_write_json, config_fingerprint
+from logic.given import given_networks
 from logic.program import Program, available_programs, load_program
 from neural.common import UserError
 from neural.multimodal import MultimodalFusionNet
@@ -106,7 +107,7 @@ class ClipTrack(Track):
 
     @classmethod
     def config_problems(cls, cfg: HarnessConfig) -> list[str]:
-        from logic.engines import ENGINES
+        from logic.engines import ENGINES, batched_engines
 
         problems = []
         if cfg.dataset == "meld" and not cfg.data_root:
@@ -117,8 +118,7 @@ class ClipTrack(Track):
             problems.append("--batch-size must be >= 2 for clips (the fusion layer has BatchNorm)")
         engine = ENGINES.get(cfg.engine)
         if engine is not None and not engine.batched and any(get_regime(r).train_networks for r in cfg.regimes):
-            batched = ", ".join(n for n, e in ENGINES.items() if e.batched)
-            problems.append(f"the joint regime on clips needs --engine {batched}: the {cfg.engine} engine runs "
+            problems.append(f"the joint regime on clips needs --engine {batched_engines()}: the {cfg.engine} engine runs "
                             "the fusion net one clip at a time, and its BatchNorm cannot train on one clip "
                             f"(--engine {cfg.engine} --regimes frozen works)")
         if cfg.clip_frames < 1 or cfg.clip_seconds <= 0:
@@ -206,7 +206,7 @@ class ClipTrack(Track):
     # -- results ----------------------------------------------------------------
     def starting_rules(self) -> dict:
         """The rule parameters every regime starts from (``--rule-init``), and their polarity-table error."""
-        model = logic_model(self.cfg, self.program, clip_regimes.bound_heads(self.program, None))
+        model = logic_model(self.cfg, self.program, given_networks(self.program))
         model.reset_rules(self.cfg.rule_init)
         table = model.polarity_table()
         return {"kind": self.cfg.rule_init, "polarity_table": table, "sentiment_sources": model.sentiment_sources(),

@@ -208,13 +208,12 @@ class HarnessConfig(ClipConfig, ImageConfig, SharedConfig):
             from neural.cluster import resolve_device
 
             resolve_device(cfg.device)  # one line when that device is not here
-            from logic.engines import ENGINES
+            from logic.engines import ENGINES, batched_engines
 
             engine = ENGINES.get(cfg.engine)
             if engine is not None and engine.cpu_only:
-                batched = ", ".join(n for n, e in ENGINES.items() if e.batched)
                 problems.append(f"--engine {cfg.engine} runs on the CPU only ({engine.placement}); "
-                                f"use --device cpu or --engine {batched}")
+                                f"use --device cpu or --engine {batched_engines()}")
         if problems:
             raise UserError("; ".join(problems))
 

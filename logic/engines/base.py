@@ -158,6 +158,11 @@ def register_engine(cls: type[Engine]) -> type[Engine]:
     return cls
 
 
+def batched_engines() -> str:
+    """The engines that evaluate whole batches, as a user-facing list ("compiled")."""
+    return ", ".join(name for name, cls in ENGINES.items() if cls.batched)
+
+
 def engine_options(cls: type[Engine]) -> list[str]:
     params = inspect.signature(cls.compile).parameters.values()
     return [p.name for p in params if p.kind is p.KEYWORD_ONLY or (p.default is not p.empty and p.kind is p.POSITIONAL_OR_KEYWORD)]
