@@ -29,12 +29,13 @@ class Command:
     example: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    numeric_setup: bool = True  # flush denormals first (training); False for commands that may never import torch
 
 
 _COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, example: str, configure: Callable | None = None):
+def command(name: str, help: str, example: str, configure: Callable | None = None, numeric_setup: bool = True):
     """Register the decorated ``run(args) -> int`` as the command ``name``.
 
     ``configure(parser)`` adds the command's arguments; ``example`` is shown at the
@@ -47,7 +48,7 @@ def command(name: str, help: str, example: str, configure: Callable | None = Non
     """
 
     def deco(run):
-        _COMMANDS[name] = Command(name, help, example, configure or (lambda p: None), run)
+        _COMMANDS[name] = Command(name, help, example, configure or (lambda p: None), run, numeric_setup)
         return run
 
     return deco
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
-    flush_denormals()  # before torch starts its threads (neural/compute.py)
+    if _COMMANDS[args.command].numeric_setup:
+        flush_denormals()  # before torch starts its threads (neural/compute.py)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -24,13 +24,12 @@ import torch
 from torch import nn
 
 from neural.common import N_EMOTIONS, UserError, sha256_file
+from neural.image_input import IMAGENET_MEAN, IMAGENET_STD, scene_pixels  # noqa: F401 (re-exported)
 from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.registry import register
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_DIM = 512
 LAYER3_CHANNELS = 256
 
@@ -52,7 +51,7 @@ def _read_checkpoint(weights: str) -> tuple[object, str]:
     if weights.startswith(("http://", "https://")):
         from urllib.parse import urlparse
 
-        from neural.fer_weights import cache_dir
+        from neural.common import cache_dir
 
         model_dir = cache_dir() / "hub"
         try:
@@ -182,27 +181,9 @@ class SceneBackbone(nn.Module):
 
 
 def preprocess(pil_image, size: int = 224) -> torch.Tensor:
-    """A PIL image -> [3, size, size], resized (no crop) and ImageNet-normalised.
-
-    Alpha is composited on white; 16-bit and float grayscale are rescaled to
-    8 bits before conversion (PIL would otherwise clip them).
-    """
-    import numpy as np
-    from PIL import Image
-    from torchvision.transforms import functional as TF
-
-    img = pil_image
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() if arr.size else 0.0
-        scale = 255.0 / top if top > 255 else 1.0
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
+    """A PIL image -> [3, size, size], resized (no crop) and ImageNet-normalised
+    (:func:`neural.image_input.scene_pixels`, as a tensor)."""
+    return torch.from_numpy(scene_pixels(pil_image, size))
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from neural.common import MAX_FACES
 
@@ -42,35 +41,44 @@ def context_key(n_faces: int, largest_size: float | None, threshold: float = DEF
     return f"n{n_faces}_{bucket}"
 
 
-def batch_context_codes(
-    face_boxes: torch.Tensor,
-    face_mask: torch.Tensor,
-    image_size: torch.Tensor,
-    threshold: float = DEFAULT_LARGE_FACE,
-) -> torch.Tensor:
-    """Context of each image of a batch as an index into :data:`CONTEXTS`: [B] long.
+def context_codes(boxes: np.ndarray, mask: np.ndarray, image_size: np.ndarray,
+                  threshold: float = DEFAULT_LARGE_FACE) -> np.ndarray:
+    """Context of each image as an index into :data:`CONTEXTS`: [B] int64 (numpy, no torch).
 
-    face_boxes: [B, 3, 4] (x1, y1, x2, y2) pixels, NaN where absent
-    face_mask:  [B, 3] bool, slot exists
+    boxes: [B, 3, 4] (x1, y1, x2, y2) pixels, NaN where absent
+    mask:  [B, 3] bool, slot exists
     image_size: [B, 2] (width, height)
     """
-    # numpy: a dozen small operations, a few times cheaper than torch's
-    boxes = face_boxes.detach().cpu().numpy().astype(np.float64)
-    mask = face_mask.cpu().numpy()
-    size = image_size.cpu().numpy().astype(np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    size = np.asarray(image_size, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
     wh = np.maximum(boxes[..., 2:] - boxes[..., :2], 0)  # [B, 3, 2]; NaN where absent
     area = wh[..., 0] * wh[..., 1] / (size[:, 0] * size[:, 1])[:, None]
     largest = np.where(mask, np.sqrt(area), -1.0).max(axis=1)  # [B]; -1 without faces
     n = mask.sum(axis=1)
     # CONTEXTS = n0, n1_small, n1_large, n2_small, ...
-    codes = np.where(n == 0, 0, 1 + 2 * (n - 1) + (largest >= threshold))
-    return torch.from_numpy(codes.astype(np.int64)).to(face_mask.device)
+    return np.where(n == 0, 0, 1 + 2 * (n - 1) + (largest >= threshold)).astype(np.int64)
+
+
+def batch_context_codes(
+    face_boxes,
+    face_mask,
+    image_size,
+    threshold: float = DEFAULT_LARGE_FACE,
+):
+    """:func:`context_codes` of a batch's tensors, as a [B] long tensor on the mask's device."""
+    import torch
+
+    # numpy: a dozen small operations, a few times cheaper than torch's
+    codes = context_codes(face_boxes.detach().cpu().numpy(), face_mask.cpu().numpy(), image_size.cpu().numpy(),
+                          threshold)
+    return torch.from_numpy(codes).to(face_mask.device)
 
 
 def batch_context_keys(
-    face_boxes: torch.Tensor,
-    face_mask: torch.Tensor,
-    image_size: torch.Tensor,
+    face_boxes,
+    face_mask,
+    image_size,
     threshold: float = DEFAULT_LARGE_FACE,
 ) -> list[str]:
     """Context keys of a batch (vectorised :func:`context_key`); arguments as

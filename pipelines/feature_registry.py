@@ -27,8 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-import torch
-
 from neural.common import UserError
 from neural.provenance import Provenance
 
@@ -62,6 +60,8 @@ class FeatureSpec:
 
     def check_output(self, out, n: int) -> torch.Tensor:
         """``out`` as the cache stores it ([n, *shape] float32 on the CPU), or a one-line error."""
+        import torch  # here: the registry is read by torch-free code (pipelines.config, the served query)
+
         if not isinstance(out, torch.Tensor):
             raise UserError(f"feature {self.name!r}: its extractor returned {type(out).__name__}, not a tensor")
         want = (n, *self.shape)

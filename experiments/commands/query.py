@@ -45,6 +45,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse images with more pixels than this, before decoding them (decompression bombs; "
                         f"default: {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto (default): answer from the model's served copy (ONNX networks and numpy logic, no "
+                        "torch: fast start), built with torch on the model's first query; torch for programs a "
+                        "copy cannot serve. onnx: insist on the copy. torch: the torch networks and logic model")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line per input ({'input', 'error'} for a failed one)")
     p.add_argument("--annotate", default=None, metavar="OUT_DIR",
@@ -91,9 +95,10 @@ def format_result(r, min_face_size: int | None = None) -> list[str]:
          "context, which source it trusted",
     example="emologic query photo.jpg photos/ --top 3 --annotate annotated/",
     configure=_configure,
+    numeric_setup=False,  # answers only: no torch threads to set up (a served copy never imports torch)
 )
 def run(args: argparse.Namespace) -> int:
-    from experiments.query.program import open_program
+    from experiments.query.open_program import open_program
     from experiments.query.results import QueryError
     from neural.provenance import describe_sources
 
@@ -101,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-pixels must be positive, got {args.max_pixels}")
     tp = open_program(args.run, prior=args.prior, runs_root=args.runs_dir, regime=args.regime, seed=args.seed,
                       program=args.program, scene_weights=args.scene_weights, face_weights=args.face_weights,
-                      max_pixels=args.max_pixels)
+                      max_pixels=args.max_pixels,
+                      runtime="torch" if args.face_source == "annotations" and args.runtime == "auto" else args.runtime)
     tp.pipeline(args.face_source)  # scene weights and detector load (or fail) before the header promises them
+    if getattr(tp, "note", None):
+        print(f"emologic query: {tp.note}", file=sys.stderr, flush=True)
     header = f"{tp.describe()} | faces from {args.face_source}"
     print(header, file=sys.stderr if args.json else sys.stdout, flush=True)
     if not args.json:  # where each source's knowledge came from, once (JSON: the "model" record)

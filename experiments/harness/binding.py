@@ -77,10 +77,19 @@ class Binding:
             out[src] = t
         return out
 
+    def feeds(self) -> dict[str, str]:
+        """Source -> the cached tensor it is filled from (before the V/A regressor, if any):
+        its own, except a scene source read through the trained layer4, which reads layer3."""
+        out = {src: self.program.sources[src].feature for src in self.program.tensor_networks}
+        if self.pred.scene_layer4 is not None:
+            out[self.layer4_source] = f"{self.layer4_source}_layer3"
+        return out
+
     def prepare(self, batch: Batch) -> Batch:
         tensors = dict(batch.tensors)
-        if self.pred.scene_layer4 is not None:
-            tensors[self.layer4_source] = tensors[f"{self.layer4_source}_layer3"]
+        for src, feature in self.feeds().items():
+            if feature != src:
+                tensors[src] = tensors[feature]
         if self.uses_va:
             from neural.va import va_predicate_input
 

@@ -93,7 +93,7 @@ def first_answer_seconds(photo: Path, run: str | None, timeout: float = 300.0) -
 
 
 def folder_images_per_s(images: list[Path], run: str | None, passes: int = 2) -> dict:
-    from experiments.query.program import open_program
+    from experiments.query.open_program import open_program
     from experiments.query.results import QueryError
 
     tp = open_program(run, prior=run is None)

@@ -44,12 +44,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from experiments.query.answer import answer_chunk
+from experiments.query.base import AnsweringProgram
 from experiments.query.checkpoints import locate_checkpoint, synthetic_root
-from experiments.query.results import QueryError, QueryResult, expand_inputs
-from neural.common import EMOTIONS, UserError
+from neural.common import UserError
 
 FACE_SOURCES = ("mtcnn", "annotations")
 DEFAULT_PROGRAM = "context_selection"
@@ -92,7 +90,7 @@ def _quiet_random_scene_backbone():
         logger.removeFilter(keep)
 
 
-class TrainedProgram:
+class TrainedProgram(AnsweringProgram):
     """A program bound to its networks and trust, ready to answer queries: a
     trained run's (:meth:`load`) or the untrained program (:meth:`prior`)."""
 
@@ -118,6 +116,7 @@ class TrainedProgram:
         else:
             self.model.load_rules(rules)
         self.model.eval()
+        self.stored_pipeline_config = pipeline_config  # the run's (or the prior's), what a served copy keeps
         if max_pixels is not None:
             pipeline_config = dataclasses.replace(pipeline_config, max_pixels=max_pixels)
         self.pipeline_config = pipeline_config
@@ -141,11 +140,15 @@ class TrainedProgram:
         the lowest final validation NLL of that seed. ``late_fusion`` is refused.
         ``face_weights``: another face predicate (``emologic train-face`` output) in place of the run's.
         """
+        return cls.from_checkpoint(locate_checkpoint(run, regime, seed, runs_root), face_weights, max_pixels)
+
+    @classmethod
+    def from_checkpoint(cls, ck, face_weights: str | None = None, max_pixels: int | None = None) -> "TrainedProgram":
+        """The program of ``ck`` (:func:`experiments.query.checkpoints.locate_checkpoint`); options as :meth:`load`."""
         from experiments.harness.image_stage0 import load_predicates
         from logic.program import load_program
-        from pipelines.pipeline import PipelineConfig
+        from pipelines.config import PipelineConfig
 
-        ck = locate_checkpoint(run, regime, seed, runs_root)
         meta = ck.meta
         program = load_program(meta["program"], check_bindings=False)
         from experiments.harness.image_stage0 import feature_networks
@@ -261,67 +264,9 @@ class TrainedProgram:
             self._trust[context] = self.model.source_probabilities_for(context)
         return self._trust[context]
 
-    # -- answering --------------------------------------------------------------
-    def answer(self, inputs: Sequence[str | os.PathLike], face_source: str = "mtcnn", top: int = 3,
-               annotate: str | os.PathLike | None = None) -> list[QueryResult | QueryError]:
-        """One result per image (directories expanded), in input order. See :meth:`iter_answers`."""
-        return list(self.iter_answers(inputs, face_source, top, annotate))
+    def explain_processed(self, processed, pipeline, top: int):
+        """Results for the pipeline's output (:func:`experiments.query.answer.answer_chunk`), with torch."""
+        from cache.loader import collate
+        from experiments.query.explain import explain
 
-    def iter_answers(self, inputs: Sequence[str | os.PathLike], face_source: str = "mtcnn", top: int = 3,
-                     annotate: str | os.PathLike | None = None, chunk: int = 32) -> Iterator[QueryResult | QueryError]:
-        """Like :meth:`answer`, yielding results chunk by chunk (large directories).
-
-        ``top``: how many emotions ``QueryResult.top`` lists. ``annotate``: a
-        directory for one annotated PNG per image. Configuration problems
-        (unknown face source, annotations without a synthetic run) raise
-        :class:`UserError` before any image is read.
-        """
-        if top < 1:
-            raise UserError(f"--top must be at least 1, got {top}")
-        pipeline = self.pipeline(face_source)
-        known = self.synthetic_samples() if face_source == "annotations" else None
-        out_dir = Path(annotate) if annotate is not None else None
-        if out_dir is not None:
-            if out_dir.exists() and not out_dir.is_dir():
-                raise UserError(f"--annotate {out_dir}: exists and is not a directory")
-            out_dir.mkdir(parents=True, exist_ok=True)
-        taken: set[str] = set()
-        items = expand_inputs(inputs)
-        for start in range(0, len(items), chunk):
-            yield from answer_chunk(self, items[start:start + chunk], pipeline, known, min(top, len(EMOTIONS)),
-                                    out_dir, taken)
-
-
-def open_program(run: str | os.PathLike | None = None, *, prior: bool = False, runs_root: str | os.PathLike = "runs",
-                 regime: str | None = None, seed: int | None = None, program: str | None = None,
-                 scene_weights: str | None = None, face_weights: str | None = None,
-                 max_pixels: int | None = None) -> TrainedProgram:
-    """What ``emologic query`` answers with: ``run`` when given; else the latest
-    run under ``runs_root``; the untrained program (:meth:`TrainedProgram.prior`)
-    with ``prior=True`` or when there is no latest run. Options that only mean
-    something for the other kind are refused by name."""
-    if prior and run is not None:
-        raise UserError("--prior answers with the untrained program and --run with a trained one; give one of them")
-    why = "--prior" if prior else None
-    if not prior and run is None:
-        from experiments.runs import RunNotFoundError, resolve_run
-
-        try:
-            run = resolve_run(None, runs_root)
-        except RunNotFoundError:
-            why = f"no {Path(runs_root) / 'latest'}"
-    if why is None:
-        prior_only = [flag for flag, v in (("--program", program), ("--scene-weights", scene_weights)) if v]
-        if prior_only:
-            verb = "set" if len(prior_only) > 1 else "sets"
-            raise UserError(f"{' and '.join(prior_only)} {verb} up the untrained program (--prior); a trained run "
-                            "answers with its own program and scene backbone")
-        return TrainedProgram.load(run, regime=regime, seed=seed, runs_root=runs_root, face_weights=face_weights,
-                                   max_pixels=max_pixels)
-    run_only = [flag for flag, v in (("--regime", regime), ("--seed", seed)) if v is not None]
-    if run_only:
-        verb = "choose" if len(run_only) > 1 else "chooses"
-        raise UserError(f"{' and '.join(run_only)} {verb} within a trained run, and none is used ({why}); "
-                        "pass --run RUN")
-    return TrainedProgram.prior(program or DEFAULT_PROGRAM, scene_weights=scene_weights, face_weights=face_weights,
-                                why=why, max_pixels=max_pixels)
+        return explain(self, collate(processed, pipeline.cfg), top)

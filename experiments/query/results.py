@@ -154,3 +154,73 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str | QueryError]
         else:
             out.append(QueryError(text, "no such file or directory"))
     return out
+
+
+# --------------------------------------------------------------------------- #
+# From a batch's numbers to results (both ways of answering: torch and served)
+# --------------------------------------------------------------------------- #
+@dataclass
+class BatchAnswers:
+    """A batch's answers as plain arrays, whichever runtime computed them.
+
+    ``probs`` [B, E] P(emotion | image); ``posterior`` [B, S, E] P(source | image,
+    emotion) over ``sources``; ``own``: source -> [B, E] its own distribution
+    (NaN rows where absent); ``va``: per image the V/A estimate, or None."""
+
+    contexts: list[str]
+    sources: tuple[str, ...]
+    probs: "object"  # numpy [B, E] float64
+    posterior: "object"  # numpy [B, S, E]
+    own: dict
+    va: list | None = None
+
+
+def assemble_results(answers: BatchAnswers, image_sizes, face_mask, face_boxes, face_probs, *, emotions,
+                     sources_in, trust, provenance: dict, top: int) -> list[QueryResult]:
+    """One :class:`QueryResult` per image. ``image_sizes`` [B, 2] (w, h); ``face_mask`` [B, 3];
+    ``face_boxes`` [B, 3, 4]; ``face_probs`` [B, 3] (numpy); ``sources_in(context)``: the
+    program's sources of a context; ``trust(context)``: P(source selected | context)."""
+    import math
+
+    import numpy as np
+
+    from neural.common import FACE_SLOTS
+
+    results = []
+    for b, ctx in enumerate(answers.contexts):
+        probs = answers.probs[b]
+        existing = sources_in(ctx)
+        pred = int(np.argmax(probs))
+        post = {s: float(answers.posterior[b, answers.sources.index(s), pred]) for s in existing}
+        ranked = sorted(range(len(emotions)), key=lambda e: -float(probs[e]))[:top]
+        w, h = (int(v) for v in image_sizes[b])
+        faces = []
+        for k, slot in enumerate(FACE_SLOTS):
+            if face_mask[b, k]:
+                box = tuple(float(v) for v in face_boxes[b, k])
+                size = math.sqrt(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]) / (w * h))
+                faces.append(Face(slot, box, float(face_probs[b, k]), size))
+        own = {s: answers.own[s][b] for s in existing if s in answers.own and not np.isnan(answers.own[s][b]).any()}
+        results.append(QueryResult(
+            input="", image_size=(w, h), faces=faces, context=ctx,
+            probs={e: float(probs[i]) for i, e in enumerate(emotions)},
+            top=[(emotions[e], float(probs[e])) for e in ranked],
+            source_probs={s: dict(zip(emotions, (float(v) for v in row))) for s, row in own.items()},
+            trust=dict(trust(ctx)),
+            posterior=dict(sorted(post.items(), key=lambda kv: -kv[1])),
+            provenance={s: provenance[s] for s in existing if s in provenance},
+            va=answers.va[b] if answers.va is not None else None,
+        ))
+    return results
+
+
+def own_from_posterior(posterior, probs, index: int):
+    """A source's own emotion distribution recovered from the logic output (a source
+    no single network answers, e.g. ``va``): P_s(e) ∝ posterior[s, e] * P(e); NaN where
+    the source carries no mass. numpy [B, S, E], [B, E] -> [B, E]."""
+    import numpy as np
+
+    joint = posterior[:, index, :].astype(np.float64) * probs.astype(np.float64)
+    z = joint.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(z > 0, joint / np.maximum(z, 1e-300), np.nan)

@@ -73,7 +73,7 @@ def cache_key(text: str, options) -> str:
 
 
 def cache_directory() -> Path:
-    from neural.fer_weights import cache_dir
+    from neural.common import cache_dir
 
     return cache_dir() / SUBDIR
 

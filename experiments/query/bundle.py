@@ -1,0 +1,210 @@
+"""A served copy of a program: what answers ``emologic query`` without torch.
+
+``import torch, torchvision`` alone takes 4.7-6.8 s on a 2-core machine, above
+the 3 s a user should wait for a photo's first answer. A *served copy* holds
+everything a query needs in a form that onnxruntime (0.3 s to import) and numpy
+run:
+
+* ``scene_backbone.onnx``: the scene backbone (image -> features, and its layer3
+  features where a network reads them);
+* ``net-<network>.onnx``: each network of the program (the scene head, the face net);
+* ``logic/``: the program's answers as numpy tables (:mod:`logic.answer_tables`),
+  with the run's learned (or the program's documented) trust;
+* ``manifest.json``: what answers (the description, each source's provenance,
+  the pipeline config, which tensor each source reads) and how each file was
+  exported and verified (onnxruntime against torch).
+
+MTCNN's nets are exported once for every program (:mod:`neural.mtcnn_onnx`).
+
+A copy lives under ``<cache>/served/<key>/``. The key is a sha256 over what
+decides the answers, computed without torch: the checkpoint's files (networks,
+rules, model.json) or the untrained program's text and weights, the options that
+pick them, the code that builds and reads copies and the library versions. So
+retraining, another regime or seed, an edited program or new code never reach a
+stale copy: they have another key. A copy is written to a temporary directory
+and renamed into place complete.
+
+The first query of a model builds its copy (with torch, a few seconds); every
+later process answers from it. Programs a copy cannot serve (a V/A source, whose
+MC dropout runs in torch; plug-in features, computed by Python plug-ins) are
+answered by torch as before (:class:`ServeError` says why).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from neural.common import FACE_SLOTS, UserError, cache_dir
+
+FORMAT = 1
+SUBDIR = "served"
+MANIFEST = "manifest.json"
+#: The code that decides what a copy holds and how it is read (repository paths).
+CODE = ("experiments/query/bundle.py", "experiments/query/served.py", "experiments/query/results.py",
+        "experiments/query/program.py", "experiments/harness/binding.py", "neural/image_input.py",
+        "neural/onnx_export.py", "neural/scene.py", "neural/face.py", "neural/fer_weights.py",
+        "logic/answer_tables.py", "logic/answer_export.py", "pipelines/context.py")
+LIBRARIES = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "problog", "pysdd", "klaycircuits")
+#: The tensors a served pipeline fills: the scene backbone's outputs and the face crops.
+SCENE_OUTPUTS = ("scene", "scene_layer3")
+SERVED_FEEDS = SCENE_OUTPUTS + FACE_SLOTS
+
+
+class ServeError(UserError):
+    """This program cannot be answered by a served copy (torch answers it)."""
+
+
+def served_root() -> Path:
+    return cache_dir() / SUBDIR
+
+
+def files_digest(path: str | os.PathLike) -> str:
+    """sha256 over a file, or over a directory's files (relative names and bytes, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def served_key(request: dict) -> str:
+    """The key of the copy that answers ``request`` (JSON-able: what picks the model)."""
+    root = Path(__file__).resolve().parents[2]
+    code = hashlib.sha256()
+    for rel in CODE:
+        code.update(rel.encode())
+        code.update((root / rel).read_bytes())
+    payload = {"format": FORMAT, "request": request, "code": code.hexdigest(),
+               "libraries": {d: _version(d) for d in LIBRARIES},
+               "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def find_served(key: str) -> Path | None:
+    """The complete copy of ``key``, or None."""
+    directory = served_root() / key[:32]
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return directory if manifest.get("key") == key and manifest.get("format") == FORMAT else None
+
+
+# --------------------------------------------------------------------------- #
+# Building a copy (torch)
+# --------------------------------------------------------------------------- #
+def servable(tp) -> None:
+    """Raise :class:`ServeError` saying why ``tp`` (a TrainedProgram) cannot be served."""
+    cfg = tp.stored_pipeline_config
+    if tp.binding.uses_va:
+        raise ServeError(f"program {tp.program.name} reads a V/A source, whose MC-dropout estimate runs in torch")
+    if cfg.features:
+        raise ServeError(f"the run computes plug-in features ({', '.join(cfg.features)}) in Python")
+    if cfg.va_backbone != "scene":
+        raise ServeError(f"the run's V/A backbone is {cfg.va_backbone}")
+    feeds = tp.binding.feeds()
+    for src, nets in tp.program.tensor_networks.items():
+        if feeds[src] not in SERVED_FEEDS or len(nets) != 1:
+            raise ServeError(f"source {src} reads {feeds[src]} through {len(nets)} network(s); a copy serves one "
+                             f"network on {', '.join(SERVED_FEEDS)}")
+
+
+def scene_outputs(backbone, layer3: bool):
+    """The scene backbone as one module to export: pixels -> scene features (and layer3 features)."""
+    from torch import nn
+
+    class SceneOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, pixels):
+            if layer3:
+                return self.backbone(pixels), self.backbone.layer3_features(pixels)
+            return self.backbone(pixels)
+
+    return SceneOutputs().eval()
+
+
+def build_served(tp, key: str, n_check: int = 4) -> Path:
+    """Export ``tp`` (a :class:`~experiments.query.program.TrainedProgram`) as the copy of ``key``."""
+    import torch
+
+    from logic.answer_export import answer_tables
+    from neural.onnx_export import export_module
+    from neural.mtcnn_onnx import mtcnn_onnx_dir
+
+    servable(tp)
+    started = time.perf_counter()
+    mtcnn_onnx_dir()  # MTCNN's nets, shared by every copy
+    root = served_root()
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:12]}-"))
+    try:
+        exports = {}
+        cfg = tp.stored_pipeline_config  # without this query's --max-pixels: the copy serves every later one
+        layer3 = "scene_layer3" in tp.binding.feeds().values()
+        backbone = tp.pipeline("mtcnn").scene.net
+        gen = torch.Generator().manual_seed(0)
+        # verified on pixels of ImageNet-normalised images' range, and the features they give
+        pixels = torch.randn(n_check, 3, cfg.scene_size, cfg.scene_size, generator=gen).clamp(-2.2, 2.7)
+        scene_names = list(SCENE_OUTPUTS[:2 if layer3 else 1])
+        report = export_module(scene_outputs(backbone, layer3), work / "scene_backbone.onnx", {"pixels": pixels},
+                               scene_names, tolerance=1e-4, relative=True)
+        exports["scene_backbone.onnx"] = {"exporter": report.exporter, "max_rel_diff": report.max_abs_diff}
+        with torch.no_grad():
+            features = backbone(pixels.contiguous())
+            feeds = {"scene": features, "scene_layer3": backbone.layer3_features(pixels) if layer3 else None}
+        crops = torch.rand(n_check, 1, cfg.crop_size, cfg.crop_size, generator=gen) * 2 - 1
+        networks = {}
+        for src, (net,) in tp.program.tensor_networks.items():
+            if net in networks:
+                continue
+            feed = tp.binding.feeds()[src]
+            example = crops if feed in FACE_SLOTS else feeds[feed]
+            name = f"net-{net}.onnx"
+            report = export_module(tp.binding.networks[net], work / name, {"inputs": example}, ["outputs"],
+                                   tolerance=1e-5)
+            exports[name] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
+            networks[net] = name
+        answer_tables(tp.model).save(work / "logic")
+        o = tp.origin
+        manifest = {
+            "format": FORMAT, "key": key, "built_s": round(time.perf_counter() - started, 2),
+            "describe": tp.describe(), "model_record": tp.model_record(), "sources": tp.source_records(),
+            "origin": {"kind": o.kind, "why": o.why, "run_dir": None if o.run_dir is None else str(o.run_dir),
+                       "regime": o.regime, "seed": o.seed},
+            "program": tp.program.name, "pipeline": cfg.to_dict(),
+            "sources_in": {c: list(tp.program.sources_in(c)) for c in tp.model.interface.contexts},
+            "tensor_networks": {s: list(n) for s, n in tp.program.tensor_networks.items()},
+            "widths": {s: tp.program.sources[s].width for s in tp.program.tensor_networks},
+            "feeds": tp.binding.feeds(), "scene_outputs": scene_names, "networks": networks, "exports": exports,
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        target = root / key[:32]
+        if target.exists():  # an incomplete or other-key leftover (find_served refused it), or a racing build
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(work, target)
+        except OSError:  # another process renamed its complete copy first: keep that one
+            if find_served(key) is None:
+                raise
+        return target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
