@@ -69,12 +69,6 @@ def sentiment_index(name: str) -> int:
 
 
 # -- files: File helpers shared by every stage: atomic writes and content hashes.
-def cache_dir() -> Path:
-    """The user cache directory: ``$EMOLOGIC_CACHE`` or ``~/.cache/emologic``."""
-    env = os.environ.get("EMOLOGIC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "emologic"
-
-
 def _fsync_dir(directory: Path) -> None:
     """Make a rename durable (best effort: not every OS can open directories)."""
     try:

@@ -95,9 +95,9 @@ def get_detector(name: str, **cfg) -> "FaceDetector":
     return detector_class(name)(**cfg)
 
 
-def detector_from_config(cfg, device: str = "cpu", **options) -> "FaceDetector":
+def detector_from_config(cfg, device: str = "cpu") -> "FaceDetector":
     """The detector a :class:`pipelines.pipeline.PipelineConfig` asks for, its network (if any) on ``device``."""
-    return detector_class(cfg.face_source).from_config(cfg, device=device, **options)
+    return detector_class(cfg.face_source).from_config(cfg, device=device)
 
 
 class FaceDetector:

@@ -111,8 +111,7 @@ class ImagePipeline:
         self.workers = workers or min(4, os.cpu_count() or 1)
         # where MTCNN and the backbones run; not part of the config: the cache holds CPU tensors either way
         self.device = device
-        options = {"runtime": detector_runtime} if detector_runtime != "torch" else {}
-        self.detector = detector_from_config(self.cfg, device, **options)
+        self.detector = detector_from_config(self.cfg, device, runtime=detector_runtime)
         if scene is None:
             from pipelines.features import SceneFeatures
 

@@ -20,9 +20,12 @@ from neural.common import EMOTIONS
 ASTRONAUT_HEAD = (150, 30, 300, 210)  # around the face MTCNN finds at about (181, 62)-(268, 172)
 
 
-@pytest.fixture(scope="module")
-def prior():
-    return TrainedProgram.prior()
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def prior(request):
+    """The untrained program, answered by torch and by its served copy (every test below runs on both)."""
+    from experiments.query.open_program import open_program
+
+    return open_program(prior=True, runtime=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -241,7 +241,8 @@ def bench_engines(args: argparse.Namespace) -> dict:
 def bench_query(args: argparse.Namespace) -> dict:
     from experiments.query.bench import bench_query as run_bench
 
-    return run_bench(images_dir=args.images, run=args.run, cold_runs=args.cold_runs, seed=args.seed)
+    return run_bench(images_dir=args.images, run=args.run, cold_runs=args.cold_runs, seed=args.seed,
+                     runtime=args.runtime)
 
 
 #: name -> benchmark function(args) -> results dict. Extend with more benchmarks.
@@ -284,6 +285,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default=None, help="query: answer with this run (default: the untrained program)")
     p.add_argument("--cold-runs", type=int, default=5,
                    help="query: fresh processes timed to their first answer (default: 5)")
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
+                   help="query: as emologic query's --runtime (default: auto, the served copy where there is one)")
 
 
 @command(

