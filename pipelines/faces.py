@@ -2,7 +2,8 @@
 
 Detectors are registered by name (``get_detector(name, **cfg)``):
 
-* ``mtcnn``: facenet-pytorch MTCNN (weights ship in the wheel), every face
+* ``mtcnn``: facenet-pytorch MTCNN (weights ship in the wheel; run by torch, or
+  by onnxruntime with ``runtime="onnx"``), every face
   with probability >= ``prob_threshold`` and a side (after clipping the box to
   the image) >= ``min_face_size`` pixels; a photo whose long side exceeds
   ``max_side`` is searched at that size and its boxes scaled back;
@@ -95,9 +96,10 @@ def get_detector(name: str, **cfg) -> "FaceDetector":
     return detector_class(name)(**cfg)
 
 
-def detector_from_config(cfg, device: str = "cpu") -> "FaceDetector":
-    """The detector a :class:`pipelines.pipeline.PipelineConfig` asks for, its network (if any) on ``device``."""
-    return detector_class(cfg.face_source).from_config(cfg, device=device)
+def detector_from_config(cfg, device: str = "cpu", runtime: str = "torch") -> "FaceDetector":
+    """The detector a :class:`pipelines.pipeline.PipelineConfig` asks for, its network (if any) on
+    ``device``, run by ``runtime`` (MTCNN: "torch" or "onnx", see :class:`MTCNNFaces`)."""
+    return detector_class(cfg.face_source).from_config(cfg, device=device, runtime=runtime)
 
 
 class FaceDetector:
@@ -120,8 +122,9 @@ class AnnotationFaces(FaceDetector):
         self.max_faces = max_faces
 
     @classmethod
-    def from_config(cls, cfg, device: str = "cpu") -> "AnnotationFaces":
-        # min_face_size / face_prob_threshold tune a detector; recorded boxes are the truth (no network: no device).
+    def from_config(cls, cfg, device: str = "cpu", runtime: str = "torch") -> "AnnotationFaces":
+        # min_face_size / face_prob_threshold tune a detector; recorded boxes are the truth
+        # (no network: neither device nor runtime applies).
         return cls(max_faces=cfg.max_faces)
 
     def detect(self, images, samples):
@@ -164,10 +167,19 @@ DEFAULT_MTCNN_MAX_SIDE = 1280
 MTCNN_BATCH_PIXELS = 8_000_000
 
 
+#: How MTCNN's networks run: facenet-pytorch itself, or its networks exported to ONNX
+#: (``pipelines.mtcnn_onnx``: the same boxes without importing torch, for fast queries).
+MTCNN_RUNTIMES = ("onnx", "torch")
+
+
 @register_detector("mtcnn")
 class MTCNNFaces(FaceDetector):
     """facenet-pytorch MTCNN on CPU; images of equal size are detected as one batch
-    (at most ``batch_size`` images and :data:`MTCNN_BATCH_PIXELS` pixels)."""
+    (at most ``batch_size`` images and :data:`MTCNN_BATCH_PIXELS` pixels).
+
+    ``runtime="onnx"`` runs the same detector with onnxruntime and numpy
+    (:class:`pipelines.mtcnn_onnx.OnnxMTCNN`); it does not import torch once the
+    ONNX files are exported (the first use exports them, with torch)."""
 
     def __init__(
         self,
@@ -178,17 +190,27 @@ class MTCNNFaces(FaceDetector):
         batch_size: int = 16,
         max_side: int = DEFAULT_MTCNN_MAX_SIDE,
         device: str = "cpu",
+        runtime: str = "torch",
     ):
-        try:
-            from facenet_pytorch import MTCNN
-        except ImportError as exc:  # pragma: no cover - a dependency of the package
-            raise UserError("face_source='mtcnn' needs facenet-pytorch: pip install facenet-pytorch==2.5.3") from exc
+        if runtime not in MTCNN_RUNTIMES:
+            raise UserError(f"unknown MTCNN runtime {runtime!r}; known runtimes: {', '.join(MTCNN_RUNTIMES)}")
+        if runtime == "onnx" and str(device) != "cpu":
+            raise UserError(f"MTCNN runtime 'onnx' runs on the CPU, not on {device!r}; use runtime='torch' there")
         self.max_faces = max_faces
         self.min_face_size = int(min_face_size)
         self.prob_threshold = float(prob_threshold)
         self.batch_size = max(1, int(batch_size))
         self.max_side = max(1, int(max_side))
-        self.mtcnn = MTCNN(
+        self.runtime = runtime
+        # self.mtcnn.detect(images) -> (boxes or None, probs) per image, facenet's contract either way
+        self.mtcnn = self._onnx(thresholds) if runtime == "onnx" else self._facenet(thresholds, device)
+
+    def _facenet(self, thresholds, device):
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise UserError("face_source='mtcnn' needs facenet-pytorch: pip install facenet-pytorch==2.5.3") from exc
+        return MTCNN(
             keep_all=True,
             select_largest=True,
             min_face_size=self.min_face_size,
@@ -196,10 +218,17 @@ class MTCNNFaces(FaceDetector):
             device=device,  # P/R/O-nets run there; facenet-pytorch returns boxes as numpy either way
         )
 
+    def _onnx(self, thresholds):
+        from pipelines.mtcnn_onnx import OnnxMTCNN
+
+        return OnnxMTCNN(min_face_size=self.min_face_size, thresholds=thresholds)
+
     @classmethod
-    def from_config(cls, cfg, device: str = "cpu") -> "MTCNNFaces":
+    def from_config(cls, cfg, device: str = "cpu", runtime: str = "torch") -> "MTCNNFaces":
+        # runtime is not in the config: both runtimes find the same faces
         return cls(
             device=device,
+            runtime=runtime,
             max_faces=cfg.max_faces,
             min_face_size=cfg.min_face_size,
             prob_threshold=cfg.face_prob_threshold,
