@@ -219,7 +219,8 @@ def test_questions_it_cannot_answer_are_refused(saved):
     with pytest.raises(AnswerTablesError, match=r"must be \[1, 7\], got \[1, 6\]"):
         tables.answer({b: y[:, :6] for b, y in one.items()}, n1)
     nan_face = one | {("face_emotion", "face1"): np.full((1, 7), np.nan)}
-    with pytest.raises(AnswerTablesError, match="image 0: the output of network face_emotion on source face1 is not finite"):
+    with pytest.raises(AnswerTablesError, match="image 0: the output of network face_emotion on source face1 is not "
+                                                "finite"):
         tables.answer(nan_face, n1)
 
 
