@@ -40,7 +40,7 @@ RESERVED_NAMES = frozenset({*BUILTIN_FEATURES, "scene_layer3", "faces", "face_of
 class FeatureExtractor(Protocol):
     weights_id: str
 
-    def __call__(self, images: Sequence[Any]) -> torch.Tensor:  # list[PIL.Image] -> [B, *shape] float32
+    def __call__(self, images: Sequence[Any]) -> Any:  # list[PIL.Image] -> torch.Tensor [B, *shape] float32
         ...
 
 
@@ -58,7 +58,7 @@ class FeatureSpec:
     def provenance_for(self, cfg) -> Provenance:
         return self.provenance(cfg) if callable(self.provenance) else self.provenance
 
-    def check_output(self, out, n: int) -> torch.Tensor:
+    def check_output(self, out, n: int):
         """``out`` as the cache stores it ([n, *shape] float32 on the CPU), or a one-line error."""
         import torch  # here: the registry is read by torch-free code (pipelines.config, the served query)
 

@@ -18,14 +18,32 @@ from pipelines.datasets.base import (
     load_mapping,
     register_dataset,
 )
-from pipelines.datasets.afewva import load_afewva  # noqa: F401  (registers "afewva")
-from pipelines.datasets.csv_dataset import csv_dataset
-from pipelines.datasets.findingemo import download_command as findingemo_download_command
-from pipelines.datasets.findingemo import findingemo_dataset
-from pipelines.datasets.meld import MeldDataset, meld_dataset
-from pipelines.datasets.synthetic_clips import synthetic_clips_dataset
-from pipelines.datasets.synthetic import ensure_synthetic, generate_synthetic, load_synthetic_dir
-from pipelines.datasets.synthetic_config import DEFAULT_SOURCE_TABLE, SyntheticConfig
+
+#: Names re-exported from the loaders' modules, imported at first use (see base.BUILTIN_LOADERS).
+_LAZY = {
+    "load_afewva": ("afewva", "load_afewva"),
+    "csv_dataset": ("csv_dataset", "csv_dataset"),
+    "findingemo_download_command": ("findingemo", "download_command"),
+    "findingemo_dataset": ("findingemo", "findingemo_dataset"),
+    "MeldDataset": ("meld", "MeldDataset"),
+    "meld_dataset": ("meld", "meld_dataset"),
+    "synthetic_clips_dataset": ("synthetic_clips", "synthetic_clips_dataset"),
+    "ensure_synthetic": ("synthetic", "ensure_synthetic"),
+    "generate_synthetic": ("synthetic", "generate_synthetic"),
+    "load_synthetic_dir": ("synthetic", "load_synthetic_dir"),
+    "DEFAULT_SOURCE_TABLE": ("synthetic_config", "DEFAULT_SOURCE_TABLE"),
+    "SyntheticConfig": ("synthetic_config", "SyntheticConfig"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
 
 __all__ = [
     "DEFAULT_SOURCE_TABLE",

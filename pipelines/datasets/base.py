@@ -192,9 +192,17 @@ def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[.
     return deco
 
 
+#: The modules of the built-in loaders (``pipelines/datasets/<name>.py``); each registers its data set
+#: on import. They are imported at the registry's first lookup, not with the package: the synthetic
+#: ones import torch, which code that only needs :class:`Sample` (the served query) must not pay for.
+BUILTIN_LOADERS = ("afewva", "csv_dataset", "findingemo", "meld", "synthetic_clips", "synthetic")
+
+
 def _ensure_builtin() -> None:
-    # The built-in loaders register themselves on import of the package.
-    import pipelines.datasets  # noqa: F401
+    import importlib
+
+    for name in BUILTIN_LOADERS:
+        importlib.import_module(f"pipelines.datasets.{name}")
 
 
 def list_datasets() -> list[str]:
