@@ -83,7 +83,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         if only is None or only == cmd.name:
             cmd.configure(p)
-        p.set_defaults(_run=cmd.run)
+        p.set_defaults(_run=cmd.run, _numeric_setup=cmd.numeric_setup)
     return parser
 
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
-    if _COMMANDS[args.command].numeric_setup:
+    if getattr(args, "_numeric_setup", True):
         flush_denormals()  # before torch starts its threads (neural/compute.py)
     try:
         return int(args._run(args) or 0)

@@ -21,6 +21,11 @@ from experiments.query.served import ServedProgram
 REPO = Path(__file__).resolve().parents[1]
 
 
+def as_json(value):
+    """What a record is once written (tuples become lists): how a served copy keeps it."""
+    return json.loads(json.dumps(value))
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished two-regime run on 60 synthetic images (its checkpoints are what is served)."""
@@ -34,6 +39,13 @@ def tiny_run(tmp_path_factory):
     return run(cfg, argv=[])
 
 
+#: End to end, answers agree to 1e-3: MTCNN's boxes differ between runtimes by ~1e-5 px (float32
+#: arithmetic in another order), which can move one pixel of a 64x64 crop by one grey level and a
+#: trained face net's output by ~3e-4 (measured). Each part is held tighter where it is tested:
+#: the exported networks (1e-5, export_verified), the answer tables (1e-9), MTCNN's boxes.
+TOLERANCE = 1e-3
+
+
 def assert_same_answers(a: list, b: list) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -45,11 +57,11 @@ def assert_same_answers(a: list, b: list) -> None:
         for field in ("probs", "trust", "posterior"):
             got, want = getattr(x, field), getattr(y, field)
             assert list(got) == list(want) or field == "posterior"
-            assert set(got) == set(want) and all(abs(got[k] - want[k]) < 1e-4 for k in want), field
+            assert set(got) == set(want) and all(abs(got[k] - want[k]) < TOLERANCE for k in want), field
         assert set(x.source_probs) == set(y.source_probs)
         for s in x.source_probs:
-            assert all(abs(x.source_probs[s][e] - y.source_probs[s][e]) < 1e-4 for e in x.source_probs[s])
-        assert x.prediction == y.prediction and x.provenance == y.provenance
+            assert all(abs(x.source_probs[s][e] - y.source_probs[s][e]) < TOLERANCE for e in x.source_probs[s])
+        assert x.prediction == y.prediction and as_json(x.provenance) == as_json(y.provenance)
 
 
 def photos(real_photos, tmp_path) -> list[Path]:
@@ -71,7 +83,8 @@ def test_the_untrained_program_served_answers_as_torch_does(real_photos, tmp_pat
     torch_tp = open_program(prior=True, runtime="torch")
     served = open_program(prior=True, runtime="onnx")
     assert isinstance(torch_tp, TrainedProgram) and isinstance(served, ServedProgram)
-    assert served.describe() == torch_tp.describe() and served.source_records() == torch_tp.source_records()
+    assert served.describe() == torch_tp.describe()
+    assert served.source_records() == as_json(torch_tp.source_records())
     want, got = torch_tp.answer(images), served.answer(images)
     assert_same_answers(got, want)
     assert got[0].prediction == "happy" and len(got[3].faces) == 3 and not got[2].faces
@@ -86,7 +99,7 @@ def test_each_regime_of_a_run_served_answers_as_torch_does(tiny_run, real_photos
         torch_tp = open_program(tiny_run, regime=regime, runtime="torch")
         served = open_program(tiny_run, regime=regime, runtime="auto")
         assert isinstance(served, ServedProgram) and served.regime == regime
-        assert served.model_record() == torch_tp.model_record()
+        assert served.model_record() == as_json(torch_tp.model_record())
         assert_same_answers(served.answer(images + synthetic), torch_tp.answer(images + synthetic))
 
 

@@ -87,7 +87,7 @@ class ServedProgram(AnsweringProgram):
         if self._pipeline is None:
             from pipelines.pipeline import ImagePipeline
 
-            cfg = self.pipeline_config
+            cfg = dataclasses.replace(self.pipeline_config, face_source="mtcnn")  # a run's own may be its annotations
             scene = OnnxSceneFeatures(self.directory / "scene_backbone.onnx", cfg.scene_size,
                                       self.manifest["scene_outputs"])
             self._pipeline = ImagePipeline(cfg, scene=scene, detector_runtime="onnx")
