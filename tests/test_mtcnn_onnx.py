@@ -185,6 +185,16 @@ def test_imresample_is_torch_area_interpolation(shape, size):
     np.testing.assert_allclose(po.imresample(values, size), want, atol=1e-4, rtol=1e-5)
 
 
+def test_crops_resample_like_their_slices():
+    """RNet/ONet crops come from the integral image of the whole batch: equal to resampling the slice."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (2, 3, 60, 70)).astype(np.uint8)
+    regions = [(0, 5, 7, 40, 33), (1, 0, 0, 60, 70), (1, 59, 69, 1, 1), (0, 10, 3, 9, 50)]  # image, top, left, h, w
+    got = po.area_resample(po.integral_image(pixels), *map(np.array, zip(*regions)), (24, 24))
+    for crop, (i, top, left, h, w) in zip(got, regions):
+        assert np.array_equal(crop, po.imresample(pixels[i : i + 1, :, top : top + h, left : left + w], (24, 24))[0])
+
+
 def _random_boxes(rng, n, n_images, ties):
     xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
     boxes = np.concatenate([xy, xy + rng.uniform(4, 60, (n, 2))], 1).astype(np.float32)
