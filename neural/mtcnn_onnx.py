@@ -115,16 +115,20 @@ def mtcnn_onnx_dir(export: bool = True) -> Path:
     if not export:
         raise MtcnnOnnxError(f"the MTCNN ONNX files are not exported yet ({directory}); "
                              "build them with neural.mtcnn_onnx.mtcnn_onnx_dir()")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with _export_lock(directory.parent / f".{directory.name}.lock"):
-        if _is_complete(directory, key):  # another process exported it while we waited for the lock
-            return directory
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-        try:
-            export_mtcnn(tmp, key)
-            _replace_dir(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with _export_lock(directory.parent / f".{directory.name}.lock"):
+            if _is_complete(directory, key):  # another process exported it while we waited for the lock
+                return directory
+            tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+            try:
+                export_mtcnn(tmp, key)
+                _replace_dir(tmp, directory)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise MtcnnOnnxError(f"cannot write the MTCNN ONNX files under {directory.parent} "
+                             f"({exc.strerror or exc}); point EMOLOGIC_CACHE at a writable directory") from exc
     return directory
 
 

@@ -302,6 +302,13 @@ def test_export_is_cached_verified_and_rebuilt_when_damaged(tmp_path, monkeypatc
     assert _leftovers(directory.parent) == []  # no temporary or stale directories left behind
 
 
+def test_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("EMOLOGIC_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(mo.MtcnnOnnxError, match="point EMOLOGIC_CACHE at a writable directory"):
+        mo.mtcnn_onnx_dir()
+
+
 def test_concurrent_exports_give_one_complete_directory(tmp_path):
     """Two processes asking at once for a missing export: one exports, the other waits for it."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "EMOLOGIC_CACHE": str(tmp_path)}
