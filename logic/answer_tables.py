@@ -14,9 +14,8 @@ probabilities themselves and the learned trust table) into an
 
 It must never import torch, problog, pysdd, klay or numba, even indirectly (a
 test runs it in a fresh interpreter and checks): numpy, the standard library
-and :mod:`neural.common` only. Context codes index
-``pipelines.context.CONTEXTS``, whose names the tables carry (that module
-imports torch).
+and :mod:`neural.common` and :mod:`pipelines.context` only. Context codes index
+``pipelines.context.CONTEXTS``, whose names the tables carry (and ``load`` checks).
 
 The evaluation is ``engines/cone_kernels.py``'s ``_forward`` in numpy, per
 key (context) and vectorised over that key's images: the literal weights the
@@ -333,4 +332,9 @@ class AnswerTables:
         except (KeyError, TypeError, ValueError, AttributeError, OSError, zipfile.BadZipFile) as exc:
             raise AnswerTablesError(f"{where}damaged answer tables ({type(exc).__name__}: {exc}); "
                                     "export them again") from None
+        from pipelines.context import CONTEXTS
+
+        if tables.code_names != CONTEXTS:
+            raise AnswerTablesError(f"{where}answer tables for the contexts {', '.join(tables.code_names)}; this "
+                                    f"emologic has {', '.join(CONTEXTS)}: export them again")
         return tables

@@ -43,7 +43,8 @@ class SceneFeatures:
         return {k: v.cpu() for k, v in out.items()}  # cached on disk: back to the CPU
 
 
-def _parameter_fingerprint(module: torch.nn.Module) -> str:
+def parameter_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) over a module's state dict: names and bytes."""
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
@@ -75,7 +76,7 @@ class CLIPImageEmbeddings:
             raise UserError(
                 f"cannot load CLIP model {model!r} ({first}); give a local directory with clip_model"
             ) from None
-        self.weights_id = f"clip:{model}:{_parameter_fingerprint(self.model)}"
+        self.weights_id = f"clip:{model}:{parameter_fingerprint(self.model)}"
         self.device = torch.device(device)
         self.model = self.model.to(self.device)
 

@@ -5,8 +5,8 @@ the 3 s a user should wait for a photo's first answer. A *served copy* holds
 everything a query needs in a form that onnxruntime (0.3 s to import) and numpy
 run:
 
-* ``scene_backbone.onnx``: the scene backbone (image -> features, and its layer3
-  features where a network reads them);
+* the scene backbone as ONNX (image -> features, and its layer3 features where a
+  network reads them), kept once per weights under ``<cache>/served/scene/``;
 * ``net-<network>.onnx``: each network of the program (the scene head, the face net);
 * ``logic/``: the program's answers as numpy tables (:mod:`logic.answer_tables`),
   with the run's learned (or the program's documented) trust;
@@ -46,6 +46,7 @@ from neural.common import FACE_SLOTS, UserError, cache_dir
 FORMAT = 1
 SUBDIR = "served"
 MANIFEST = "manifest.json"
+SCENE_DIR = "scene"  # the scene backbones, shared by the copies (under served_root())
 #: The code that decides what a copy holds and how it is read (repository paths).
 CODE = ("experiments/query/bundle.py", "experiments/query/served.py", "experiments/query/results.py",
         "experiments/query/program.py", "experiments/harness/binding.py", "neural/image_input.py",
@@ -103,7 +104,10 @@ def find_served(key: str) -> Path | None:
         manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return directory if manifest.get("key") == key and manifest.get("format") == FORMAT else None
+    if manifest.get("key") != key or manifest.get("format") != FORMAT:
+        return None
+    files = [directory.parent / manifest["scene_file"], *(directory / f for f in manifest["networks"].values())]
+    return directory if all(f.is_file() for f in files) else None  # a shared backbone deleted: build again
 
 
 # --------------------------------------------------------------------------- #
@@ -163,34 +167,16 @@ def build_served(tp, key: str, n_check: int = 4) -> Path:
     mtcnn_onnx_dir()  # MTCNN's nets, shared by every copy
     root = served_root()
     root.mkdir(parents=True, exist_ok=True)
+    cfg = tp.stored_pipeline_config  # without this query's --max-pixels: the copy serves every later one
+    gen = torch.Generator().manual_seed(0)
+    # verified on pixels in the range of ImageNet-normalised images, then on the features they give
+    pixels = torch.randn(n_check, 3, cfg.scene_size, cfg.scene_size, generator=gen).clamp(-2.2, 2.7)
+    crops = torch.rand(n_check, 1, cfg.crop_size, cfg.crop_size, generator=gen) * 2 - 1
     work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:12]}-"))
     try:
-        exports = {}
-        cfg = tp.stored_pipeline_config  # without this query's --max-pixels: the copy serves every later one
-        layer3 = "scene_layer3" in tp.binding.feeds().values()
-        backbone = tp.pipeline("mtcnn").scene.net
-        gen = torch.Generator().manual_seed(0)
-        # verified on pixels of ImageNet-normalised images' range, and the features they give
-        pixels = torch.randn(n_check, 3, cfg.scene_size, cfg.scene_size, generator=gen).clamp(-2.2, 2.7)
-        scene_names = list(SCENE_OUTPUTS[:2 if layer3 else 1])
-        report = _export(scene_outputs(backbone, layer3), work / "scene_backbone.onnx", "pixels", pixels,
-                         scene_names, tolerance=1e-3)  # features of magnitude ~10 in float32
-        exports["scene_backbone.onnx"] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
-        with torch.no_grad():
-            features = backbone(pixels.contiguous())
-            feeds = {"scene": features, "scene_layer3": backbone.layer3_features(pixels) if layer3 else None}
-        crops = torch.rand(n_check, 1, cfg.crop_size, cfg.crop_size, generator=gen) * 2 - 1
-        networks = {}
-        for src, (net,) in tp.program.tensor_networks.items():
-            if net in networks:
-                continue
-            feed = tp.binding.feeds()[src]
-            example = crops if feed in FACE_SLOTS else feeds[feed]
-            name = f"net-{net}.onnx"
-            report = _export(tp.binding.networks[net], work / name, "inputs", example, ["outputs"],
-                             tolerance=1e-5)  # probabilities
-            exports[name] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
-            networks[net] = name
+        exports: dict[str, dict] = {}
+        scene_file, scene_names, features = _export_scene(tp, pixels, root, exports)
+        networks = _export_networks(tp, {**features, **{slot: crops for slot in FACE_SLOTS}}, work, exports)
         answer_tables(tp.model).save(work / "logic")
         o = tp.origin
         manifest = {
@@ -202,17 +188,59 @@ def build_served(tp, key: str, n_check: int = 4) -> Path:
             "sources_in": {c: list(tp.program.sources_in(c)) for c in tp.model.interface.contexts},
             "tensor_networks": {s: list(n) for s, n in tp.program.tensor_networks.items()},
             "widths": {s: tp.program.sources[s].width for s in tp.program.tensor_networks},
-            "feeds": tp.binding.feeds(), "scene_outputs": scene_names, "networks": networks, "exports": exports,
+            "feeds": tp.binding.feeds(), "scene_file": f"{SCENE_DIR}/{scene_file.name}",
+            "scene_outputs": scene_names, "networks": networks, "exports": exports,
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         target = root / key[:32]
-        if target.exists():  # an incomplete or other-key leftover (find_served refused it), or a racing build
-            shutil.rmtree(target, ignore_errors=True)
+        if find_served(key) is not None:  # another process finished the same copy meanwhile: keep that one
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover (find_served refused it)
         try:
             os.replace(work, target)
-        except OSError:  # another process renamed its complete copy first: keep that one
+        except OSError:  # another process renamed its complete copy in between
             if find_served(key) is None:
                 raise
         return target
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _export_scene(tp, pixels, root: Path, exports: dict):
+    """The scene backbone's file (exported unless there), its output names, and its outputs on
+    ``pixels`` (the examples the networks reading them are verified on).
+
+    One file serves every copy with the same weights (45 MB for ResNet-18): it is keyed by the
+    weights' bytes, the outputs and the input size, and (through :func:`served_key`) code and libraries."""
+    import torch
+
+    from pipelines.features import parameter_fingerprint
+
+    backbone = tp.pipeline("mtcnn").scene.net
+    layer3 = "scene_layer3" in tp.binding.feeds().values()
+    names = list(SCENE_OUTPUTS[:2 if layer3 else 1])
+    scene_id = served_key({"scene backbone": parameter_fingerprint(backbone), "outputs": names,
+                           "size": int(pixels.shape[-1])})[:32]
+    path = root / SCENE_DIR / f"{scene_id}.onnx"
+    if not path.is_file():  # export_verified writes it atomically, verified, or not at all
+        report = _export(scene_outputs(backbone, layer3), path, "pixels", pixels, names,
+                         tolerance=1e-3)  # features of magnitude ~10 in float32
+        exports[f"{SCENE_DIR}/{path.name}"] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
+    with torch.no_grad():
+        outputs = scene_outputs(backbone, layer3)(pixels.contiguous())
+    return path, names, dict(zip(names, outputs if layer3 else (outputs,)))
+
+
+def _export_networks(tp, examples: dict, work: Path, exports: dict) -> dict[str, str]:
+    """Each network of the program as ``net-<name>.onnx``, verified on ``examples[feed]``
+    (the tensors its source reads); network -> file name."""
+    networks: dict[str, str] = {}
+    for src, (net,) in tp.program.tensor_networks.items():
+        if net in networks:  # the face net reads three sources: one file
+            continue
+        name = f"net-{net}.onnx"
+        report = _export(tp.binding.networks[net], work / name, "inputs", examples[tp.binding.feeds()[src]],
+                         ["outputs"], tolerance=1e-5)  # probabilities
+        exports[name] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
+        networks[net] = name
+    return networks

@@ -88,7 +88,7 @@ class ServedProgram(AnsweringProgram):
             from pipelines.pipeline import ImagePipeline
 
             cfg = dataclasses.replace(self.pipeline_config, face_source="mtcnn")  # a run's own may be its annotations
-            scene = OnnxSceneFeatures(self.directory / "scene_backbone.onnx", cfg.scene_size,
+            scene = OnnxSceneFeatures(self.directory.parent / self.manifest["scene_file"], cfg.scene_size,
                                       self.manifest["scene_outputs"])
             self._pipeline = ImagePipeline(cfg, scene=scene, detector_runtime="onnx")
         return self._pipeline
