@@ -118,15 +118,23 @@ def test_a_later_process_answers_without_torch(real_photos, tmp_path):
     assert record["prediction"] == "happy" and record["sources"]["face1"]["emotion"] == "happy"
 
 
-def test_the_first_query_says_it_built_the_copy_and_later_ones_do_not(real_photos, tmp_path, monkeypatch, capsys):
-    from experiments.cli import main
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty $EMOLOGIC_CACHE (no served copies), with the FER2013 weights of the user's cache linked in."""
+    from neural.common import cache_dir
 
+    fer = cache_dir() / "face_emotion"
     monkeypatch.setenv("EMOLOGIC_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    fer = Path.home() / ".cache" / "emologic" / "face_emotion"
-    if fer.is_dir():  # the converted FER2013 weights, so that the fresh cache need not fetch them
-        (tmp_path / "cache").mkdir()
+    (tmp_path / "cache").mkdir()
+    if fer.is_dir():  # converted once; so that the fresh cache need not fetch them again
         (tmp_path / "cache" / "face_emotion").symlink_to(fer)
+    return tmp_path / "cache"
+
+
+def test_the_first_query_says_it_built_the_copy_and_later_ones_do_not(real_photos, fresh_cache, capsys):
+    from experiments.cli import main
+
     assert main(["query", str(real_photos["astronaut"]), "--prior"]) == 0
     first = capsys.readouterr()
     assert "built the served copy of this model" in first.err
@@ -173,7 +181,24 @@ def test_what_a_copy_cannot_serve_is_said_and_torch_answers_it(real_photos, monk
         servable(tp)
     monkeypatch.setattr(TrainedProgram, "prior", classmethod(lambda cls, *a, **k: tp))
     monkeypatch.setattr("experiments.query.open_program.find_served", lambda key: None)
-    assert isinstance(open_program(prior=True, runtime="auto"), TrainedProgram)
+    answered = open_program(prior=True, runtime="auto")
+    assert isinstance(answered, TrainedProgram) and "answered with torch" in answered.note
     assert main(["query", str(real_photos["astronaut"]), "--prior", "--runtime", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--runtime onnx" in err and "V/A source" in err
+
+
+def test_a_copy_that_fails_its_export_check_leaves_torch_to_answer(real_photos, fresh_cache, monkeypatch, capsys):
+    from experiments.cli import main
+    from neural import onnx_export
+
+    def mismatch(*args, **kwargs):
+        raise onnx_export.OnnxExportError("ONNX export failed after 6 attempt(s); last: max abs difference 0.3")
+
+    monkeypatch.setattr(onnx_export, "export_verified", mismatch)
+    assert main(["query", str(real_photos["astronaut"]), "--prior"]) == 0
+    out, err = capsys.readouterr()
+    assert "answered with torch: its served copy could not be built (ONNX export failed" in err
+    assert "answer   happy" in out and not list((fresh_cache / "served").glob("*/manifest.json"))
+    assert main(["query", str(real_photos["astronaut"]), "--prior", "--runtime", "onnx"]) == 2
+    assert "could not be built" in capsys.readouterr().err

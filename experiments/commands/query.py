@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                       max_pixels=args.max_pixels,
                       runtime="torch" if args.face_source == "annotations" and args.runtime == "auto" else args.runtime)
     tp.pipeline(args.face_source)  # scene weights and detector load (or fail) before the header promises them
-    if getattr(tp, "note", None):
+    if tp.note:
         print(f"emologic query: {tp.note}", file=sys.stderr, flush=True)
     header = f"{tp.describe()} | faces from {args.face_source}"
     print(header, file=sys.stderr if args.json else sys.stdout, flush=True)

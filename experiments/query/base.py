@@ -19,6 +19,9 @@ from neural.common import EMOTIONS, UserError
 
 
 class AnsweringProgram:
+    #: said once by ``emologic query`` (stderr): e.g. that a served copy was built just now, or why torch answers
+    note: str | None = None
+
     def answer(self, inputs: Sequence[str | os.PathLike], face_source: str = "mtcnn", top: int = 3,
                annotate: str | os.PathLike | None = None) -> list[QueryResult | QueryError]:
         """One result per image (directories expanded), in input order. See :meth:`iter_answers`."""

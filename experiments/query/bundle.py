@@ -156,13 +156,22 @@ def _export(module, path: Path, input_name: str, inputs, output_names: list[str]
 
 
 def build_served(tp, key: str, n_check: int = 4) -> Path:
-    """Export ``tp`` (a :class:`~experiments.query.program.TrainedProgram`) as the copy of ``key``."""
+    """Export ``tp`` (a :class:`~experiments.query.program.TrainedProgram`) as the copy of ``key``;
+    :class:`ServeError` says why when it cannot be served or built."""
+    servable(tp)
+    try:
+        return _build(tp, key, n_check)
+    except (UserError, OSError) as exc:  # an export that fails its check, an unwritable cache: torch answers
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ServeError(f"its served copy could not be built ({first})") from exc
+
+
+def _build(tp, key: str, n_check: int) -> Path:
     import torch
 
     from logic.answer_export import answer_tables
     from neural.mtcnn_onnx import mtcnn_onnx_dir
 
-    servable(tp)
     started = time.perf_counter()
     mtcnn_onnx_dir()  # MTCNN's nets, shared by every copy
     root = served_root()

@@ -55,6 +55,7 @@ def _served_or_trained(request: dict, load, runtime: str, max_pixels: int | None
     except ServeError as exc:
         if runtime == "onnx":
             raise UserError(f"--runtime onnx: {exc}; use --runtime torch (or auto)") from None
+        tp.note = f"answered with torch: {exc}"
         return tp
     served = ServedProgram(directory, max_pixels)
     served.note = (f"built the served copy of this model in {served.manifest['built_s']:.1f} s ({directory}); "
