@@ -28,3 +28,14 @@ def interrupt_at(monkeypatch, regime_name: str):
 
     monkeypatch.setattr(ImageTrack, "run_regime", interrupt)
     return real
+
+
+def tiny_image_run(tmp, regimes: list[str]):
+    """A finished run of ``regimes`` on 60 synthetic images, one seed, one epoch (what the
+    query tests answer with); returns its run directory."""
+    from experiments.harness import run
+    from experiments.harness.config import HarnessConfig
+
+    cfg = HarnessConfig(n_images=60, seeds=[0], epochs=1, stage0_epochs=1, progress=False, regimes=list(regimes),
+                        runs_dir=str(tmp / "runs"), cache=str(tmp / "cache"), data_root=str(tmp / "data"))
+    return run(cfg, argv=[])

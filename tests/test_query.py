@@ -9,6 +9,7 @@ import pytest
 
 from experiments.cli import main
 from neural.common import EMOTIONS
+from tests.run_helpers import tiny_image_run
 
 SLOT_COLOUR_FACE1 = (255, 140, 0)
 
@@ -16,14 +17,7 @@ SLOT_COLOUR_FACE1 = (255, 140, 0)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished run with two logic regimes (so the default choice means something)."""
-    from experiments.harness.config import HarnessConfig
-    from experiments.harness import run
-
-    tmp = tmp_path_factory.mktemp("query_run")
-    cfg = HarnessConfig(n_images=60, seeds=[0], epochs=1, stage0_epochs=1, progress=False,
-                        regimes=["frozen", "uniform_rules"], runs_dir=str(tmp / "runs"),
-                        cache=str(tmp / "cache"), data_root=str(tmp / "data"))
-    return run(cfg, argv=[])
+    return tiny_image_run(tmp_path_factory.mktemp("query_run"), ["frozen", "uniform_rules"])
 
 
 @pytest.fixture(scope="module")

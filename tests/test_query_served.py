@@ -17,6 +17,7 @@ from experiments.query.open_program import open_program
 from experiments.query.program import TrainedProgram
 from experiments.query.results import QueryResult
 from experiments.query.served import ServedProgram
+from tests.run_helpers import tiny_image_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,14 +30,7 @@ def as_json(value):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished two-regime run on 60 synthetic images (its checkpoints are what is served)."""
-    from experiments.harness import run
-    from experiments.harness.config import HarnessConfig
-
-    tmp = tmp_path_factory.mktemp("served_run")
-    cfg = HarnessConfig(n_images=60, seeds=[0], epochs=1, stage0_epochs=1, progress=False,
-                        regimes=["frozen", "joint"], runs_dir=str(tmp / "runs"),
-                        cache=str(tmp / "cache"), data_root=str(tmp / "data"))
-    return run(cfg, argv=[])
+    return tiny_image_run(tmp_path_factory.mktemp("served_run"), ["frozen", "joint"])
 
 
 #: End to end, answers agree to 1e-3: MTCNN's boxes differ between runtimes by ~1e-5 px (float32

@@ -109,7 +109,8 @@ def folder_images_per_s(images: list[Path], run: str | None, passes: int = 2, ru
         answered = sum(not isinstance(r, QueryError) for r in results)
         if best is None or seconds < best:
             best, cpu = seconds, cpu_seconds
-    return {"model": tp.describe(), "runtime": runtime_of(tp), "images": len(images), "answered": answered, "seconds": round(best, 3),
+    return {"model": tp.describe(), "runtime": runtime_of(tp), "images": len(images), "answered": answered,
+            "seconds": round(best, 3),
             "images_per_s": round(len(images) / best, 2), "cpu_s": round(cpu, 3),
             "images_per_cpu_s": round(len(images) / cpu, 2)}
 

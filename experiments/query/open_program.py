@@ -92,7 +92,8 @@ def open_program(run: str | os.PathLike | None = None, *, prior: bool = False, r
                             "answers with its own program and scene backbone")
         ck = locate_checkpoint(run, regime, seed, runs_root)
         request = {"kind": "run", "run_dir": str(ck.run_dir.resolve()), "seed": ck.seed, "regime": ck.regime,
-                   "why": ck.why, "checkpoint": files_digest(ck.directory), "face_weights": _digest(face_weights),
+                   "why": ck.why, "checkpoint": files_digest(ck.directory),
+                   "program": _program_digest(ck.meta["program"]), "face_weights": _digest(face_weights),
                    "scene_weights": _digest((ck.meta.get("pipeline") or {}).get("scene_weights"))}
         return _served_or_trained(request, lambda: TrainedProgram.from_checkpoint(ck, face_weights, max_pixels),
                                   runtime, max_pixels)
