@@ -124,6 +124,8 @@ def test_entry_point_plugins_are_loaded_and_recorded(tmp_path, monkeypatch):
         "class EPNet(nn.Module):\n"
         "    def __init__(self, config):\n        super().__init__()\n        self.config = config\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    # the process's record of loaded plug-ins is global: this test's plug-in must not reach later runs' config.json
+    monkeypatch.setattr(plugins, "_LOADED", list(plugins._LOADED))
     found = [EntryPoint("ep", "ep_plugin_mod", plugins.ENTRY_POINT_GROUP)]
     monkeypatch.setattr(plugins.metadata, "entry_points",
                         lambda group: found if group == plugins.ENTRY_POINT_GROUP else [])

@@ -154,7 +154,8 @@ def test_the_run_learns_the_new_sources_trust(plugin_run):
         assert set(learned) == {"n0", "n1_small", "n1_large", "n2_small", "n2_large", "n3_small", "n3_large"}
         assert all("light" in row for row in learned.values())
         assert learned["n0"] == pytest.approx({"scene": learned["n0"]["scene"], "light": 1 - learned["n0"]["scene"]})
-    assert json.loads((run / "config.json").read_text())["plugins"][0]["networks"] == ["light2emotion"]
+    recorded = json.loads((run / "config.json").read_text())["plugins"]
+    assert [Path(p["path"]).name for p in recorded if p["networks"] == ["light2emotion"]] == ["light_plugin.py"]
 
 
 def test_both_engines_agree_with_the_runs_networks(plugin_run):
