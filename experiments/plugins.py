@@ -110,9 +110,11 @@ def loaded_plugins() -> list[dict]:
 def missing_plugins(recorded: list[dict] | None) -> list[str]:
     """One phrase per plug-in ``recorded`` by a run whose networks or features are not
     registered in this process, naming them and how to load it."""
+    if not recorded:
+        return []  # nothing to look up (the registries import torch: a served query need not)
     nets, feats = _registered()
     out = []
-    for p in recorded or []:
+    for p in recorded:
         lost = [f"network {n}" for n in p.get("networks", []) if n not in nets] + \
                [f"feature {f}" for f in p.get("features", []) if f not in feats]
         if lost:

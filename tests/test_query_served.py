@@ -97,19 +97,23 @@ def test_each_regime_of_a_run_served_answers_as_torch_does(tiny_run, real_photos
         assert_same_answers(served.answer(images + synthetic), torch_tp.answer(images + synthetic))
 
 
-def test_a_later_process_answers_without_torch(real_photos, tmp_path):
-    open_program(prior=True, runtime="auto")  # builds (or finds) the copy
-    code = ("import sys; from experiments.cli import main; rc = main(['query', sys.argv[1], '--prior', '--json']); "
+@pytest.mark.parametrize("model", ["prior", "run"])
+def test_a_later_process_answers_without_torch(model, real_photos, tmp_path, request):
+    """The untrained program, and a run (its checkpoint located, its plug-ins checked, its copy found)."""
+    args = ["--prior"] if model == "prior" else ["--run", str(request.getfixturevalue("tiny_run"))]
+    open_program(prior=True, runtime="auto") if model == "prior" else \
+        open_program(args[1], runtime="auto")  # builds (or finds) the copy
+    code = ("import sys; from experiments.cli import main; rc = main(['query', *sys.argv[1:], '--json']); "
             "heavy = [m for m in ('torch', 'torchvision', 'facenet_pytorch', 'numba') if m in sys.modules]; "
             "print('HEAVY', heavy); sys.exit(rc)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", code, str(real_photos["astronaut"])], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", code, str(real_photos["astronaut"]), *args], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[-1] == "HEAVY []"
     record = json.loads(lines[0])
-    assert record["prediction"] == "happy" and record["sources"]["face1"]["emotion"] == "happy"
+    assert record["sources"]["face1"]["emotion"] == "happy" and record["model"]["kind"] == model
 
 
 @pytest.fixture
