@@ -200,3 +200,14 @@ def test_a_copy_that_fails_its_export_check_leaves_torch_to_answer(real_photos, 
     assert "answer   happy" in out and not list((fresh_cache / "served").glob("*/manifest.json"))
     assert main(["query", str(real_photos["astronaut"]), "--prior", "--runtime", "onnx"]) == 2
     assert "could not be built" in capsys.readouterr().err
+
+
+def test_a_run_named_another_way_is_described_as_named(tiny_run, monkeypatch):
+    """The header names the run as the user did (relative or absolute), as the torch path does."""
+    monkeypatch.chdir(tiny_run.parent.parent)
+    relative = f"{tiny_run.parent.name}/{tiny_run.name}"
+    for name in (str(tiny_run), relative):
+        served, torch_tp = open_program(name, regime="frozen"), open_program(name, regime="frozen", runtime="torch")
+        assert isinstance(served, ServedProgram)
+        assert served.describe() == torch_tp.describe() and f"run {name} |" in served.describe()
+        assert served.model_record()["run"] == name

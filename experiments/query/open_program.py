@@ -91,8 +91,9 @@ def open_program(run: str | os.PathLike | None = None, *, prior: bool = False, r
             raise UserError(f"{' and '.join(prior_only)} {verb} up the untrained program (--prior); a trained run "
                             "answers with its own program and scene backbone")
         ck = locate_checkpoint(run, regime, seed, runs_root)
-        request = {"kind": "run", "run_dir": str(ck.run_dir.resolve()), "seed": ck.seed, "regime": ck.regime,
-                   "why": ck.why, "checkpoint": files_digest(ck.directory),
+        # the run as named (the header and --json say it so) and where it is
+        request = {"kind": "run", "run_dir": str(ck.run_dir), "path": str(ck.run_dir.resolve()), "seed": ck.seed,
+                   "regime": ck.regime, "why": ck.why, "checkpoint": files_digest(ck.directory),
                    "program": _program_digest(ck.meta["program"]), "face_weights": _digest(face_weights),
                    "scene_weights": _digest((ck.meta.get("pipeline") or {}).get("scene_weights"))}
         return _served_or_trained(request, lambda: TrainedProgram.from_checkpoint(ck, face_weights, max_pixels),
