@@ -1,7 +1,8 @@
-"""Answer new images with a program: what ``emologic query`` does, as a library.
+"""Answer new images with a program and torch: what ``emologic query`` does, as a library.
 
-    tp = open_program()                   # runs/latest if there is one, else the untrained program
-    tp = TrainedProgram.load("runs/latest", regime="joint")       # a trained run
+    tp = open_program()                   # (experiments.query.open_program) runs/latest, else the untrained
+                                          # program; from its served copy (no torch) where it has one
+    tp = TrainedProgram.load("runs/latest", regime="joint")       # a trained run, with torch
     tp = TrainedProgram.prior("context_selection")                # the untrained program
     print(tp.describe())                  # what answers: run, regime and seed, or the prior
     for r in tp.answer(["photo.jpg", "more_photos/"], top=3, annotate="out/"):
@@ -25,7 +26,8 @@ Two ways to get a program's parameters, one way to answer:
 Each image goes through the program's image pipeline (scene backbone and face
 crops), with faces from MTCNN (default) or, for images of a run's synthetic
 data set, from its recorded boxes (:mod:`experiments.query.answer`). A bad input never raises: it
-becomes a :class:`QueryError` with a one-line reason, and the other inputs are answered.
+becomes a :class:`QueryError` with a one-line reason, and the other inputs are answered. A
+:class:`TrainedProgram` is also what a served copy is exported from (:mod:`experiments.query.bundle`).
 
 What a :class:`QueryResult` holds per image: the faces (boxes, detection
 probabilities, relative sizes; how many were found when more than three were),
