@@ -64,6 +64,13 @@ def resolve_device(device: str | None) -> str:
     return str(dev)
 
 
+def torch_device(device: str | None):
+    """:func:`resolve_device` as a ``torch.device`` (what training loops move their tensors to)."""
+    import torch
+
+    return torch.device(resolve_device(device))
+
+
 def add_device_argument(parser) -> None:
     """``--device`` (default: cuda when available, else cpu) on an argparse parser."""
     parser.add_argument("--device", default=None,

@@ -106,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-pixels must be positive, got {args.max_pixels}")
     tp = open_program(args.run, prior=args.prior, runs_root=args.runs_dir, regime=args.regime, seed=args.seed,
                       program=args.program, scene_weights=args.scene_weights, face_weights=args.face_weights,
-                      max_pixels=args.max_pixels,
-                      runtime="torch" if args.face_source == "annotations" and args.runtime == "auto" else args.runtime)
+                      max_pixels=args.max_pixels, runtime=args.runtime, face_source=args.face_source)
     tp.pipeline(args.face_source)  # scene weights and detector load (or fail) before the header promises them
     if tp.note:
         print(f"emologic query: {tp.note}", file=sys.stderr, flush=True)

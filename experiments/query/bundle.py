@@ -231,12 +231,12 @@ def _export_scene(tp, pixels, root: Path, exports: dict):
     scene_id = served_key({"scene backbone": parameter_fingerprint(backbone), "outputs": names,
                            "size": int(pixels.shape[-1])})[:32]
     path = root / SCENE_DIR / f"{scene_id}.onnx"
+    module = scene_outputs(backbone, layer3)
     if not path.is_file():  # export_verified writes it atomically, verified, or not at all
-        report = _export(scene_outputs(backbone, layer3), path, "pixels", pixels, names,
-                         tolerance=1e-3)  # features of magnitude ~10 in float32
+        report = _export(module, path, "pixels", pixels, names, tolerance=1e-3)  # features of magnitude ~10 in float32
         exports[f"{SCENE_DIR}/{path.name}"] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
     with torch.no_grad():
-        outputs = scene_outputs(backbone, layer3)(pixels.contiguous())
+        outputs = module(pixels.contiguous())
     return path, names, dict(zip(names, outputs if layer3 else (outputs,)))
 
 
@@ -244,11 +244,12 @@ def _export_networks(tp, examples: dict, work: Path, exports: dict) -> dict[str,
     """Each network of the program as ``net-<name>.onnx``, verified on ``examples[feed]``
     (the tensors its source reads); network -> file name."""
     networks: dict[str, str] = {}
+    feeds = tp.binding.feeds()
     for src, (net,) in tp.program.tensor_networks.items():
         if net in networks:  # the face net reads three sources: one file
             continue
         name = f"net-{net}.onnx"
-        report = _export(tp.binding.networks[net], work / name, "inputs", examples[tp.binding.feeds()[src]],
+        report = _export(tp.binding.networks[net], work / name, "inputs", examples[feeds[src]],
                          ["outputs"], tolerance=1e-5)  # probabilities
         exports[name] = {"exporter": report.exporter, "max_abs_diff": report.max_abs_diff}
         networks[net] = name

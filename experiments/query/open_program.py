@@ -66,14 +66,17 @@ def _served_or_trained(request: dict, load, runtime: str, max_pixels: int | None
 def open_program(run: str | os.PathLike | None = None, *, prior: bool = False, runs_root: str | os.PathLike = "runs",
                  regime: str | None = None, seed: int | None = None, program: str | None = None,
                  scene_weights: str | None = None, face_weights: str | None = None,
-                 max_pixels: int | None = None, runtime: str = "auto"):
+                 max_pixels: int | None = None, runtime: str = "auto", face_source: str = "mtcnn"):
     """What ``emologic query`` answers with: ``run`` when given; else the latest
     run under ``runs_root``; the untrained program (:meth:`TrainedProgram.prior`)
     with ``prior=True`` or when there is no latest run. Options that only mean
-    something for the other kind are refused by name. ``runtime``: see the module doc.
+    something for the other kind are refused by name. ``runtime``: see the module doc; a copy
+    finds faces with MTCNN, so ``auto`` answers another ``face_source`` with torch.
     Returns a :class:`TrainedProgram` or a :class:`~experiments.query.served.ServedProgram`."""
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if face_source != "mtcnn" and runtime == "auto":
+        runtime = "torch"
     if prior and run is not None:
         raise UserError("--prior answers with the untrained program and --run with a trained one; give one of them")
     why = "--prior" if prior else None

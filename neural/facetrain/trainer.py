@@ -35,6 +35,7 @@ from torch import nn
 from neural.face_data import FaceCropData, FaceCrops, to_model_input
 from neural.facetrain.backbones import backbone_modules, build_face_model, split_parameters
 from neural.facetrain.checkpoint import atomic_json, json_history, save_checkpoint
+from neural.cluster import torch_device
 from neural.facetrain.config import FaceTrainConfig, FaceTrainConfigError
 from neural.facetrain.recipe import (
     ModelEMA,
@@ -72,15 +73,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FaceTrainConfigError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -253,7 +245,7 @@ def train_face(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.amp, device)
 
     train = concat_splits(data, cfg.train_splits)

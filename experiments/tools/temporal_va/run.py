@@ -14,7 +14,8 @@ from experiments.tools.temporal_va.config import TemporalVAConfig
 from experiments.tools.temporal_va.evaluate import evaluate
 from experiments.tools.temporal_va.inputs import (FeatureInputs, FrameInputs, Inputs, extract_features,
                                                   feature_pipeline_config, load_features)
-from experiments.tools.temporal_va.train import fit, resolve_device
+from experiments.tools.temporal_va.train import fit
+from neural.cluster import torch_device
 from neural.common import UserError
 from neural.temporal_va import load_checkpoint
 from pipelines.datasets.afewva import Clip, load_afewva
@@ -64,7 +65,7 @@ def run(cfg: TemporalVAConfig, argv: Sequence[str] = ()) -> dict | None:
     dataset = load_afewva(cfg.data, seed=cfg.seed)
     if dataset.skipped:
         print(dataset.skip_report(limit=10))
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
     if cfg.path == "B":
